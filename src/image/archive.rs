@@ -1,0 +1,1 @@
+//! OCI archives (save/load).

@@ -1,0 +1,80 @@
+//! Writing blobs: a temp file in the store, hashed while written, renamed into place.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+
+use tempfile::NamedTempFile;
+
+use super::{Store, StoreError};
+use crate::image::digest::{Digest, HashingWriter};
+
+/// A blob being written. Nothing is visible in the store until [`BlobWriter::commit`].
+pub struct BlobWriter {
+    writer: HashingWriter<BufWriter<NamedTempFile>>,
+    blobs_dir: PathBuf,
+}
+
+impl BlobWriter {
+    pub(super) fn new(store: &Store) -> Result<Self, StoreError> {
+        let tmp = NamedTempFile::new_in(store.tmp_dir()).map_err(|e| StoreError::io("create a temp file in", store.tmp_dir(), e))?;
+        Ok(Self {
+            writer: HashingWriter::new(BufWriter::with_capacity(256 * 1024, tmp)),
+            blobs_dir: store.blobs_dir(),
+        })
+    }
+
+    pub fn written(&self) -> u64 {
+        self.writer.written()
+    }
+
+    /// Makes the blob durable and visible under its digest.
+    pub fn commit(self) -> Result<(Digest, u64), StoreError> {
+        self.commit_inner(None)
+    }
+
+    /// Like [`Self::commit`], but fails (storing nothing) unless the content has `expected` digest.
+    pub fn commit_expecting(self, expected: &Digest) -> Result<(Digest, u64), StoreError> {
+        self.commit_inner(Some(expected))
+    }
+
+    fn commit_inner(self, expected: Option<&Digest>) -> Result<(Digest, u64), StoreError> {
+        let (buffered, digest, size) = self.writer.finish();
+        if let Some(expected) = expected.filter(|e| **e != digest) {
+            return Err(StoreError::DigestMismatch { expected: expected.clone(), actual: digest });
+        }
+        let tmp = buffered.into_inner().map_err(|e| StoreError::Io { action: "flush a blob".into(), path: None, source: e.into_error() })?;
+        let target = self.blobs_dir.join(digest.hex());
+        if target.exists() {
+            return Ok((digest, size)); // content-addressed: the same bytes are already there
+        }
+        tmp.as_file().sync_all().map_err(|e| StoreError::io("sync", tmp.path(), e))?;
+        tmp.persist(&target).map_err(|e| StoreError::io("store blob", &target, e.error))?;
+        Ok((digest, size))
+    }
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.writer.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.writer.flush()
+    }
+}
+
+/// fsyncs a directory so that a rename inside it survives a crash.
+pub(crate) fn sync_dir(dir: &std::path::Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Writes `bytes` to `path` atomically: temp file beside it, fsync, rename, fsync the directory.
+pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().ok_or_else(|| io::Error::other("path has no parent"))?;
+    fs::create_dir_all(dir)?;
+    let mut tmp = NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    sync_dir(dir)
+}
