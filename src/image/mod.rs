@@ -4,6 +4,7 @@
 //! [`ImageExtension`], the on-disk [`store::Store`], and OCI/Docker archives ([`archive`]).
 
 pub mod archive;
+pub mod layer;
 mod digest;
 mod extension;
 pub mod media;

@@ -30,15 +30,20 @@ impl BlobWriter {
 
     /// Makes the blob durable and visible under its digest.
     pub fn commit(self) -> Result<(Digest, u64), StoreError> {
+        self.commit_inner(None).map(|(d, s, _)| (d, s))
+    }
+
+    /// Like [`Self::commit`]; also says whether the blob is new to the store (for rollback).
+    pub fn commit_tracked(self) -> Result<(Digest, u64, bool), StoreError> {
         self.commit_inner(None)
     }
 
     /// Like [`Self::commit`], but fails (storing nothing) unless the content has `expected` digest.
     pub fn commit_expecting(self, expected: &Digest) -> Result<(Digest, u64), StoreError> {
-        self.commit_inner(Some(expected))
+        self.commit_inner(Some(expected)).map(|(d, s, _)| (d, s))
     }
 
-    fn commit_inner(self, expected: Option<&Digest>) -> Result<(Digest, u64), StoreError> {
+    fn commit_inner(self, expected: Option<&Digest>) -> Result<(Digest, u64, bool), StoreError> {
         let (buffered, digest, size) = self.writer.finish();
         if let Some(expected) = expected.filter(|e| **e != digest) {
             return Err(StoreError::DigestMismatch { expected: expected.clone(), actual: digest });
@@ -46,11 +51,11 @@ impl BlobWriter {
         let tmp = buffered.into_inner().map_err(|e| StoreError::Io { action: "flush a blob".into(), path: None, source: e.into_error() })?;
         let target = self.blobs_dir.join(digest.hex());
         if target.exists() {
-            return Ok((digest, size)); // content-addressed: the same bytes are already there
+            return Ok((digest, size, false)); // content-addressed: the same bytes are already there
         }
         tmp.as_file().sync_all().map_err(|e| StoreError::io("sync", tmp.path(), e))?;
         tmp.persist(&target).map_err(|e| StoreError::io("store blob", &target, e.error))?;
-        Ok((digest, size))
+        Ok((digest, size, true))
     }
 }
 

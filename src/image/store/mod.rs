@@ -168,6 +168,14 @@ impl Store {
         w.commit()
     }
 
+    /// Stores `bytes`; also says whether the blob is new to the store (for rollback).
+    pub fn write_blob_tracked(&self, bytes: &[u8]) -> Result<(Digest, u64, bool), StoreError> {
+        use std::io::Write;
+        let mut w = self.blob_writer()?;
+        w.write_all(bytes).map_err(|e| StoreError::Io { action: "write a blob".into(), path: None, source: e })?;
+        w.commit_tracked()
+    }
+
     /// Opens a blob for streaming; the reader fails at the end if the content is corrupt.
     pub fn open_blob(&self, digest: &Digest, size: Option<u64>) -> Result<VerifyingReader<BufReader<File>>, StoreError> {
         let path = self.blob_path(digest);

@@ -1,0 +1,50 @@
+use std::time::Instant;
+
+use crate::build::{self, BuildRequest};
+use crate::cli::BuildArgs;
+use crate::cli::settings::{Settings, parse_pairs, parse_ref};
+use crate::image::media::Compression;
+use crate::image::{ImageType, Platform};
+use crate::output::{BuildProgress, Printer, UserErrorExt, human_size};
+
+pub async fn run(settings: &Settings, printer: Printer, args: BuildArgs) -> anyhow::Result<()> {
+    let platforms = match &args.platform {
+        Some(p) => Platform::parse_list(p).user_error()?,
+        None => vec![Platform::host()],
+    };
+    let request = BuildRequest {
+        kubefile: args.kubefile.clone().unwrap_or_else(|| args.context.join("Kubefile")),
+        context: args.context.clone(),
+        tags: args.tags.iter().map(|t| parse_ref(t)).collect::<anyhow::Result<_>>()?,
+        build_args: parse_pairs("--build-arg", &args.build_args)?,
+        labels: parse_pairs("--label", &args.labels)?,
+        annotations: parse_pairs("--annotation", &args.annotations)?,
+        no_cache: args.no_cache,
+        image_type: args.image_type.parse::<ImageType>().user_error()?,
+        compression: if args.compression == "zstd" { Compression::Zstd } else { Compression::Gzip },
+        platforms,
+    };
+    let store = settings.store()?;
+    let started = Instant::now();
+    let multi = request.platforms.len() > 1;
+    let outcome = super::blocking(move || {
+        let reporter = BuildProgress::new(printer, multi);
+        Ok(build::build(&store, &request, &reporter)?)
+    })
+    .await?;
+    if printer.json {
+        return printer.json(&outcome);
+    }
+    let built: usize = outcome.platforms.iter().map(|p| p.layers_built).sum();
+    let cached: usize = outcome.platforms.iter().map(|p| p.layers_cached).sum();
+    printer.status(&format!(
+        "Built {} ({} layers built, {} cached, {:.1}s)",
+        outcome.tags.join(", "),
+        built,
+        cached,
+        started.elapsed().as_secs_f64()
+    ));
+    let _ = human_size;
+    printer.data(&outcome.digest.to_string());
+    Ok(())
+}

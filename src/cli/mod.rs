@@ -1,0 +1,166 @@
+//! Command-line parsing. The clap types live here and nowhere else; commands receive
+//! resolved settings and a [`Printer`](crate::output::Printer).
+
+mod commands;
+mod settings;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+pub use settings::Settings;
+
+/// Pack a Kubernetes-based system into one OCI cluster image and deliver it to offline hosts.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Data directory for the image store and caches [default: /var/lib/kiln for root,
+    /// $XDG_DATA_HOME/kiln otherwise]
+    #[arg(long, global = true, env = crate::env::KILN_ROOT, value_name = "DIR", help_heading = "Global options")]
+    pub root: Option<PathBuf>,
+    /// Print only data and errors
+    #[arg(short, long, global = true, help_heading = "Global options")]
+    pub quiet: bool,
+    /// Print debug logs
+    #[arg(short = 'v', long = "verbose", global = true, help_heading = "Global options")]
+    pub verbose: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build a cluster image from a Kubefile
+    Build(BuildArgs),
+    /// List images in the local store
+    Images(ImagesArgs),
+    /// Show an image's manifest, config, Sealer extension and container images as JSON
+    Inspect(InspectArgs),
+    /// Give an image more names
+    Tag(TagArgs),
+    /// Remove image names and delete blobs nothing references any more
+    Rmi(RmiArgs),
+    /// Write images to an OCI archive file
+    Save(SaveArgs),
+    /// Load images from an OCI archive or a `docker save` tar
+    Load(LoadArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Build context directory
+    #[arg(default_value = ".")]
+    pub context: PathBuf,
+    /// Kubefile to build [default: CONTEXT/Kubefile]
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub kubefile: Option<PathBuf>,
+    /// Name of the image, NAME[:TAG]; repeat for more names
+    #[arg(short = 't', long = "tag", required = true, value_name = "NAME")]
+    pub tags: Vec<String>,
+    /// Build-time variable for ARG, KEY=VALUE
+    #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+    pub build_args: Vec<String>,
+    /// Image config label, KEY=VALUE
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Manifest annotation, KEY=VALUE
+    #[arg(long = "annotation", value_name = "KEY=VALUE")]
+    pub annotations: Vec<String>,
+    /// Rebuild every layer
+    #[arg(long)]
+    pub no_cache: bool,
+    /// What the image installs
+    #[arg(long = "type", default_value = "kube-installer", value_parser = ["kube-installer", "app-installer"])]
+    pub image_type: String,
+    /// Target platforms, comma separated (e.g. linux/amd64,linux/arm64) [default: this machine's]
+    #[arg(long, value_name = "PLATFORMS")]
+    pub platform: Option<String>,
+    /// Layer compression
+    #[arg(long, default_value = "gzip", value_parser = ["gzip", "zstd"])]
+    pub compression: String,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImagesArgs {
+    /// Print the list as JSON
+    #[arg(long)]
+    pub json: bool,
+    /// Show full digests
+    #[arg(long)]
+    pub no_trunc: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Image name
+    pub image: String,
+    /// Only this platform of a multi-platform image
+    #[arg(long)]
+    pub platform: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TagArgs {
+    /// Existing image
+    pub source: String,
+    /// New names
+    #[arg(required = true)]
+    pub targets: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RmiArgs {
+    /// Images to remove
+    #[arg(required = true)]
+    pub images: Vec<String>,
+    /// Keep blobs that are no longer referenced
+    #[arg(long)]
+    pub no_prune: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SaveArgs {
+    /// Output file
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Images to save
+    #[arg(required = true)]
+    pub images: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// Archive to load (OCI archive or `docker save` tar, optionally gzip-compressed)
+    #[arg(short, long, value_name = "FILE")]
+    pub input: PathBuf,
+    /// Name for the image when the archive does not name it (single-image archives only)
+    #[arg(short, long, value_name = "NAME")]
+    pub tag: Option<String>,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = Settings::resolve(&cli.global)?;
+    let printer = settings.printer(matches!(&cli.command, Command::Images(a) if a.json) || matches!(&cli.command, Command::Build(a) if a.json));
+    match cli.command {
+        Command::Build(args) => commands::build::run(&settings, printer, args).await,
+        Command::Images(args) => commands::images::run(&settings, printer, args).await,
+        Command::Inspect(args) => commands::inspect::run(&settings, printer, args).await,
+        Command::Tag(args) => commands::tag::run(&settings, printer, args).await,
+        Command::Rmi(args) => commands::rmi::run(&settings, printer, args).await,
+        Command::Save(args) => commands::save::run(&settings, printer, args).await,
+        Command::Load(args) => commands::load::run(&settings, printer, args).await,
+    }
+}
