@@ -1,6 +1,8 @@
 //! kiln: pack a Kubernetes-based system into one OCI cluster image and deliver it to hosts
 //! with no internet. See `docs/ARCHITECTURE.md` for the map of modules.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod build;
 pub mod cli;
 pub mod env;
@@ -44,6 +46,8 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
 
 fn init_tracing(verbose: bool) {
     let default = if verbose { "kiln=debug" } else { "kiln=warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env(env::KILN_LOG).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env(env::KILN_LOG)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
 }

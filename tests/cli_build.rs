@@ -1,4 +1,5 @@
 //! `kiln build`: every instruction's effect on the image, caching, and every error class.
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 mod common;
 
@@ -120,7 +121,12 @@ fn apps_types_launch_and_labels() {
     let labels = &info["platforms"][0]["config"]["config"]["Labels"];
     assert_eq!(labels["cluster.alpha.sealer.io/kube-cni-calico"], "true");
     assert_eq!(labels["cluster.alpha.sealer.io/kube-csi-openebs"], "true");
-    let cmds: Vec<String> = info["platforms"][0]["appLaunchCommands"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
+    let cmds: Vec<String> = info["platforms"][0]["appLaunchCommands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
     assert!(cmds.contains(&"raw: cd application/apps/raw/ && cat raw.tmpl && echo ok".to_owned()), "{cmds:?}");
     assert!(cmds.contains(&"mysql: helm install mysql application/apps/mysql/mysql.tgz".to_owned()), "{cmds:?}");
     let root = env.rootfs("apps:1", None);
@@ -147,9 +153,20 @@ fn inherits_layers_apps_and_launch_from_base() {
     env.file("base.txt", "base");
     env.kubefile("FROM scratch\nCOPY base.txt .\nCNI calico local://calico.sh\nLAUNCH [\"calico\"]\n");
     env.build("base:1", &[]);
-    env.file("Kubefile.child", "FROM base:1\nAPP nginx local://nginx.yaml\nAPPENV calico MTU=1400\nLAUNCH [\"calico\", \"nginx\"]\n");
+    env.file(
+        "Kubefile.child",
+        "FROM base:1\nAPP nginx local://nginx.yaml\nAPPENV calico MTU=1400\nLAUNCH [\"calico\", \"nginx\"]\n",
+    );
     let ctx = env.ctx();
-    env.ok(&["build", "-q", "-t", "child:1", "-f", ctx.join("Kubefile.child").to_str().unwrap(), ctx.to_str().unwrap()]);
+    env.ok(&[
+        "build",
+        "-q",
+        "-t",
+        "child:1",
+        "-f",
+        ctx.join("Kubefile.child").to_str().unwrap(),
+        ctx.to_str().unwrap(),
+    ]);
     let info = env.inspect("child:1");
     let base = env.inspect("base:1");
     let base_layers = base["platforms"][0]["manifest"]["layers"].as_array().unwrap().clone();
@@ -167,7 +184,8 @@ fn inherits_layers_apps_and_launch_from_base() {
 
     // LAUNCH of an app neither defined nor inherited.
     env.file("Kubefile.bad", "FROM base:1\nLAUNCH [\"ghost\"]\n");
-    let err = env.fails(&["build", "-t", "bad:1", "-f", ctx.join("Kubefile.bad").to_str().unwrap(), ctx.to_str().unwrap()], 1);
+    let err = env
+        .fails(&["build", "-t", "bad:1", "-f", ctx.join("Kubefile.bad").to_str().unwrap(), ctx.to_str().unwrap()], 1);
     assert!(err.contains("unknown application `ghost`") && err.contains("known applications: calico"), "{err}");
 }
 
@@ -198,7 +216,10 @@ fn cache_hits_and_partial_rebuild() {
     assert_eq!(first["platforms"][0]["layers_built"], 3);
     let blobs_before = common::snapshot_dir(&env.root().join("oci/blobs"));
     let second = build();
-    assert_eq!((second["platforms"][0]["layers_built"].as_u64(), second["platforms"][0]["layers_cached"].as_u64()), (Some(0), Some(3)));
+    assert_eq!(
+        (second["platforms"][0]["layers_built"].as_u64(), second["platforms"][0]["layers_cached"].as_u64()),
+        (Some(0), Some(3))
+    );
     let blobs_after = common::snapshot_dir(&env.root().join("oci/blobs"));
     let new_blobs: Vec<_> = blobs_after.keys().filter(|k| !blobs_before.contains_key(*k)).collect();
     // Only the config and manifest (new timestamp) may be new: no layer was written.
@@ -206,7 +227,10 @@ fn cache_hits_and_partial_rebuild() {
     // Changing a file used by the second COPY rebuilds it and what follows, not the first.
     env.file("b/two", "changed");
     let third = build();
-    assert_eq!((third["platforms"][0]["layers_built"].as_u64(), third["platforms"][0]["layers_cached"].as_u64()), (Some(2), Some(1)));
+    assert_eq!(
+        (third["platforms"][0]["layers_built"].as_u64(), third["platforms"][0]["layers_cached"].as_u64()),
+        (Some(2), Some(1))
+    );
     // --no-cache rebuilds everything.
     let fourth = json(&env.ok(&["build", "-q", "--json", "--no-cache", "-t", "cache:1", ctx.to_str().unwrap()]));
     assert_eq!(fourth["platforms"][0]["layers_built"], 3);
@@ -272,7 +296,10 @@ fn zstd_layers() {
     env.kubefile("FROM scratch\nCOPY f f\n");
     env.build("z:1", &["--compression", "zstd"]);
     let info = env.inspect("z:1");
-    assert_eq!(info["platforms"][0]["manifest"]["layers"][0]["mediaType"], "application/vnd.oci.image.layer.v1.tar+zstd");
+    assert_eq!(
+        info["platforms"][0]["manifest"]["layers"][0]["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+    );
     assert_eq!(fs::read_to_string(env.rootfs("z:1", None).path().join("f")).unwrap(), "zstd content");
 }
 
@@ -365,7 +392,9 @@ fn bad_flags_are_user_errors() {
     assert!(env.fails(&["build", "-t", "x:1", "--build-arg", "NOEQUALS", c], 1).contains("expected KEY=VALUE"));
     assert!(env.fails(&["build", "-t", "x:1", "--platform", "linux/", c], 1).contains("invalid platform"));
     assert!(env.fails(&["build", "-t", "UPPER:1", c], 1).contains("must be lowercase"));
-    assert!(env.fails(&["build", "-t", "x:1", "-f", "/nonexistent/Kubefile", c], 1).contains("failed to read the Kubefile"));
+    assert!(
+        env.fails(&["build", "-t", "x:1", "-f", "/nonexistent/Kubefile", c], 1).contains("failed to read the Kubefile")
+    );
     let unused = env.run(&["build", "-t", "x:1", "--build-arg", "NOPE=1", c]);
     assert!(String::from_utf8_lossy(&unused.stderr).contains("not consumed by any ARG: NOPE"));
 }

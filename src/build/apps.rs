@@ -24,7 +24,9 @@ pub fn detect(app_name: &str, files: &[AppFile]) -> (AppType, Vec<String>) {
     // A chart directory: Chart.yaml + values.yaml + templates/ side by side at any level.
     let is_chart_dir = |prefix: &str| {
         let has = |name: &str| files.iter().any(|f| f.rel == format!("{prefix}{name}"));
-        has("Chart.yaml") && has("values.yaml") && files.iter().any(|f| f.rel.starts_with(&format!("{prefix}templates/")))
+        has("Chart.yaml")
+            && has("values.yaml")
+            && files.iter().any(|f| f.rel.starts_with(&format!("{prefix}templates/")))
     };
     if is_chart_dir("") {
         return (AppType::Helm, vec![app_name.to_owned()]);
@@ -98,10 +100,18 @@ mod tests {
 
     #[test]
     fn detection() {
-        assert_eq!(detect("a", &[f("x.yaml", 0), f("y.yml", 1)]), (AppType::Kube, vec!["x.yaml".into(), "y.yml".into()]));
+        assert_eq!(
+            detect("a", &[f("x.yaml", 0), f("y.yml", 1)]),
+            (AppType::Kube, vec!["x.yaml".into(), "y.yml".into()])
+        );
         assert_eq!(detect("a", &[f("run.sh", 0), f("lib.sh", 1)]), (AppType::Shell, vec!["run.sh".into()]));
         assert_eq!(detect("a", &[f("mysql.tgz", 0)]).0, AppType::Helm);
-        let chart = [f("Chart.yaml", 0), f("values.yaml", 0), AppFile { rel: "templates".into(), source_index: 0, is_dir: true }, f("templates/d.yaml", 0)];
+        let chart = [
+            f("Chart.yaml", 0),
+            f("values.yaml", 0),
+            AppFile { rel: "templates".into(), source_index: 0, is_dir: true },
+            f("templates/d.yaml", 0),
+        ];
         assert_eq!(detect("web", &chart), (AppType::Helm, vec!["web".into()]));
         assert_eq!(detect("a", &[f("x.yaml.tmpl", 0)]).0, AppType::Unknown);
         assert_eq!(detect("a", &[f("x.yaml", 0), f("y.sh", 0)]).0, AppType::Unknown);

@@ -36,7 +36,11 @@ pub fn lookup(store: &Store, key: &str) -> Option<Entry> {
 
 pub fn store(store: &Store, key: &str, entry: &Entry) -> Result<(), StoreError> {
     let path = entry_path(store, key);
-    let bytes = serde_json::to_vec(entry).map_err(|e| StoreError::Io { action: "encode a cache entry".into(), path: None, source: std::io::Error::other(e) })?;
+    let bytes = serde_json::to_vec(entry).map_err(|e| StoreError::Io {
+        action: "encode a cache entry".into(),
+        path: None,
+        source: std::io::Error::other(e),
+    })?;
     write_atomic(&path, &bytes).map_err(|e| StoreError::io("write", &path, e))
 }
 

@@ -187,10 +187,9 @@ fn parse_ignore(file: &str, text: &str) -> Result<Vec<Rule>, ContextError> {
         if clean.is_empty() {
             continue;
         }
-        let glob = globset::GlobBuilder::new(&clean)
-            .literal_separator(true)
-            .build()
-            .map_err(|e| ContextError::BadIgnorePattern { file: file.to_owned(), pattern: pattern.to_owned(), reason: e.to_string() })?;
+        let glob = globset::GlobBuilder::new(&clean).literal_separator(true).build().map_err(|e| {
+            ContextError::BadIgnorePattern { file: file.to_owned(), pattern: pattern.to_owned(), reason: e.to_string() }
+        })?;
         rules.push(Rule { matcher: glob.compile_matcher(), exclude });
     }
     Ok(rules)
@@ -231,7 +230,12 @@ pub(crate) fn clean_dest(path: &str) -> String {
 }
 
 fn relative(root: &Path, path: &Path) -> String {
-    path.strip_prefix(root).unwrap_or(path).components().filter_map(|c| c.as_os_str().to_str()).collect::<Vec<_>>().join("/")
+    path.strip_prefix(root)
+        .unwrap_or(path)
+        .components()
+        .filter_map(|c| c.as_os_str().to_str())
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// A content hash of sources for the build cache key: paths, modes, link targets and file

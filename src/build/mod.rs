@@ -25,12 +25,10 @@ pub use context::{Context, ContextError};
 use crate::image::layer::{self, EntryOptions, LayerBlob, LayerWriter};
 use crate::image::media::{self, Compression};
 use crate::image::{
-    Application, Digest, ImageExtension, ImageRef, ImageType, Platform, PlatformImage, Store,
-    StoreError, canonical_json,
+    Application, Digest, ImageExtension, ImageRef, ImageType, Platform, PlatformImage, Store, StoreError,
+    canonical_json,
 };
-use crate::kubefile::{
-    self, AppSource, Instruction, InstructionKind, Kubefile, KubefileError, RunCommand, Span, Word,
-};
+use crate::kubefile::{self, AppSource, Instruction, InstructionKind, Kubefile, KubefileError, RunCommand, Span, Word};
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -117,6 +115,10 @@ impl From<KubefileError> for BuildError {
 
 type Result<T, E = BuildError> = std::result::Result<T, E>;
 
+/// What a layer-producing step yields on a cache miss: the layer (none if nothing changed)
+/// and, for APP, the registered application.
+type Produced = Option<(LayerBlob, Option<Application>)>;
+
 /// Runs a build and tags the result.
 pub fn build(store: &Store, request: &BuildRequest, reporter: &dyn BuildReporter) -> Result<BuildOutcome> {
     if request.tags.is_empty() {
@@ -155,7 +157,8 @@ pub fn build(store: &Store, request: &BuildRequest, reporter: &dyn BuildReporter
             .manifests(manifests)
             .build()
             .map_err(|e| StoreError::BadJson { digest: Digest::of(b""), reason: e.to_string() })?;
-        let bytes = canonical_json(&index).map_err(|e| StoreError::BadJson { digest: Digest::of(b""), reason: e.to_string() })?;
+        let bytes = canonical_json(&index)
+            .map_err(|e| StoreError::BadJson { digest: Digest::of(b""), reason: e.to_string() })?;
         let (digest, size) = store.write_blob(&bytes)?;
         (digest, media::OCI_INDEX.to_owned(), size)
     };
@@ -168,7 +171,12 @@ pub fn build(store: &Store, request: &BuildRequest, reporter: &dyn BuildReporter
         tags: request.tags.iter().map(ToString::to_string).collect(),
         platforms: built
             .into_iter()
-            .map(|(p, (layers_built, layers_cached))| PlatformOutcome { platform: p.platform, manifest: p.manifest_digest, layers_built, layers_cached })
+            .map(|(p, (layers_built, layers_cached))| PlatformOutcome {
+                platform: p.platform,
+                manifest: p.manifest_digest,
+                layers_built,
+                layers_cached,
+            })
             .collect(),
     })
 }
@@ -258,7 +266,8 @@ impl<'a> PlatformBuild<'a> {
             self.reporter.step(self.platform, index + 1, total, first_line);
             self.apply(index, ins)?;
         }
-        let unused: Vec<&String> = self.request.build_args.keys().filter(|k| !self.consumed_args.contains(*k)).collect();
+        let unused: Vec<&String> =
+            self.request.build_args.keys().filter(|k| !self.consumed_args.contains(*k)).collect();
         if !unused.is_empty() {
             self.reporter.warning(&format!(
                 "build args were not consumed by any ARG: {}",
@@ -275,8 +284,7 @@ impl<'a> PlatformBuild<'a> {
     }
 
     fn expand(&self, word: &Word) -> Result<String> {
-        word.expand(&|k| self.vars.get(k).cloned())
-            .map_err(|e| self.error(word.span, e.to_string(), "cannot expand"))
+        word.expand(&|k| self.vars.get(k).cloned()).map_err(|e| self.error(word.span, e.to_string(), "cannot expand"))
     }
 
     /// Extends the cache chain; every instruction is part of it.
@@ -363,7 +371,8 @@ impl<'a> PlatformBuild<'a> {
                 Ok(())
             }
             InstructionKind::Launch(names) => {
-                self.extension.launch = crate::image::Launch { cmds: vec![], app_names: names.iter().map(|n| n.value.clone()).collect() };
+                self.extension.launch =
+                    crate::image::Launch { cmds: vec![], app_names: names.iter().map(|n| n.value.clone()).collect() };
                 self.launch_set = true;
                 Ok(())
             }
@@ -386,9 +395,14 @@ impl<'a> PlatformBuild<'a> {
     fn from(&mut self, ins: &Instruction, from: &kubefile::From) -> Result<()> {
         if let Some(p) = &from.platform {
             let want = self.expand(p)?;
-            let parsed: Platform = want.parse().map_err(|e: crate::image::PlatformError| self.error(p.span, e.to_string(), "bad platform"))?;
+            let parsed: Platform = want
+                .parse()
+                .map_err(|e: crate::image::PlatformError| self.error(p.span, e.to_string(), "bad platform"))?;
             if parsed != *self.platform {
-                self.reporter.warning(&format!("FROM --platform={parsed} while building {}: using the base's {} variant", self.platform, self.platform));
+                self.reporter.warning(&format!(
+                    "FROM --platform={parsed} while building {}: using the base's {} variant",
+                    self.platform, self.platform
+                ));
             }
         }
         if from.is_scratch() {
@@ -396,7 +410,9 @@ impl<'a> PlatformBuild<'a> {
             return Ok(());
         }
         let name = self.expand(&from.image)?;
-        let image_ref: ImageRef = name.parse().map_err(|e: crate::image::ImageRefError| self.error(from.image.span, e.to_string(), "bad image name"))?;
+        let image_ref: ImageRef = name
+            .parse()
+            .map_err(|e: crate::image::ImageRefError| self.error(from.image.span, e.to_string(), "bad image name"))?;
         let image = self.store.image(&image_ref)?.ok_or_else(|| BuildError::BaseMissing(image_ref.to_string()))?;
         let base = image.for_platform(self.platform).cloned().ok_or_else(|| BuildError::BasePlatform {
             image: image_ref.to_string(),
@@ -413,11 +429,12 @@ impl<'a> PlatformBuild<'a> {
     fn inherit(&mut self, base: &PlatformImage) -> Result<()> {
         let diff_ids = base.config.rootfs().diff_ids();
         for (i, l) in base.manifest.layers().iter().enumerate() {
-            let digest = Digest::from_oci(l.digest()).map_err(|e| StoreError::BadJson { digest: base.manifest_digest.clone(), reason: e.to_string() })?;
-            let diff_id = diff_ids
-                .get(i)
-                .and_then(|d| d.parse().ok())
-                .ok_or_else(|| StoreError::BadJson { digest: base.config_digest.clone(), reason: format!("no valid diff_id for layer {i}") })?;
+            let digest = Digest::from_oci(l.digest())
+                .map_err(|e| StoreError::BadJson { digest: base.manifest_digest.clone(), reason: e.to_string() })?;
+            let diff_id = diff_ids.get(i).and_then(|d| d.parse().ok()).ok_or_else(|| StoreError::BadJson {
+                digest: base.config_digest.clone(),
+                reason: format!("no valid diff_id for layer {i}"),
+            })?;
             self.layers.push(LayerBlob { digest, size: l.size(), diff_id, media_type: l.media_type().to_string() });
         }
         if let Some(config) = base.config.config() {
@@ -443,7 +460,8 @@ impl<'a> PlatformBuild<'a> {
 
     fn history_entry(&mut self, ins: &Instruction, empty: bool) {
         let text = self.kubefile.source()[ins.span.start..ins.span.end].to_owned();
-        let mut h = HistoryBuilder::default().created_by(format!("kiln: {}", text.split_whitespace().collect::<Vec<_>>().join(" ")));
+        let mut h = HistoryBuilder::default()
+            .created_by(format!("kiln: {}", text.split_whitespace().collect::<Vec<_>>().join(" ")));
         if empty {
             h = h.empty_layer(true);
         }
@@ -460,7 +478,13 @@ impl<'a> PlatformBuild<'a> {
         }
         if let Some(root) = &self.rootfs {
             let reader = layer::open_layer(self.store, &blob.digest, &blob.media_type)?;
-            layer::apply_layer(reader, root).map_err(|e| self.error(ins.span, format!("failed to update the RUN rootfs: {e}"), "here"))?;
+            layer::apply_layer(reader, root).map_err(|e| {
+                self.error(
+                    ins.span,
+                    format!("failed to update the RUN rootfs with layer {}: {}", blob.digest, error_chain(&e)),
+                    "here",
+                )
+            })?;
         }
         self.dir_index = None;
         self.history_entry(ins, false);
@@ -474,7 +498,7 @@ impl<'a> PlatformBuild<'a> {
         index: usize,
         ins: &Instruction,
         key: &str,
-        produce: &mut dyn FnMut(&mut Self) -> Result<Option<(LayerBlob, Option<Application>)>>,
+        produce: &mut dyn FnMut(&mut Self) -> Result<Produced>,
     ) -> Result<Option<Application>> {
         if !self.request.no_cache
             && let Some(entry) = cache::lookup(self.store, key)
@@ -510,10 +534,17 @@ impl<'a> PlatformBuild<'a> {
                 "no such file",
             )),
             context::Resolved::Found(found) => Ok(found),
-            context::Resolved::Escapes => Err(self.error(word.span, format!("{keyword} source `{pattern}` is outside the build context"), "outside the context")),
+            context::Resolved::Escapes => Err(self.error(
+                word.span,
+                format!("{keyword} source `{pattern}` is outside the build context"),
+                "outside the context",
+            )),
             context::Resolved::Ignored => Err(self.error(
                 word.span,
-                format!("{keyword} source `{pattern}` is excluded by `{}`", self.ctx.ignore_file().unwrap_or(".kilnignore")),
+                format!(
+                    "{keyword} source `{pattern}` is excluded by `{}`",
+                    self.ctx.ignore_file().unwrap_or(".kilnignore")
+                ),
                 "ignored",
             )),
         }
@@ -524,13 +555,21 @@ impl<'a> PlatformBuild<'a> {
         if let Some(w) = &copy.chown {
             let v = self.expand(w)?;
             let (u, g) = v.split_once(':').unwrap_or((&v, &v));
-            let parse = |s: &str| s.parse::<u64>().map_err(|_| self.error(w.span, format!("`--chown={v}` must be numeric uid[:gid]"), "not numeric"));
+            let parse = |s: &str| {
+                s.parse::<u64>()
+                    .map_err(|_| self.error(w.span, format!("`--chown={v}` must be numeric uid[:gid]"), "not numeric"))
+            };
             opts.uid = parse(u)?;
             opts.gid = parse(g)?;
         }
         if let Some(w) = &copy.chmod {
             let v = self.expand(w)?;
-            opts.mode = Some(u32::from_str_radix(&v, 8).ok().filter(|m| *m <= 0o7777).ok_or_else(|| self.error(w.span, format!("`--chmod={v}` must be an octal mode"), "bad mode"))?);
+            opts.mode = Some(
+                u32::from_str_radix(&v, 8)
+                    .ok()
+                    .filter(|m| *m <= 0o7777)
+                    .ok_or_else(|| self.error(w.span, format!("`--chmod={v}` must be an octal mode"), "bad mode"))?,
+            );
         }
         Ok(opts)
     }
@@ -557,7 +596,8 @@ impl<'a> PlatformBuild<'a> {
         for (url, span) in &remotes {
             let dir = self.scratch.path().join(format!("add-{index}-{}", downloaded.len()));
             let path = apps::download(url, &dir).map_err(|e| self.error(*span, e.to_string(), "download failed"))?;
-            let hash = blake3::hash(&fs::read(&path).map_err(|e| StoreError::io("read", &path, e))?).to_hex().to_string();
+            let hash =
+                blake3::hash(&fs::read(&path).map_err(|e| StoreError::io("read", &path, e))?).to_hex().to_string();
             sources_key.push_str(&hash);
             let rel = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             downloaded.push(context::Source { path, rel, is_dir: false });
@@ -570,7 +610,7 @@ impl<'a> PlatformBuild<'a> {
             || locals.iter().any(|s| s.is_dir)
             || self.image_has_dir(&dest)?;
         let key = self.chain(&[keyword, &dest_raw, &format!("{opts:?}"), &sources_key]);
-        let mut produce = |this: &mut Self| -> Result<Option<(LayerBlob, Option<Application>)>> {
+        let mut produce = |this: &mut Self| -> Result<Produced> {
             let mut w = LayerWriter::new(this.store, this.request.compression)?;
             let parent_of_targets = if dest_is_dir { dest.clone() } else { parent(&dest) };
             add_parents(&mut w, &parent_of_targets, dest_is_dir)?;
@@ -587,7 +627,15 @@ impl<'a> PlatformBuild<'a> {
     }
 
     /// Adds one COPY/ADD source to the layer with Docker's destination rules.
-    fn add_source(&self, w: &mut LayerWriter, source: &context::Source, dest: &str, dest_is_dir: bool, opts: EntryOptions, extract: bool) -> Result<()> {
+    fn add_source(
+        &self,
+        w: &mut LayerWriter,
+        source: &context::Source,
+        dest: &str,
+        dest_is_dir: bool,
+        opts: EntryOptions,
+        extract: bool,
+    ) -> Result<()> {
         let join = |base: &str, rel: &str| if base.is_empty() { rel.to_owned() } else { format!("{base}/{rel}") };
         if source.is_dir {
             for (path, rel, meta) in self.ctx.walk(source)? {
@@ -636,7 +684,8 @@ impl<'a> PlatformBuild<'a> {
                 AppSource::Remote(w) => {
                     let url = self.expand(w)?;
                     let dir = self.scratch.path().join(format!("app-{index}-{i}"));
-                    let path = apps::download(&url, &dir).map_err(|e| self.error(w.span, e.to_string(), "download failed"))?;
+                    let path =
+                        apps::download(&url, &dir).map_err(|e| self.error(w.span, e.to_string(), "download failed"))?;
                     let bytes = fs::read(&path).map_err(|e| StoreError::io("read", &path, e))?;
                     key_parts.push_str(blake3::hash(&bytes).to_hex().as_str());
                     let rel = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -646,7 +695,7 @@ impl<'a> PlatformBuild<'a> {
         }
         let key = self.chain(&["APP", &app.name.value, &key_parts]);
         let name = app.name.value.clone();
-        let mut produce = |this: &mut Self| -> Result<Option<(LayerBlob, Option<Application>)>> {
+        let mut produce = |this: &mut Self| -> Result<Produced> {
             let mut w = LayerWriter::new(this.store, this.request.compression)?;
             add_parents(&mut w, &dest, true)?;
             let mut files = Vec::new();
@@ -658,13 +707,20 @@ impl<'a> PlatformBuild<'a> {
                     }
                 } else {
                     let meta = fs::metadata(&source.path).map_err(|e| StoreError::io("stat", &source.path, e))?;
-                    let file_name = source.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    let file_name =
+                        source.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                     w.add_from_disk(&source.path, &format!("{dest}/{file_name}"), &meta, EntryOptions::default())?;
                     files.push(apps::AppFile { rel: file_name, source_index: *i, is_dir: false });
                 }
             }
             let (app_type, launch_files) = apps::detect(&name, &files);
-            let application = Application { name: name.clone(), app_type, files: launch_files, version: "v1".into(), ..Default::default() };
+            let application = Application {
+                name: name.clone(),
+                app_type,
+                files: launch_files,
+                version: "v1".into(),
+                ..Default::default()
+            };
             Ok(Some((w.finish()?, Some(application))))
         };
         let application = self.cached_layer(index, ins, &key, &mut produce)?;
@@ -705,7 +761,17 @@ impl<'a> PlatformBuild<'a> {
         fs::create_dir_all(&root).map_err(|e| StoreError::io("create", &root, e))?;
         for l in &self.layers {
             let reader = layer::open_layer(self.store, &l.digest, &l.media_type)?;
-            layer::apply_layer(reader, &root).map_err(|e| self.error(ins.span, format!("failed to prepare the rootfs for RUN: {e}"), "here"))?;
+            layer::apply_layer(reader, &root).map_err(|e| {
+                self.error(
+                    ins.span,
+                    format!(
+                        "failed to prepare the rootfs for RUN: layer {} is corrupt or unreadable: {}",
+                        l.digest,
+                        error_chain(&e)
+                    ),
+                    "here",
+                )
+            })?;
         }
         self.rootfs = Some(root.clone());
         Ok(root)
@@ -723,16 +789,22 @@ impl<'a> PlatformBuild<'a> {
         env.extend(self.vars.iter().map(|(k, v)| (k.clone(), v.clone())));
         let env_key = env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("\0");
         let key = self.chain(&["RUN", &argv.join("\0"), &env_key]);
-        let mut produce = |this: &mut Self| -> Result<Option<(LayerBlob, Option<Application>)>> {
+        let mut produce = |this: &mut Self| -> Result<Produced> {
             let lower = this.materialize_rootfs(ins)?;
             this.run_count += 1;
             let base = this.scratch.path().join(format!("run-{}", this.run_count));
-            let dirs = sandbox::OverlayDirs { lower, upper: base.join("upper"), work: base.join("work"), merged: base.join("merged") };
+            let dirs = sandbox::OverlayDirs {
+                lower,
+                upper: base.join("upper"),
+                work: base.join("work"),
+                merged: base.join("merged"),
+            };
             for d in [&dirs.upper, &dirs.work, &dirs.merged] {
                 fs::create_dir_all(d).map_err(|e| StoreError::io("create", d, e))?;
             }
             let reporter = this.reporter;
-            sandbox::run(&dirs, &argv, &env, &mut |line| reporter.output(line)).map_err(|e| this.error(ins.span, format!("RUN failed: {e}"), "this command"))?;
+            sandbox::run(&dirs, &argv, &env, &mut |line| reporter.output(line))
+                .map_err(|e| this.error(ins.span, format!("RUN failed: {e}"), "this command"))?;
             let mut w = LayerWriter::new(this.store, this.request.compression)?;
             let entries = layer::add_overlay_upper(&mut w, &dirs.upper)?;
             let blob = w.finish()?;
@@ -770,14 +842,17 @@ impl<'a> PlatformBuild<'a> {
         if let Some(a) = &self.author {
             image = image.author(a.clone());
         }
-        let image = image.build().map_err(|e| StoreError::BadJson { digest: Digest::of(b""), reason: e.to_string() })?;
-        let config_bytes = canonical_json(&image).map_err(|e| StoreError::BadJson { digest: Digest::of(b""), reason: e.to_string() })?;
+        let image =
+            image.build().map_err(|e| StoreError::BadJson { digest: Digest::of(b""), reason: e.to_string() })?;
+        let config_bytes = canonical_json(&image)
+            .map_err(|e| StoreError::BadJson { digest: Digest::of(b""), reason: e.to_string() })?;
         let (config_digest, config_size) = self.store.write_blob(&config_bytes)?;
 
         let mut annotations: HashMap<String, String> = self.request.annotations.clone().into_iter().collect();
         annotations.insert(
             media::ANNOTATION_SEALER_EXTENSION.to_owned(),
-            serde_json::to_string(&self.extension).map_err(|e| StoreError::BadJson { digest: Digest::of(b""), reason: e.to_string() })?,
+            serde_json::to_string(&self.extension)
+                .map_err(|e| StoreError::BadJson { digest: Digest::of(b""), reason: e.to_string() })?,
         );
         annotations.insert(media::ANNOTATION_CREATED.to_owned(), created);
         let layers = self
@@ -793,10 +868,23 @@ impl<'a> PlatformBuild<'a> {
             .annotations(annotations)
             .build()
             .map_err(|e| StoreError::BadJson { digest: Digest::of(b""), reason: e.to_string() })?;
-        let bytes = canonical_json(&manifest).map_err(|e| StoreError::BadJson { digest: Digest::of(b""), reason: e.to_string() })?;
+        let bytes = canonical_json(&manifest)
+            .map_err(|e| StoreError::BadJson { digest: Digest::of(b""), reason: e.to_string() })?;
         let (manifest_digest, manifest_size) = self.store.write_blob(&bytes)?;
         Ok(BuiltPlatform { platform: self.platform.clone(), manifest_digest, manifest_size })
     }
+}
+
+/// `error: cause: cause` on one line, for messages that must fit in a diagnostic label.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 fn parent(path: &str) -> String {
@@ -841,19 +929,28 @@ fn archive_kind(path: &Path) -> Result<Option<ArchiveKind>, StoreError> {
 }
 
 /// Re-emits an archive's entries under `dest`, refusing entries that would escape it.
-fn extract_into(w: &mut LayerWriter, path: &Path, kind: ArchiveKind, dest: &str, opts: EntryOptions) -> Result<(), StoreError> {
+fn extract_into(
+    w: &mut LayerWriter,
+    path: &Path,
+    kind: ArchiveKind,
+    dest: &str,
+    opts: EntryOptions,
+) -> Result<(), StoreError> {
     let file = fs::File::open(path).map_err(|e| StoreError::io("open", path, e))?;
     let reader: Box<dyn Read> = match kind {
         ArchiveKind::Tar => Box::new(file),
         ArchiveKind::Gzip => Box::new(flate2::read::MultiGzDecoder::new(file)),
-        ArchiveKind::Zstd => Box::new(zstd::stream::read::Decoder::new(file).map_err(|e| StoreError::io("decompress", path, e))?),
+        ArchiveKind::Zstd => {
+            Box::new(zstd::stream::read::Decoder::new(file).map_err(|e| StoreError::io("decompress", path, e))?)
+        }
     };
     let bad = |e: std::io::Error| StoreError::io("read archive", path, e);
     let mut archive = tar::Archive::new(reader);
     for entry in archive.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
         let rel = entry.path().map_err(bad)?.to_string_lossy().into_owned();
-        let clean = context::clean_relative(&rel).ok_or_else(|| bad(std::io::Error::other(format!("entry `{rel}` escapes the destination"))))?;
+        let clean = context::clean_relative(&rel)
+            .ok_or_else(|| bad(std::io::Error::other(format!("entry `{rel}` escapes the destination"))))?;
         if clean.is_empty() {
             continue;
         }

@@ -37,7 +37,12 @@ pub struct OverlayDirs {
 }
 
 /// Runs `argv` with `env` in the overlay; forwards each output line to `on_line`.
-pub fn run(dirs: &OverlayDirs, argv: &[String], env: &[(String, String)], on_line: &mut dyn FnMut(&str)) -> Result<(), SandboxError> {
+pub fn run(
+    dirs: &OverlayDirs,
+    argv: &[String],
+    env: &[(String, String)],
+    on_line: &mut dyn FnMut(&str),
+) -> Result<(), SandboxError> {
     let cstr = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(|_| SandboxError::BadPath(p.to_owned()));
     let merged = cstr(&dirs.merged)?;
     let options = CString::new(format!(
@@ -52,13 +57,25 @@ pub fn run(dirs: &OverlayDirs, argv: &[String], env: &[(String, String)], on_lin
 
     let (program, args) = argv.split_first().ok_or_else(|| SandboxError::BadPath(PathBuf::new()))?;
     let mut cmd = Command::new(program);
-    cmd.args(args).env_clear().envs(env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     // SAFETY: the closure runs between fork and exec; it only makes system calls on data
     // allocated before the fork (no allocation, no locks).
+    #[allow(unsafe_code)]
     unsafe {
         cmd.pre_exec(move || {
             unshare(CloneFlags::CLONE_NEWNS)?;
-            mount(None::<&std::ffi::CStr>, root, None::<&std::ffi::CStr>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&std::ffi::CStr>)?;
+            mount(
+                None::<&std::ffi::CStr>,
+                root,
+                None::<&std::ffi::CStr>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&std::ffi::CStr>,
+            )?;
             mount(Some(overlay), merged.as_c_str(), Some(overlay), MsFlags::empty(), Some(options.as_c_str()))?;
             nix::unistd::chdir(merged.as_c_str())?;
             Ok(())
@@ -72,7 +89,13 @@ pub fn run(dirs: &OverlayDirs, argv: &[String], env: &[(String, String)], on_lin
     // Interleave stdout and stderr line by line through one channel.
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let mut readers = Vec::new();
-    for stream in [child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>), child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>)].into_iter().flatten() {
+    for stream in [
+        child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
         let tx = tx.clone();
         readers.push(std::thread::spawn(move || {
             for line in BufReader::new(stream).lines().map_while(Result::ok) {

@@ -153,7 +153,9 @@ pub struct LoadArgs {
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::resolve(&cli.global)?;
-    let printer = settings.printer(matches!(&cli.command, Command::Images(a) if a.json) || matches!(&cli.command, Command::Build(a) if a.json));
+    let printer = settings.printer(
+        matches!(&cli.command, Command::Images(a) if a.json) || matches!(&cli.command, Command::Build(a) if a.json),
+    );
     match cli.command {
         Command::Build(args) => commands::build::run(&settings, printer, args).await,
         Command::Images(args) => commands::images::run(&settings, printer, args).await,

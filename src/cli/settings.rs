@@ -34,7 +34,9 @@ impl Settings {
     }
 
     pub fn store(&self) -> anyhow::Result<Store> {
-        Store::open(&self.root).map_err(|e| anyhow::Error::new(e).context(format!("cannot open the image store at `{}`", self.root.display())))
+        Store::open(&self.root).map_err(|e| {
+            anyhow::Error::new(e).context(format!("cannot open the image store at `{}`", self.root.display()))
+        })
     }
 }
 

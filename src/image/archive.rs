@@ -105,14 +105,20 @@ pub fn save(store: &Store, images: &[Image], output: &Path, progress: &dyn Progr
         h.set_entry_type(tar::EntryType::Regular);
         tar.append_data(&mut h, format!("blobs/sha256/{}", digest.hex()), CountingReader { inner: reader, progress })
             .map_err(|e| match e.kind() {
-                io::ErrorKind::InvalidData => ArchiveError::Store(StoreError::CorruptBlob { digest: digest.clone(), reason: e.to_string() }),
-                _ => write_err(e),
-            })?;
+            io::ErrorKind::InvalidData => {
+                ArchiveError::Store(StoreError::CorruptBlob { digest: digest.clone(), reason: e.to_string() })
+            }
+            _ => write_err(e),
+        })?;
     }
     let manifests: Vec<Descriptor> = images
         .iter()
         .map(|img| {
-            let mut d = Descriptor::new(MediaType::from(img.entry.media_type.as_str()), img.entry.size, img.entry.digest.to_oci());
+            let mut d = Descriptor::new(
+                MediaType::from(img.entry.media_type.as_str()),
+                img.entry.size,
+                img.entry.digest.to_oci(),
+            );
             if let Some(name) = &img.entry.name {
                 d.set_annotations(Some([(media::ANNOTATION_REF_NAME.to_owned(), name.clone())].into()));
             }
@@ -143,18 +149,27 @@ pub struct Loaded {
 }
 
 /// Loads an OCI archive or a `docker save` tar (plain or gzip-compressed).
-pub fn load(store: &Store, input: &Path, tag: Option<&ImageRef>, progress: &dyn Progress) -> Result<Vec<Loaded>, ArchiveError> {
+pub fn load(
+    store: &Store,
+    input: &Path,
+    tag: Option<&ImageRef>,
+    progress: &dyn Progress,
+) -> Result<Vec<Loaded>, ArchiveError> {
     let _gc = store.lock_gc_shared()?;
     let scratch = store.scratch_dir("load-")?;
     let root = scratch.path();
     unpack(input, root, progress)?;
     let mut added = Vec::new();
+    let job = LoadJob { store, input, root, tag };
     let result = if root.join("index.json").is_file() && root.join("oci-layout").is_file() {
-        load_oci(store, input, root, tag, &mut added)
+        load_oci(&job, &mut added)
     } else if root.join("manifest.json").is_file() {
-        load_docker(store, input, root, tag, &mut added)
+        load_docker(&job, &mut added)
     } else {
-        Err(ArchiveError::Invalid { path: input.to_owned(), reason: "neither an OCI archive (oci-layout, index.json) nor a docker archive (manifest.json)".into() })
+        Err(ArchiveError::Invalid {
+            path: input.to_owned(),
+            reason: "neither an OCI archive (oci-layout, index.json) nor a docker archive (manifest.json)".into(),
+        })
     };
     if result.is_err() {
         for digest in &added {
@@ -164,13 +179,29 @@ pub fn load(store: &Store, input: &Path, tag: Option<&ImageRef>, progress: &dyn 
     result
 }
 
+/// An archive unpacked into a scratch directory, ready to be imported.
+#[derive(Clone, Copy)]
+struct LoadJob<'a> {
+    store: &'a Store,
+    input: &'a Path,
+    root: &'a Path,
+    tag: Option<&'a ImageRef>,
+}
+
+impl LoadJob<'_> {
+    fn invalid(&self, reason: String) -> ArchiveError {
+        ArchiveError::Invalid { path: self.input.to_owned(), reason }
+    }
+}
+
 fn unpack(input: &Path, root: &Path, progress: &dyn Progress) -> Result<(), ArchiveError> {
     let invalid = |reason: String| ArchiveError::Invalid { path: input.to_owned(), reason };
     let file = fs::File::open(input).map_err(|e| invalid(e.to_string()))?;
     progress.start(file.metadata().map(|m| m.len()).unwrap_or(0));
     let mut reader = BufReader::with_capacity(1 << 20, CountingReader { inner: file, progress });
     let gzip = reader.fill_buf_peek()?.starts_with(&[0x1f, 0x8b]);
-    let stream: Box<dyn Read> = if gzip { Box::new(flate2::read::MultiGzDecoder::new(reader)) } else { Box::new(reader) };
+    let stream: Box<dyn Read> =
+        if gzip { Box::new(flate2::read::MultiGzDecoder::new(reader)) } else { Box::new(reader) };
     let mut archive = tar::Archive::new(stream);
     let mut seen = 0usize;
     for entry in archive.entries().map_err(|e| invalid(e.to_string()))? {
@@ -213,7 +244,10 @@ impl<R: Read> PeekExt for BufReader<R> {
 
 /// Hashes a file and checks it against `expected`.
 fn verify_file(path: &Path, expected: &Digest) -> Result<u64, ArchiveError> {
-    let mut f = fs::File::open(path).map_err(|e| ArchiveError::Invalid { path: path.to_owned(), reason: format!("missing blob {expected}: {e}") })?;
+    let mut f = fs::File::open(path).map_err(|e| ArchiveError::Invalid {
+        path: path.to_owned(),
+        reason: format!("missing blob {expected}: {e}"),
+    })?;
     let mut w = HashingWriter::new(io::sink());
     io::copy(&mut f, &mut w).map_err(|e| ArchiveError::Invalid { path: path.to_owned(), reason: e.to_string() })?;
     let (_, actual, size) = w.finish();
@@ -234,10 +268,12 @@ fn import(store: &Store, path: &Path, digest: &Digest, added: &mut Vec<Digest>) 
     Ok(())
 }
 
-fn load_oci(store: &Store, input: &Path, root: &Path, tag: Option<&ImageRef>, added: &mut Vec<Digest>) -> Result<Vec<Loaded>, ArchiveError> {
-    let invalid = |reason: String| ArchiveError::Invalid { path: input.to_owned(), reason };
-    let index: serde_json::Value = serde_json::from_slice(&fs::read(root.join("index.json")).map_err(|e| invalid(e.to_string()))?)
-        .map_err(|e| invalid(format!("index.json: {e}")))?;
+fn load_oci(job: &LoadJob<'_>, added: &mut Vec<Digest>) -> Result<Vec<Loaded>, ArchiveError> {
+    let LoadJob { store, root, tag, .. } = *job;
+    let invalid = |reason: String| job.invalid(reason);
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(root.join("index.json")).map_err(|e| invalid(e.to_string()))?)
+            .map_err(|e| invalid(format!("index.json: {e}")))?;
     let entries = index["manifests"].as_array().cloned().unwrap_or_default();
     if entries.is_empty() {
         return Err(invalid("index.json lists no images".into()));
@@ -252,7 +288,8 @@ fn load_oci(store: &Store, input: &Path, root: &Path, tag: Option<&ImageRef>, ad
     let mut todo: Vec<(Digest, String)> = Vec::new();
     let mut tops = Vec::new();
     for e in &entries {
-        let digest: Digest = e["digest"].as_str().unwrap_or_default().parse().map_err(|e: super::DigestError| invalid(e.to_string()))?;
+        let digest: Digest =
+            e["digest"].as_str().unwrap_or_default().parse().map_err(|e: super::DigestError| invalid(e.to_string()))?;
         let media_type = e["mediaType"].as_str().unwrap_or(media::OCI_MANIFEST).to_owned();
         let size = e["size"].as_u64().unwrap_or(0);
         let name = e["annotations"][media::ANNOTATION_REF_NAME].as_str().map(str::to_owned);
@@ -266,9 +303,15 @@ fn load_oci(store: &Store, input: &Path, root: &Path, tag: Option<&ImageRef>, ad
         verify_file(&blob(&digest), &digest)?;
         all.push(digest.clone());
         if media::is_index(&media_type) || media::is_manifest(&media_type) {
-            let doc: serde_json::Value = serde_json::from_slice(&fs::read(blob(&digest)).map_err(|e| invalid(e.to_string()))?)
-                .map_err(|e| invalid(format!("{digest}: {e}")))?;
-            let children = doc["manifests"].as_array().into_iter().flatten().chain(std::iter::once(&doc["config"])).chain(doc["layers"].as_array().into_iter().flatten());
+            let doc: serde_json::Value =
+                serde_json::from_slice(&fs::read(blob(&digest)).map_err(|e| invalid(e.to_string()))?)
+                    .map_err(|e| invalid(format!("{digest}: {e}")))?;
+            let children = doc["manifests"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .chain(std::iter::once(&doc["config"]))
+                .chain(doc["layers"].as_array().into_iter().flatten());
             for c in children {
                 if let Some(d) = c["digest"].as_str() {
                     let d: Digest = d.parse().map_err(|e: super::DigestError| invalid(e.to_string()))?;
@@ -281,7 +324,9 @@ fn load_oci(store: &Store, input: &Path, root: &Path, tag: Option<&ImageRef>, ad
         .iter()
         .map(|(_, _, _, name)| match (tag, name) {
             (Some(t), _) => Ok(t.clone()),
-            (None, Some(n)) if n.contains('/') => n.parse::<ImageRef>().map_err(|_| ArchiveError::NeedsName { name: n.clone() }),
+            (None, Some(n)) if n.contains('/') => {
+                n.parse::<ImageRef>().map_err(|_| ArchiveError::NeedsName { name: n.clone() })
+            }
             (None, n) => Err(ArchiveError::NeedsName { name: n.clone().unwrap_or_else(|| "<unnamed>".into()) }),
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -297,10 +342,12 @@ fn load_oci(store: &Store, input: &Path, root: &Path, tag: Option<&ImageRef>, ad
     Ok(loaded)
 }
 
-fn load_docker(store: &Store, input: &Path, root: &Path, tag: Option<&ImageRef>, added: &mut Vec<Digest>) -> Result<Vec<Loaded>, ArchiveError> {
-    let invalid = |reason: String| ArchiveError::Invalid { path: input.to_owned(), reason };
-    let manifest: Vec<serde_json::Value> = serde_json::from_slice(&fs::read(root.join("manifest.json")).map_err(|e| invalid(e.to_string()))?)
-        .map_err(|e| invalid(format!("manifest.json: {e}")))?;
+fn load_docker(job: &LoadJob<'_>, added: &mut Vec<Digest>) -> Result<Vec<Loaded>, ArchiveError> {
+    let LoadJob { store, root, tag, .. } = *job;
+    let invalid = |reason: String| job.invalid(reason);
+    let manifest: Vec<serde_json::Value> =
+        serde_json::from_slice(&fs::read(root.join("manifest.json")).map_err(|e| invalid(e.to_string()))?)
+            .map_err(|e| invalid(format!("manifest.json: {e}")))?;
     if tag.is_some() && manifest.len() > 1 {
         return Err(ArchiveError::TagAmbiguous(manifest.len()));
     }
@@ -314,9 +361,11 @@ fn load_docker(store: &Store, input: &Path, root: &Path, tag: Option<&ImageRef>,
     let mut loaded = Vec::new();
     let mut pending = Vec::new();
     for image in &manifest {
-        let config_rel = image["Config"].as_str().ok_or_else(|| invalid("manifest.json entry without Config".into()))?;
+        let config_rel =
+            image["Config"].as_str().ok_or_else(|| invalid("manifest.json entry without Config".into()))?;
         let config_bytes = fs::read(safe(config_rel)?).map_err(|e| invalid(format!("{config_rel}: {e}")))?;
-        let config: serde_json::Value = serde_json::from_slice(&config_bytes).map_err(|e| invalid(format!("{config_rel}: {e}")))?;
+        let config: serde_json::Value =
+            serde_json::from_slice(&config_bytes).map_err(|e| invalid(format!("{config_rel}: {e}")))?;
         let diff_ids: Vec<Digest> = config["rootfs"]["diff_ids"]
             .as_array()
             .into_iter()
@@ -334,8 +383,12 @@ fn load_docker(store: &Store, input: &Path, root: &Path, tag: Option<&ImageRef>,
         for (rel, diff_id) in layers.iter().zip(&diff_ids) {
             let path = safe(rel)?;
             let file = fs::File::open(&path).map_err(|e| invalid(format!("{rel}: {e}")))?;
-            let mut writer = HashingWriter::new(flate2::write::GzEncoder::new(store.blob_writer()?, flate2::Compression::new(DEFAULT_GZIP_LEVEL)));
-            io::copy(&mut BufReader::with_capacity(1 << 20, file), &mut writer).map_err(|e| invalid(format!("{rel}: {e}")))?;
+            let mut writer = HashingWriter::new(flate2::write::GzEncoder::new(
+                store.blob_writer()?,
+                flate2::Compression::new(DEFAULT_GZIP_LEVEL),
+            ));
+            io::copy(&mut BufReader::with_capacity(1 << 20, file), &mut writer)
+                .map_err(|e| invalid(format!("{rel}: {e}")))?;
             let (encoder, actual, _) = writer.finish();
             if actual != *diff_id {
                 return Err(StoreError::DigestMismatch { expected: diff_id.clone(), actual }.into());

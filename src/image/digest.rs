@@ -147,7 +147,10 @@ impl<R: io::Read> io::Read for VerifyingReader<R> {
             self.hasher.update(&buf[..n]);
             self.read += n as u64;
             if self.expected_size.is_some_and(|s| self.read > s) {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{} is larger than its descriptor says", self.expected)));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{} is larger than its descriptor says", self.expected),
+                ));
             }
             return Ok(n);
         }

@@ -79,7 +79,9 @@ impl LayerWriter {
         let blob = store.blob_writer()?;
         let compressor = match compression {
             Compression::None => Compressor::None(blob),
-            Compression::Gzip => Compressor::Gzip(flate2::write::GzEncoder::new(blob, flate2::Compression::new(DEFAULT_GZIP_LEVEL))),
+            Compression::Gzip => {
+                Compressor::Gzip(flate2::write::GzEncoder::new(blob, flate2::Compression::new(DEFAULT_GZIP_LEVEL)))
+            }
             Compression::Zstd => {
                 let mut enc = zstd::stream::write::Encoder::new(blob, ZSTD_LEVEL).map_err(tar_err)?;
                 // Both cores: zstd's own worker thread compresses while we read and tar.
@@ -101,7 +103,15 @@ impl LayerWriter {
     }
 
     /// Adds a regular file with content from `reader`.
-    pub fn add_file(&mut self, path: &str, size: u64, mode: u32, mtime: u64, opts: EntryOptions, reader: impl Read) -> Result<(), StoreError> {
+    pub fn add_file(
+        &mut self,
+        path: &str,
+        size: u64,
+        mode: u32,
+        mtime: u64,
+        opts: EntryOptions,
+        reader: impl Read,
+    ) -> Result<(), StoreError> {
         let mut h = header(tar::EntryType::Regular, opts.mode.unwrap_or(mode), mtime, opts);
         h.set_size(size);
         self.tar.append_data(&mut h, path, reader).map_err(tar_err)
@@ -126,7 +136,13 @@ impl LayerWriter {
     }
 
     /// Adds a file, directory or symlink from disk at `path` in the layer.
-    pub fn add_from_disk(&mut self, disk: &Path, path: &str, meta: &fs::Metadata, opts: EntryOptions) -> Result<(), StoreError> {
+    pub fn add_from_disk(
+        &mut self,
+        disk: &Path,
+        path: &str,
+        meta: &fs::Metadata,
+        opts: EntryOptions,
+    ) -> Result<(), StoreError> {
         let mtime = meta.mtime().max(0) as u64;
         let mode = meta.permissions().mode() & 0o7777;
         let ft = meta.file_type();
@@ -175,7 +191,12 @@ pub fn add_overlay_upper(writer: &mut LayerWriter, upper: &Path) -> Result<usize
         if meta.file_type().is_char_device() && meta.rdev() == 0 {
             writer.add_whiteout(&rel)?;
         } else {
-            writer.add_from_disk(entry.path(), &rel, &meta, EntryOptions { uid: meta.uid() as u64, gid: meta.gid() as u64, mode: None })?;
+            writer.add_from_disk(
+                entry.path(),
+                &rel,
+                &meta,
+                EntryOptions { uid: meta.uid() as u64, gid: meta.gid() as u64, mode: None },
+            )?;
             if meta.is_dir() && is_opaque(entry.path()) {
                 writer.add_file(&format!("{rel}/.wh..wh..opq"), 0, 0o644, 0, EntryOptions::default(), io::empty())?;
             }
@@ -266,9 +287,15 @@ pub fn open_layer(store: &Store, digest: &Digest, media_type: &str) -> Result<Bo
     let raw = store.open_blob(digest, None)?;
     match Compression::of_media_type(media_type) {
         Some(Compression::Gzip) => Ok(Box::new(flate2::read::MultiGzDecoder::new(raw))),
-        Some(Compression::Zstd) => Ok(Box::new(zstd::stream::read::Decoder::new(raw).map_err(|e| StoreError::io("decompress", store.blob_path(digest), e))?)),
+        Some(Compression::Zstd) => Ok(Box::new(
+            zstd::stream::read::Decoder::new(raw)
+                .map_err(|e| StoreError::io("decompress", store.blob_path(digest), e))?,
+        )),
         Some(Compression::None) => Ok(Box::new(raw)),
-        None => Err(StoreError::CorruptBlob { digest: digest.clone(), reason: format!("unknown layer media type `{media_type}`") }),
+        None => Err(StoreError::CorruptBlob {
+            digest: digest.clone(),
+            reason: format!("unknown layer media type `{media_type}`"),
+        }),
     }
 }
 

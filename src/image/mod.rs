@@ -4,9 +4,9 @@
 //! [`ImageExtension`], the on-disk [`store::Store`], and OCI/Docker archives ([`archive`]).
 
 pub mod archive;
-pub mod layer;
 mod digest;
 mod extension;
+pub mod layer;
 pub mod media;
 mod platform;
 mod reference;
@@ -36,12 +36,14 @@ pub struct PlatformImage {
 impl PlatformImage {
     /// Sealer's extension annotation, if the image has one.
     pub fn extension(&self) -> Result<Option<ImageExtension>, StoreError> {
-        let Some(json) = self.manifest.annotations().as_ref().and_then(|a| a.get(media::ANNOTATION_SEALER_EXTENSION)) else {
+        let Some(json) = self.manifest.annotations().as_ref().and_then(|a| a.get(media::ANNOTATION_SEALER_EXTENSION))
+        else {
             return Ok(None);
         };
-        serde_json::from_str(json)
-            .map(Some)
-            .map_err(|e| StoreError::BadJson { digest: self.manifest_digest.clone(), reason: format!("bad `{}` annotation: {e}", media::ANNOTATION_SEALER_EXTENSION) })
+        serde_json::from_str(json).map(Some).map_err(|e| StoreError::BadJson {
+            digest: self.manifest_digest.clone(),
+            reason: format!("bad `{}` annotation: {e}", media::ANNOTATION_SEALER_EXTENSION),
+        })
     }
 
     /// Total compressed size of the layers.
@@ -76,7 +78,11 @@ impl Image {
             if self.is_index {
                 out.push((p.manifest_digest.clone(), p.manifest_size, p.manifest_media_type.clone()));
             }
-            out.push((p.config_digest.clone(), p.manifest.config().size(), p.manifest.config().media_type().to_string()));
+            out.push((
+                p.config_digest.clone(),
+                p.manifest.config().size(),
+                p.manifest.config().media_type().to_string(),
+            ));
             for l in p.manifest.layers() {
                 if let Ok(d) = Digest::from_oci(l.digest()) {
                     out.push((d, l.size(), l.media_type().to_string()));
@@ -104,8 +110,9 @@ impl Store {
             let index: ImageIndex = self.read_json(&entry.digest)?;
             let mut platforms = Vec::new();
             for m in index.manifests() {
-                let digest = Digest::from_oci(m.digest()).map_err(|e| StoreError::BadJson { digest: entry.digest.clone(), reason: e.to_string() })?;
-                let mut image = self.platform_image(&digest, m.size(), &m.media_type().to_string())?;
+                let digest = Digest::from_oci(m.digest())
+                    .map_err(|e| StoreError::BadJson { digest: entry.digest.clone(), reason: e.to_string() })?;
+                let mut image = self.platform_image(&digest, m.size(), m.media_type().as_ref())?;
                 if let Some(p) = m.platform() {
                     image.platform = Platform::from_oci(p);
                 }
@@ -119,7 +126,8 @@ impl Store {
 
     fn platform_image(&self, digest: &Digest, size: u64, media_type: &str) -> Result<PlatformImage, StoreError> {
         let manifest: ImageManifest = self.read_json(digest)?;
-        let config_digest = Digest::from_oci(manifest.config().digest()).map_err(|e| StoreError::BadJson { digest: digest.clone(), reason: e.to_string() })?;
+        let config_digest = Digest::from_oci(manifest.config().digest())
+            .map_err(|e| StoreError::BadJson { digest: digest.clone(), reason: e.to_string() })?;
         let config: ImageConfiguration = self.read_json(&config_digest)?;
         let platform = Platform::from_oci(
             &oci_spec::image::PlatformBuilder::default()

@@ -42,8 +42,7 @@ pub(crate) fn expand_word(
                 }
             }
             ('\'', Some(_)) => {
-                let end = find(&chars, i + 1, '\'')
-                    .ok_or_else(|| ExpandError::UnterminatedQuote(raw.to_owned()))?;
+                let end = find(&chars, i + 1, '\'').ok_or_else(|| ExpandError::UnterminatedQuote(raw.to_owned()))?;
                 out.extend(&chars[i + 1..end]);
                 i = end + 1;
             }
@@ -103,17 +102,13 @@ fn substitute(
     let next = at + 1;
     match chars.get(next) {
         Some('{') => {
-            let close = find_close(chars, next + 1)
-                .ok_or_else(|| ExpandError::UnterminatedBrace(raw.to_owned()))?;
+            let close = find_close(chars, next + 1).ok_or_else(|| ExpandError::UnterminatedBrace(raw.to_owned()))?;
             let body: String = chars[next + 1..close].iter().collect();
             out.push_str(&braced(&body, lookup)?);
             Ok(close + 1)
         }
         Some(&c) if is_name_char(c) && !c.is_ascii_digit() => {
-            let end = chars[next..]
-                .iter()
-                .position(|&c| !is_name_char(c))
-                .map_or(chars.len(), |p| p + next);
+            let end = chars[next..].iter().position(|&c| !is_name_char(c)).map_or(chars.len(), |p| p + next);
             let name: String = chars[next..end].iter().collect();
             out.push_str(&lookup(&name).unwrap_or_default());
             Ok(end)

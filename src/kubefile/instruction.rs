@@ -133,8 +133,14 @@ pub enum InstructionKind {
     Cni(App),
     /// An APP that is also labelled as a CSI driver.
     Csi(App),
-    AppCmds { app: Spanned<String>, cmds: Vec<String> },
-    AppEnv { app: Spanned<String>, env: Vec<KeyValue> },
+    AppCmds {
+        app: Spanned<String>,
+        cmds: Vec<String>,
+    },
+    AppEnv {
+        app: Spanned<String>,
+        env: Vec<KeyValue>,
+    },
     KubeVersion(String),
     Launch(Vec<Spanned<String>>),
     Cmds(Vec<String>),

@@ -76,10 +76,7 @@ pub(crate) fn split(source: &str) -> Lines {
                     "`" => escape = '`',
                     _ => {
                         let at = line_start + content.find(trimmed).unwrap_or(0);
-                        bad_escape = Some((
-                            Span { start: at, end: at + trimmed.len().max(1) },
-                            trimmed.to_owned(),
-                        ));
+                        bad_escape = Some((Span { start: at, end: at + trimmed.len().max(1) }, trimmed.to_owned()));
                     }
                 }
                 continue;
@@ -100,8 +97,7 @@ pub(crate) fn split(source: &str) -> Lines {
             if stripped.trim_end().is_empty() {
                 warnings.push((
                     Span { start: line_start, end: line_start + content.len() },
-                    "empty continuation line (a future version may treat it as the end of the instruction)"
-                        .to_owned(),
+                    "empty continuation line (a future version may treat it as the end of the instruction)".to_owned(),
                 ));
                 continue;
             }

@@ -11,6 +11,9 @@
 //! assert_eq!(kf.instructions().len(), 2);
 //! ```
 
+// A located error carries its source snippet; it is built once, on the cold path.
+#![allow(clippy::result_large_err)]
+
 mod error;
 mod expand;
 mod instruction;
@@ -23,8 +26,8 @@ use std::sync::Arc;
 pub use error::{KubefileError, Location};
 pub use expand::ExpandError;
 pub use instruction::{
-    App, AppSource, ArgDecl, Copy, From, Instruction, InstructionKind, KEYWORDS, KeyValue,
-    RunCommand, Span, Spanned, Word, WordForm,
+    App, AppSource, ArgDecl, Copy, From, Instruction, InstructionKind, KEYWORDS, KeyValue, RunCommand, Span, Spanned,
+    Word, WordForm,
 };
 pub(crate) use parser::shell_quote;
 
@@ -48,27 +51,21 @@ impl Kubefile {
         }
         let mut instructions = Vec::with_capacity(split.lines.len());
         for line in &split.lines {
-            let (kind, (kw_start, kw_end)) = parser::LineParser::new(line, split.escape)
-                .parse()
-                .map_err(|e| {
-                    let span = line.source_span(e.start, e.end);
-                    let error = KubefileError::new(file, &source, span, e.message, e.label);
-                    match e.help {
-                        Some(h) => error.with_help(h),
-                        None => error,
-                    }
-                })?;
+            let (kind, (kw_start, kw_end)) = parser::LineParser::new(line, split.escape).parse().map_err(|e| {
+                let span = line.source_span(e.start, e.end);
+                let error = KubefileError::new(file, &source, span, e.message, e.label);
+                match e.help {
+                    Some(h) => error.with_help(h),
+                    None => error,
+                }
+            })?;
             instructions.push(Instruction {
                 kind,
                 span: line.span(),
                 keyword_span: line.source_span(kw_start, kw_end),
             });
         }
-        let warnings = split
-            .warnings
-            .into_iter()
-            .map(|(span, msg)| err(span, msg, "empty line"))
-            .collect();
+        let warnings = split.warnings.into_iter().map(|(span, msg)| err(span, msg, "empty line")).collect();
         let kubefile = Self { file: file.to_owned(), source, instructions, warnings };
         kubefile.check_structure()?;
         if kubefile.from().is_some_and(|f| f.is_scratch()) {
@@ -143,7 +140,11 @@ impl Kubefile {
                 if let Some(second) = again.filter(|_| slot.is_none()) {
                     let first_loc = Location::of(&self.file, &self.source, ins.span.start);
                     return Err(self
-                        .error_at(second.keyword_span, format!("only one {} is allowed", ins.kind.keyword()), "second one")
+                        .error_at(
+                            second.keyword_span,
+                            format!("only one {} is allowed", ins.kind.keyword()),
+                            "second one",
+                        )
                         .with_help(format!("the first is at {first_loc}; list everything in one instruction")));
                 }
                 if let Some(prev) = slot {
@@ -155,8 +156,14 @@ impl Kubefile {
                 *slot = Some(ins);
                 if index != last {
                     return Err(self
-                        .error_at(ins.keyword_span, format!("{} must be the last instruction", ins.kind.keyword()), "not last")
-                        .with_help("it decides what runs when the cluster image is launched, so nothing may follow it"));
+                        .error_at(
+                            ins.keyword_span,
+                            format!("{} must be the last instruction", ins.kind.keyword()),
+                            "not last",
+                        )
+                        .with_help(
+                            "it decides what runs when the cluster image is launched, so nothing may follow it",
+                        ));
                 }
             }
         }
@@ -212,7 +219,11 @@ impl Kubefile {
                     if let Some((_, prev)) = defined_here.iter().find(|(n, _)| *n == app.name.value) {
                         let loc = Location::of(&self.file, &self.source, prev.start);
                         return Err(self
-                            .error_at(app.name.span, format!("application `{}` is defined twice", app.name.value), "redefined")
+                            .error_at(
+                                app.name.span,
+                                format!("application `{}` is defined twice", app.name.value),
+                                "redefined",
+                            )
                             .with_help(format!("the first definition is at {loc}")));
                     }
                     defined_here.push((&app.name.value, app.name.span));

@@ -12,8 +12,7 @@ use nom::{IResult, Parser};
 use nom_locate::LocatedSpan;
 
 use super::instruction::{
-    App, AppSource, ArgDecl, Copy, From, InstructionKind, KEYWORDS, KeyValue, RunCommand, Spanned,
-    Word, WordForm,
+    App, AppSource, ArgDecl, Copy, From, InstructionKind, KEYWORDS, KeyValue, RunCommand, Spanned, Word, WordForm,
 };
 use super::lines::LogicalLine;
 
@@ -97,9 +96,7 @@ impl<'l> LineParser<'l> {
             "CSI" => InstructionKind::Csi(self.app(args, "CSI")?),
             "APPCMDS" => self.app_cmds(args)?,
             "APPENV" => self.app_env(args)?,
-            "KUBEVERSION" => {
-                InstructionKind::KubeVersion(raw_rest(args, "KUBEVERSION", "a version constraint")?)
-            }
+            "KUBEVERSION" => InstructionKind::KubeVersion(raw_rest(args, "KUBEVERSION", "a version constraint")?),
             "LAUNCH" => self.launch(args)?,
             "CMDS" => InstructionKind::Cmds(self.cmds(args)?),
             "CMD" => InstructionKind::Cmd(self.cmd(args)?),
@@ -125,12 +122,10 @@ impl<'l> LineParser<'l> {
         match words.as_slice() {
             [] => Err(LineError::at(args, 1, "FROM needs an image", "expected an image name or `scratch`")),
             [image] => Ok(InstructionKind::From(From { platform, image: self.word(image, self.shell()) })),
-            [_, as_kw, ..] if as_kw.text.eq_ignore_ascii_case("as") => Err(piece_error(
-                as_kw,
-                "multi-stage builds are not supported",
-                "`AS` names a build stage",
-            )
-            .help("a Kubefile has one FROM; build the other stage as its own image")),
+            [_, as_kw, ..] if as_kw.text.eq_ignore_ascii_case("as") => {
+                Err(piece_error(as_kw, "multi-stage builds are not supported", "`AS` names a build stage")
+                    .help("a Kubefile has one FROM; build the other stage as its own image"))
+            }
             [_, extra, ..] => Err(piece_error(extra, "FROM takes one image", "unexpected argument")),
         }
     }
@@ -148,9 +143,8 @@ impl<'l> LineParser<'l> {
                 }
                 _ => return Err(unknown_flag(&name, keyword, &["--chown", "--chmod"])),
             };
-            let value = value.ok_or_else(|| {
-                piece_error(&name, format!("`--{}` needs a value", name.text), "missing `=value`")
-            })?;
+            let value = value
+                .ok_or_else(|| piece_error(&name, format!("`--{}` needs a value", name.text), "missing `=value`"))?;
             *slot = Some(self.word(&value, self.shell()));
         }
         let (pieces, form) = self.json_or_words(args)?;
@@ -211,7 +205,11 @@ impl<'l> LineParser<'l> {
             let key = first.clone();
             check_name_loose(&key, keyword)?;
             let Some(value_start) = words.get(1).map(|w| w.start) else {
-                return Err(piece_error(first, format!("{keyword} {} has no value", first.text), "expected `KEY=value`"));
+                return Err(piece_error(
+                    first,
+                    format!("{keyword} {} has no value", first.text),
+                    "expected `KEY=value`",
+                ));
             };
             let text = self.line.text[value_start..].to_owned();
             let value = Piece { end: value_start + text.len(), text, start: value_start };
@@ -282,8 +280,13 @@ impl<'l> LineParser<'l> {
     fn app_cmds(&self, args: In<'_>) -> LineResult<InstructionKind> {
         let (rest, name) = self.app_name(args, "APPCMDS")?;
         if !rest.starts_with('[') {
-            return Err(LineError::at(rest, rest.len().max(1), "APPCMDS needs a JSON array of commands", "expected `[`")
-                .help(format!(r#"write `APPCMDS {} ["cmd1", "cmd2"]`; the commands run joined with `&&`"#, name.text)));
+            return Err(LineError::at(
+                rest,
+                rest.len().max(1),
+                "APPCMDS needs a JSON array of commands",
+                "expected `[`",
+            )
+            .help(format!(r#"write `APPCMDS {} ["cmd1", "cmd2"]`; the commands run joined with `&&`"#, name.text)));
         }
         let cmds = json_array_all(rest)?;
         if cmds.is_empty() {
@@ -374,10 +377,15 @@ fn unknown_instruction(keyword: In<'_>, rest: In<'_>) -> LineError {
     let word_len = keyword.len() + rest.fragment().find([' ', '\t']).unwrap_or(rest.len());
     let given = &keyword.fragment()[..keyword.len()];
     let upper = given.to_ascii_uppercase();
-    let mut err = LineError::at(keyword, word_len, format!("unknown instruction `{given}`"), "not a Kubefile instruction");
-    let docker_only = ["WORKDIR", "USER", "ENTRYPOINT", "EXPOSE", "VOLUME", "SHELL", "ONBUILD", "HEALTHCHECK", "STOPSIGNAL"];
+    let mut err =
+        LineError::at(keyword, word_len, format!("unknown instruction `{given}`"), "not a Kubefile instruction");
+    let docker_only =
+        ["WORKDIR", "USER", "ENTRYPOINT", "EXPOSE", "VOLUME", "SHELL", "ONBUILD", "HEALTHCHECK", "STOPSIGNAL"];
     let hint = if docker_only.contains(&upper.as_str()) {
-        format!("`{upper}` is a Dockerfile instruction with no meaning in a cluster image; valid instructions: {}", KEYWORDS.join(", "))
+        format!(
+            "`{upper}` is a Dockerfile instruction with no meaning in a cluster image; valid instructions: {}",
+            KEYWORDS.join(", ")
+        )
     } else {
         format!("valid instructions: {}", KEYWORDS.join(", "))
     };
@@ -394,8 +402,13 @@ fn piece_error(p: &Piece, message: impl Into<String>, label: impl Into<String>) 
 }
 
 fn unknown_flag(name: &Piece, keyword: &str, valid: &[&str]) -> LineError {
-    piece_error(name, format!("unknown flag `--{}` for {keyword}", name.text), "unknown flag")
-        .help(if valid.is_empty() { format!("{keyword} takes no flags") } else { format!("{keyword} accepts {}", valid.join(", ")) })
+    piece_error(name, format!("unknown flag `--{}` for {keyword}", name.text), "unknown flag").help(
+        if valid.is_empty() {
+            format!("{keyword} takes no flags")
+        } else {
+            format!("{keyword} accepts {}", valid.join(", "))
+        },
+    )
 }
 
 fn to_piece(span: In<'_>) -> Piece {
@@ -410,7 +423,10 @@ fn raw_rest(args: In<'_>, keyword: &str, what: &str) -> LineResult<String> {
 }
 
 /// Leading `--name[=value]` words.
-fn flags(mut args: In<'_>) -> LineResult<(In<'_>, Vec<(Piece, Option<Piece>)>)> {
+/// A `--name[=value]` flag.
+type Flag = (Piece, Option<Piece>);
+
+fn flags(mut args: In<'_>) -> LineResult<(In<'_>, Vec<Flag>)> {
     let mut out = Vec::new();
     loop {
         let parsed: Res<'_, (In<'_>, Option<In<'_>>)> = preceded(
@@ -502,8 +518,13 @@ fn json_array_all(args: In<'_>) -> LineResult<Vec<Piece>> {
         Err(nom::Err::Error(e) | nom::Err::Failure(e)) => {
             let at = e.input;
             let found = at.fragment().chars().next().map_or("end of line".to_owned(), |c| format!("`{c}`"));
-            Err(LineError::at(at, 1, format!("invalid JSON array: unexpected {found}"), "expected a JSON string, `,` or `]`")
-                .help(r#"write a JSON array of double-quoted strings, like ["a", "b"]"#))
+            Err(LineError::at(
+                at,
+                1,
+                format!("invalid JSON array: unexpected {found}"),
+                "expected a JSON string, `,` or `]`",
+            )
+            .help(r#"write a JSON array of double-quoted strings, like ["a", "b"]"#))
         }
         Err(nom::Err::Incomplete(_)) => Err(unreachable_err(args)),
     }
@@ -519,10 +540,9 @@ fn json_string(input: In<'_>) -> Res<'_, Piece> {
     while let Some((i, c)) = chars.next() {
         match c {
             '"' => {
-                let (rest, whole) = recognize(nom::bytes::complete::take::<_, _, nom::error::Error<In>>(
-                    body[..=i].chars().count(),
-                ))
-                .parse(after_quote)?;
+                let (rest, whole) =
+                    recognize(nom::bytes::complete::take::<_, _, nom::error::Error<In>>(body[..=i].chars().count()))
+                        .parse(after_quote)?;
                 let start = input.location_offset();
                 return Ok((rest, Piece { text: out, start, end: whole.location_offset() + whole.len() }));
             }
@@ -564,7 +584,15 @@ fn json_string(input: In<'_>) -> Res<'_, Piece> {
 fn check_name(p: &Piece, keyword: &str) -> LineResult<()> {
     let ok = p.text.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && p.text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if ok { Ok(()) } else { Err(piece_error(p, format!("invalid {keyword} name `{}`", p.text), "letters, digits and `_`, not starting with a digit")) }
+    if ok {
+        Ok(())
+    } else {
+        Err(piece_error(
+            p,
+            format!("invalid {keyword} name `{}`", p.text),
+            "letters, digits and `_`, not starting with a digit",
+        ))
+    }
 }
 
 /// ENV and LABEL keys: anything but blanks, `=` and an empty key.
@@ -581,7 +609,9 @@ fn check_app_name(p: &Piece) -> LineResult<()> {
         && p.text != "."
         && p.text != ".."
         && p.text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok { Ok(()) } else {
+    if ok {
+        Ok(())
+    } else {
         Err(piece_error(p, format!("invalid application name `{}`", p.text), "letters, digits, `-`, `_` and `.` only"))
     }
 }

@@ -64,8 +64,12 @@ fn copy_multi_source_and_arch() {
 
 #[test]
 fn copy_json_form() {
-    let InstructionKind::Copy(c) = second(r#"FROM scratch
-COPY ["a b", "dir/"]"#) else { panic!() };
+    let InstructionKind::Copy(c) = second(
+        r#"FROM scratch
+COPY ["a b", "dir/"]"#,
+    ) else {
+        panic!()
+    };
     assert_eq!(c.sources[0].raw, "a b");
     assert_eq!(c.sources[0].form, WordForm::Json);
 }
@@ -97,20 +101,30 @@ fn label_and_maintainer() {
 
 #[test]
 fn run_shell_and_exec() {
-    assert_eq!(second("FROM scratch\nRUN echo $HOME > x"), InstructionKind::Run(RunCommand::Shell("echo $HOME > x".into())));
     assert_eq!(
-        second(r#"FROM scratch
-RUN ["sh", "-c", "echo"]"#),
+        second("FROM scratch\nRUN echo $HOME > x"),
+        InstructionKind::Run(RunCommand::Shell("echo $HOME > x".into()))
+    );
+    assert_eq!(
+        second(
+            r#"FROM scratch
+RUN ["sh", "-c", "echo"]"#
+        ),
         InstructionKind::Run(RunCommand::Exec(vec!["sh".into(), "-c".into(), "echo".into()]))
     );
     // Not valid JSON: Docker runs it as a shell command.
-    assert_eq!(second("FROM scratch\nRUN [ -f x ] && y"), InstructionKind::Run(RunCommand::Shell("[ -f x ] && y".into())));
+    assert_eq!(
+        second("FROM scratch\nRUN [ -f x ] && y"),
+        InstructionKind::Run(RunCommand::Shell("[ -f x ] && y".into()))
+    );
     assert!(err("FROM scratch\nRUN").message().contains("needs a command"));
 }
 
 #[test]
 fn app_sources() {
-    let InstructionKind::App(a) = second("FROM scratch\nAPP nginx local://nginx.yaml https://h/x.tgz") else { panic!() };
+    let InstructionKind::App(a) = second("FROM scratch\nAPP nginx local://nginx.yaml https://h/x.tgz") else {
+        panic!()
+    };
     assert_eq!(a.name.value, "nginx");
     assert!(matches!(&a.sources[0], AppSource::Local(w) if w.raw == "nginx.yaml"));
     assert!(matches!(&a.sources[1], AppSource::Remote(w) if w.raw == "https://h/x.tgz"));
@@ -176,7 +190,10 @@ fn launch_forms() {
 fn cmds_and_cmd() {
     assert_eq!(second("FROM scratch\nCMDS [\"a b\", \"c\"]"), InstructionKind::Cmds(vec!["a b".into(), "c".into()]));
     // Shell form is one command, not one command per word (Sealer's quirk).
-    assert_eq!(second("FROM scratch\nCMDS kubectl apply -f x.yaml"), InstructionKind::Cmds(vec!["kubectl apply -f x.yaml".into()]));
+    assert_eq!(
+        second("FROM scratch\nCMDS kubectl apply -f x.yaml"),
+        InstructionKind::Cmds(vec!["kubectl apply -f x.yaml".into()])
+    );
     let k = kinds("FROM scratch\nCMD kubectl apply -f a.yaml\nCMD [\"echo\", \"it's\"]");
     assert_eq!(k[1], InstructionKind::Cmd("kubectl apply -f a.yaml".into()));
     assert_eq!(k[2], InstructionKind::Cmd(r"echo 'it'\''s'".into()));

@@ -73,18 +73,26 @@ pub fn render_error(err: &anyhow::Error, color: bool) -> (String, ExitKind) {
     let mut out = String::new();
     // Source-located problems get the snippet with a caret.
     let diagnostic: Option<&dyn miette::Diagnostic> = err.chain().find_map(|c| {
-        c.downcast_ref::<KubefileError>().map(|k| k as &dyn miette::Diagnostic).or_else(|| match c.downcast_ref::<BuildError>() {
-            Some(BuildError::Kubefile(k)) => Some(k.as_ref() as &dyn miette::Diagnostic),
-            _ => None,
+        c.downcast_ref::<KubefileError>().map(|k| k as &dyn miette::Diagnostic).or_else(|| {
+            match c.downcast_ref::<BuildError>() {
+                Some(BuildError::Kubefile(k)) => Some(k.as_ref() as &dyn miette::Diagnostic),
+                _ => None,
+            }
         })
     });
     if let Some(diag) = diagnostic {
         let theme = if color { miette::GraphicalTheme::unicode() } else { miette::GraphicalTheme::unicode_nocolor() };
         let mut rendered = String::new();
-        if miette::GraphicalReportHandler::new_themed(theme).with_context_lines(1).render_report(&mut rendered, diag).is_ok() {
+        if miette::GraphicalReportHandler::new_themed(theme)
+            .with_context_lines(1)
+            .render_report(&mut rendered, diag)
+            .is_ok()
+        {
             let _ = writeln!(out, "error: {diag}");
             // miette repeats the message as its first line (`  × …`); the line above has it.
-            let snippet = rendered.split_once('\n').map_or("", |(first, rest)| if first.trim_start().starts_with('×') { rest } else { rendered.as_str() });
+            let snippet = rendered
+                .split_once('\n')
+                .map_or("", |(first, rest)| if first.trim_start().starts_with('×') { rest } else { rendered.as_str() });
             out.push_str(snippet);
             return (out, kind);
         }

@@ -16,11 +16,16 @@ pub struct ByteProgress {
 
 impl ByteProgress {
     pub fn new(printer: &Printer, message: &str) -> Self {
-        let bar = ProgressBar::with_draw_target(Some(0), if printer.show_progress() { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() });
+        let bar = ProgressBar::with_draw_target(
+            Some(0),
+            if printer.show_progress() { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() },
+        );
         bar.set_style(
-            ProgressStyle::with_template("{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         bar.set_message(message.to_owned());
         Self { bar }
@@ -69,7 +74,10 @@ impl BuildReporter for BuildProgress {
         self.printer.status(&format!("{prefix}STEP {index}/{total}: {text}"));
         if self.printer.show_progress() {
             let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-            bar.set_style(ProgressStyle::with_template("  {spinner} {elapsed}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+            bar.set_style(
+                ProgressStyle::with_template("  {spinner} {elapsed}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
             bar.enable_steady_tick(std::time::Duration::from_millis(200));
             if let Ok(mut s) = self.spinner.lock() {
                 *s = Some(bar);

@@ -20,6 +20,10 @@ impl Table {
 
     pub fn render(&self) -> String {
         // comfy-table pads each cell with one space on both sides; trim the outer ones.
-        self.inner.lines().map(|l| l.trim_end().strip_prefix(' ').unwrap_or(&l).to_owned()).collect::<Vec<_>>().join("\n")
+        self.inner
+            .lines()
+            .map(|l| l.trim_end().strip_prefix(' ').unwrap_or(&l).to_owned())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }

@@ -1,4 +1,5 @@
 //! Test support: a temp store, a temp build context, and the real `kiln` binary.
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -83,7 +84,12 @@ impl Env {
     /// Unpacks every layer of one platform in order into a directory (whiteouts applied).
     pub fn rootfs(&self, image: &str, platform: Option<&str>) -> tempfile::TempDir {
         let info = self.inspect(image);
-        let plat = info["platforms"].as_array().unwrap().iter().find(|p| platform.is_none_or(|w| p["platform"] == w)).expect("platform");
+        let plat = info["platforms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| platform.is_none_or(|w| p["platform"] == w))
+            .expect("platform");
         let out = tempfile::tempdir().unwrap();
         let store = kiln::image::Store::open(self.root()).unwrap();
         for l in plat["manifest"]["layers"].as_array().unwrap() {
@@ -116,7 +122,12 @@ pub fn is_root() -> bool {
 /// Peers (skopeo, …) are installed by `make test`; outside it a missing one skips the test
 /// with a reason, inside it (`KILN_REQUIRE_PEERS=1`) it fails.
 pub fn require_tool(name: &str) -> bool {
-    let found = std::process::Command::new("sh").arg("-c").arg(format!("command -v {name}")).output().map(|o| o.status.success()).unwrap_or(false);
+    let found = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     if !found {
         assert!(std::env::var_os("KILN_REQUIRE_PEERS").is_none(), "`{name}` is required (KILN_REQUIRE_PEERS is set)");
         eprintln!("skipped: `{name}` is not installed (run `make test` to install peers)");

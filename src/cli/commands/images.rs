@@ -36,7 +36,11 @@ pub async fn run(settings: &Settings, printer: Printer, args: ImagesArgs) -> any
     let mut table = Table::new(&["NAME", "DIGEST", "PLATFORMS", "SIZE", "CREATED"]);
     for r in rows {
         let digest = if args.no_trunc { r.digest } else { r.digest.chars().take(19).collect() };
-        let created = r.created.and_then(|c| chrono::DateTime::parse_from_rfc3339(&c).ok()).map(|c| c.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_default();
+        let created = r
+            .created
+            .and_then(|c| chrono::DateTime::parse_from_rfc3339(&c).ok())
+            .map(|c| c.format("%Y-%m-%d %H:%M").to_string())
+            .unwrap_or_default();
         table.row(vec![r.name, digest, r.platforms.join(","), human_size(r.size), created]);
     }
     printer.data(&table.render());

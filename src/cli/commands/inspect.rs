@@ -24,7 +24,12 @@ pub async fn run(settings: &Settings, printer: Printer, args: InspectArgs) -> an
             let extension = p.extension()?;
             let launch: Vec<String> = extension
                 .as_ref()
-                .map(|e| e.applications.iter().filter_map(|a| a.launch_command().map(|c| format!("{}: {c}", a.name))).collect())
+                .map(|e| {
+                    e.applications
+                        .iter()
+                        .filter_map(|a| a.launch_command().map(|c| format!("{}: {c}", a.name)))
+                        .collect()
+                })
                 .unwrap_or_default();
             platforms.push(serde_json::json!({
                 "platform": p.platform.to_string(),

@@ -13,12 +13,16 @@ use crate::output::UserError;
 
 /// Loads an image by name or fails with a message the user can act on.
 pub(crate) fn require_image(store: &Store, name: &ImageRef) -> anyhow::Result<Image> {
-    store
-        .image(name)?
-        .ok_or_else(|| UserError::new(format!("image `{name}` is not in the local store")).with_hint("`kiln images` lists what is there").into())
+    store.image(name)?.ok_or_else(|| {
+        UserError::new(format!("image `{name}` is not in the local store"))
+            .with_hint("`kiln images` lists what is there")
+            .into()
+    })
 }
 
 /// Runs blocking work (file I/O, compression) off the async executor.
-pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> anyhow::Result<T> + Send + 'static) -> anyhow::Result<T> {
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
     tokio::task::spawn_blocking(f).await?
 }

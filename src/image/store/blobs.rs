@@ -17,11 +17,9 @@ pub struct BlobWriter {
 
 impl BlobWriter {
     pub(super) fn new(store: &Store) -> Result<Self, StoreError> {
-        let tmp = NamedTempFile::new_in(store.tmp_dir()).map_err(|e| StoreError::io("create a temp file in", store.tmp_dir(), e))?;
-        Ok(Self {
-            writer: HashingWriter::new(BufWriter::with_capacity(256 * 1024, tmp)),
-            blobs_dir: store.blobs_dir(),
-        })
+        let tmp = NamedTempFile::new_in(store.tmp_dir())
+            .map_err(|e| StoreError::io("create a temp file in", store.tmp_dir(), e))?;
+        Ok(Self { writer: HashingWriter::new(BufWriter::with_capacity(256 * 1024, tmp)), blobs_dir: store.blobs_dir() })
     }
 
     pub fn written(&self) -> u64 {
@@ -48,7 +46,11 @@ impl BlobWriter {
         if let Some(expected) = expected.filter(|e| **e != digest) {
             return Err(StoreError::DigestMismatch { expected: expected.clone(), actual: digest });
         }
-        let tmp = buffered.into_inner().map_err(|e| StoreError::Io { action: "flush a blob".into(), path: None, source: e.into_error() })?;
+        let tmp = buffered.into_inner().map_err(|e| StoreError::Io {
+            action: "flush a blob".into(),
+            path: None,
+            source: e.into_error(),
+        })?;
         let target = self.blobs_dir.join(digest.hex());
         if target.exists() {
             return Ok((digest, size, false)); // content-addressed: the same bytes are already there

@@ -88,7 +88,8 @@ impl Store {
         }
         let layout = store.layout_dir().join("oci-layout");
         if !layout.exists() {
-            write_atomic(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(|e| StoreError::io("write", &layout, e))?;
+            write_atomic(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)
+                .map_err(|e| StoreError::io("write", &layout, e))?;
         }
         let index = store.index_path();
         if !index.exists() {
@@ -119,7 +120,10 @@ impl Store {
 
     /// A fresh private scratch directory inside the store (same filesystem, so renames work).
     pub fn scratch_dir(&self, prefix: &str) -> Result<tempfile::TempDir, StoreError> {
-        tempfile::Builder::new().prefix(prefix).tempdir_in(self.tmp_dir()).map_err(|e| StoreError::io("create a scratch dir in", self.tmp_dir(), e))
+        tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(self.tmp_dir())
+            .map_err(|e| StoreError::io("create a scratch dir in", self.tmp_dir(), e))
     }
 
     fn blobs_dir(&self) -> PathBuf {
@@ -177,7 +181,11 @@ impl Store {
     }
 
     /// Opens a blob for streaming; the reader fails at the end if the content is corrupt.
-    pub fn open_blob(&self, digest: &Digest, size: Option<u64>) -> Result<VerifyingReader<BufReader<File>>, StoreError> {
+    pub fn open_blob(
+        &self,
+        digest: &Digest,
+        size: Option<u64>,
+    ) -> Result<VerifyingReader<BufReader<File>>, StoreError> {
         let path = self.blob_path(digest);
         let file = File::open(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => StoreError::MissingBlob(digest.clone()),
@@ -198,7 +206,8 @@ impl Store {
     /// Reads and parses a JSON blob (manifest, index, config).
     pub fn read_json<T: DeserializeOwned>(&self, digest: &Digest) -> Result<T, StoreError> {
         let bytes = self.read_blob(digest)?;
-        serde_json::from_slice(&bytes).map_err(|e| StoreError::BadJson { digest: digest.clone(), reason: e.to_string() })
+        serde_json::from_slice(&bytes)
+            .map_err(|e| StoreError::BadJson { digest: digest.clone(), reason: e.to_string() })
     }
 
     /// Checks a blob fully against its digest.
@@ -247,10 +256,10 @@ impl Store {
             .manifests(manifests)
             .build()
             .map_err(|e| StoreError::BadIndex { path: self.index_path(), reason: e.to_string() })?;
-        let bytes = serde_json::to_vec_pretty(&serde_json::to_value(&index).map_err(|e| StoreError::BadIndex {
-            path: self.index_path(),
-            reason: e.to_string(),
-        })?)
+        let bytes = serde_json::to_vec_pretty(
+            &serde_json::to_value(&index)
+                .map_err(|e| StoreError::BadIndex { path: self.index_path(), reason: e.to_string() })?,
+        )
         .unwrap_or_default();
         write_atomic(&self.index_path(), &bytes).map_err(|e| StoreError::io("write", self.index_path(), e))
     }
@@ -268,9 +277,11 @@ impl Store {
         {
             // `repo@sha256:…`: any entry of that repository whose top-level digest matches.
             let prefix = format!("{}:", name.name());
-            return Ok(self.read_index()?.entries.into_iter().find(|e| {
-                e.digest == digest && e.name.as_deref().is_some_and(|n| n.starts_with(&prefix))
-            }));
+            return Ok(self
+                .read_index()?
+                .entries
+                .into_iter()
+                .find(|e| e.digest == digest && e.name.as_deref().is_some_and(|n| n.starts_with(&prefix))));
         }
         Ok(self.read_index()?.entries.into_iter().find(|e| e.name.as_deref() == Some(wanted.as_str())))
     }
@@ -284,7 +295,12 @@ impl Store {
         let mut index = self.read_index()?;
         let name = name.to_string();
         index.entries.retain(|e| e.name.as_deref() != Some(name.as_str()));
-        index.entries.push(IndexEntry { name: Some(name), digest: digest.clone(), media_type: media_type.to_owned(), size });
+        index.entries.push(IndexEntry {
+            name: Some(name),
+            digest: digest.clone(),
+            media_type: media_type.to_owned(),
+            size,
+        });
         self.write_index(&index)
     }
 

@@ -1,0 +1,65 @@
+# kiln — build, test, demo and benchmarks. Every target installs what it needs on a fresh
+# Debian 12 machine (as root), so `make test` and `make demo` work from a clean checkout.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+CARGO ?= cargo
+KILN_DEBUG := target/debug/kiln
+KILN_RELEASE := target/release/kiln
+export DEBIAN_FRONTEND := noninteractive
+
+# Debian packages the tests use as real peers and tools.
+TEST_PACKAGES := skopeo jq time bc tar gzip coreutils util-linux
+
+.PHONY: all build release test test-unit deps demo bench-build fuzz lint clean help
+
+all: build
+
+help:
+	@echo "make demo         build kiln and the demo cluster image, show it"
+	@echo "make test         every test (unit, CLI, interop with skopeo)"
+	@echo "make bench-build  build benchmark: kiln vs tar|gzip|sha256sum floor"
+	@echo "make fuzz         fuzz the Kubefile parser (FUZZ_SECONDS, default 600)"
+
+# Installs missing Debian packages; quiet when all are present.
+deps:
+	@missing=""; for p in $(TEST_PACKAGES); do dpkg -s "$$p" >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing:$$missing"; \
+	  apt-get update -qq; \
+	  apt-get install -y -qq -o Dpkg::Options::=--force-confold $$missing >/dev/null; \
+	fi
+	@command -v $(CARGO) >/dev/null || { echo "error: cargo is required (install Rust with rustup)"; exit 1; }
+
+build:
+	$(CARGO) build --locked
+
+release:
+	$(CARGO) build --locked --release
+
+test: deps
+	$(CARGO) build --locked --all-targets
+	KILN_REQUIRE_PEERS=1 $(CARGO) test --locked -- --test-threads=2
+
+test-unit:
+	$(CARGO) test --locked --lib
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+# The demo: builds kiln and the demo cluster image (multi-arch), then shows what it holds.
+demo: deps build
+	@e2e/demo.sh $(KILN_DEBUG)
+
+bench-build: deps release
+	@e2e/bench/build.sh $(KILN_RELEASE)
+
+FUZZ_SECONDS ?= 600
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && $(CARGO) +nightly fuzz run kubefile -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096
+
+clean:
+	$(CARGO) clean
+	rm -rf .bench

@@ -1,0 +1,2 @@
+#!/bin/sh
+echo "kiln demo ${DemoVersion} on $(uname -m)"
