@@ -9,15 +9,17 @@ KILN_RELEASE := target/release/kiln
 export DEBIAN_FRONTEND := noninteractive
 
 # Debian packages the tests use as real peers and tools.
-TEST_PACKAGES := skopeo jq time bc tar gzip coreutils util-linux
+TEST_PACKAGES := skopeo jq time bc tar gzip zstd coreutils util-linux python3 \
+  debootstrap qemu-user-static binfmt-support systemd-container iproute2 openssh-client sshpass procps
 
-.PHONY: all build release test test-unit deps demo bench-build fuzz lint clean help
+.PHONY: all build release test test-unit test-hosts deps demo bench-build fuzz lint clean help
 
 all: build
 
 help:
 	@echo "make demo         build kiln and the demo cluster image, show it"
-	@echo "make test         every test (unit, CLI, interop with skopeo)"
+	@echo "make test         every test (unit, CLI, interop with skopeo, test hosts)"
+	@echo "make test-hosts   bring up 2 amd64 + 1 arm64 test hosts and check them"
 	@echo "make bench-build  build benchmark: kiln vs tar|gzip|sha256sum floor"
 	@echo "make fuzz         fuzz the Kubefile parser (FUZZ_SECONDS, default 600)"
 
@@ -40,6 +42,12 @@ release:
 test: deps
 	$(CARGO) build --locked --all-targets
 	KILN_REQUIRE_PEERS=1 $(CARGO) test --locked -- --test-threads=2
+	$(MAKE) --no-print-directory test-hosts
+
+# Real test hosts (2 amd64 + 1 arm64): boot, SSH, sudo, power loss, partition, teardown.
+test-hosts: deps
+	e2e/hosts.sh down >/dev/null 2>&1 || true
+	e2e/test-hosts.sh
 
 test-unit:
 	$(CARGO) test --locked --lib

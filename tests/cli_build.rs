@@ -41,6 +41,9 @@ fn metadata_instructions() {
     assert_eq!(e["type"], "kube-installer");
     assert_eq!(e["launch"]["cmds"], serde_json::json!(["kubectl apply -f a.yaml", "echo done"]));
     assert_eq!(e["schemaVersion"], "v1alpha1");
+
+    env.build("meta:app", &["--type", "app-installer"]);
+    assert_eq!(ext(&env.inspect("meta:app"))["type"], "app-installer");
 }
 
 #[test]
@@ -325,6 +328,21 @@ fn run_changes_become_a_layer() {
     assert!(r.join("var/lib/marker").exists());
     // The host was not touched: RUN's working directory was the image rootfs.
     assert!(!std::path::Path::new("etc/new.conf").exists());
+}
+
+#[test]
+fn run_cannot_write_to_the_build_host() {
+    if !is_root() {
+        eprintln!("skipped: RUN needs root for its mount namespace");
+        return;
+    }
+    let env = Env::new();
+    let marker = format!("/kiln-run-escape-{}", std::process::id());
+    env.kubefile(&format!("FROM scratch\nRUN echo x > /tmp/private && touch {marker}\n"));
+    let err = env.fails(&["build", "-t", "escape:1", env.ctx().to_str().unwrap()], 1);
+    assert!(err.contains("Read-only file system"), "{err}");
+    assert!(!std::path::Path::new(&marker).exists(), "RUN wrote to the host's root filesystem");
+    assert!(!std::path::Path::new("/tmp/private").exists(), "RUN's /tmp must be private");
 }
 
 #[test]

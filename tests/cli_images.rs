@@ -232,3 +232,54 @@ fn load_names_from_docker_archive_or_tag_flag() {
     env.ok(&["load", "-i", path.to_str().unwrap(), "--tag", "renamed/app:8"]);
     env.inspect("renamed/app:8");
 }
+
+#[test]
+fn concurrent_builds_and_rmi_share_one_store_safely() {
+    let env = Env::new();
+    for i in 0..4 {
+        env.file(&format!("c{i}/data"), &format!("payload {i} {}", "x".repeat(100_000 * (i + 1))));
+        env.file(&format!("c{i}/Kubefile"), "FROM scratch\nCOPY data data\nCOPY data copy/\n");
+    }
+    env.file("victim/f", "victim");
+    env.file("victim/Kubefile", "FROM scratch\nCOPY f f\n");
+    let victim_ctx = env.ctx().join("victim");
+    env.ok(&["build", "-q", "-t", "victim:1", victim_ctx.to_str().unwrap()]);
+    // Four builds and a GC-ing rmi at once, twice over.
+    for round in 0..2 {
+        let mut children = Vec::new();
+        for i in 0..4 {
+            let ctx = env.ctx().join(format!("c{i}"));
+            let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("kiln"));
+            cmd.env("KILN_ROOT", env.root()).args([
+                "build",
+                "-q",
+                "--no-cache",
+                "-t",
+                &format!("par{i}:{round}"),
+                ctx.to_str().unwrap(),
+            ]);
+            children.push(cmd.spawn().unwrap());
+        }
+        let rmi = env.run(&["rmi", if round == 0 { "victim:1" } else { "par0:0" }]);
+        assert!(rmi.status.success(), "{}", String::from_utf8_lossy(&rmi.stderr));
+        for mut c in children {
+            assert!(c.wait().unwrap().success());
+        }
+    }
+    // Every surviving image is complete: all its blobs verify.
+    let store = kiln::image::Store::open(env.root()).unwrap();
+    let names: Vec<String> = serde_json::from_str::<serde_json::Value>(&env.ok(&["images", "--json"]))
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names.len(), 7, "{names:?}");
+    for n in names {
+        let image = store.image(&n.parse().unwrap()).unwrap().unwrap();
+        for (digest, size, _) in image.blobs() {
+            store.verify_blob(&digest, Some(size)).unwrap();
+        }
+    }
+}

@@ -301,7 +301,7 @@ impl<'a> PlatformBuild<'a> {
 
     fn apply(&mut self, index: usize, ins: &Instruction) -> Result<()> {
         match &ins.kind {
-            InstructionKind::From(from) => self.from(ins, from),
+            InstructionKind::From(from) => self.from(from),
             InstructionKind::Arg(decls) => {
                 for d in decls {
                     let value = match self.request.build_args.get(&d.name.value) {
@@ -392,7 +392,7 @@ impl<'a> PlatformBuild<'a> {
         }
     }
 
-    fn from(&mut self, ins: &Instruction, from: &kubefile::From) -> Result<()> {
+    fn from(&mut self, from: &kubefile::From) -> Result<()> {
         if let Some(p) = &from.platform {
             let want = self.expand(p)?;
             let parsed: Platform = want
@@ -422,7 +422,6 @@ impl<'a> PlatformBuild<'a> {
         self.inherit(&base)?;
         self.kubefile.check_apps(&self.extension.applications.iter().map(|a| a.name.clone()).collect::<Vec<_>>())?;
         self.chain(&["FROM", &base.manifest_digest.to_string()]);
-        let _ = ins;
         Ok(())
     }
 

@@ -4,7 +4,9 @@
 //! The child process unshares its mount namespace, makes every mount private, mounts the
 //! overlay and changes into it before it execs the command, so nothing it mounts is seen by
 //! the host and whatever it writes into its working directory lands in the overlay's upper
-//! directory, which becomes the new layer.
+//! directory, which becomes the new layer. It then gets a private `/tmp` and the host's root
+//! filesystem is remounted read-only in its namespace: a RUN that writes to an absolute host
+//! path fails loudly instead of changing the build machine.
 
 use std::ffi::CString;
 use std::io::{BufRead, BufReader};
@@ -54,6 +56,8 @@ pub fn run(
     .map_err(|_| SandboxError::BadPath(dirs.lower.clone()))?;
     let overlay = c"overlay";
     let root = c"/";
+    let tmp = c"/tmp";
+    let tmpfs = c"tmpfs";
 
     let (program, args) = argv.split_first().ok_or_else(|| SandboxError::BadPath(PathBuf::new()))?;
     let mut cmd = Command::new(program);
@@ -77,7 +81,16 @@ pub fn run(
                 None::<&std::ffi::CStr>,
             )?;
             mount(Some(overlay), merged.as_c_str(), Some(overlay), MsFlags::empty(), Some(options.as_c_str()))?;
+            // The working directory keeps the overlay reachable even if /tmp is covered next.
             nix::unistd::chdir(merged.as_c_str())?;
+            mount(Some(tmpfs), tmp, Some(tmpfs), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, None::<&std::ffi::CStr>)?;
+            mount(
+                None::<&std::ffi::CStr>,
+                root,
+                None::<&std::ffi::CStr>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None::<&std::ffi::CStr>,
+            )?;
             Ok(())
         });
     }

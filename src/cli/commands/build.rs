@@ -5,7 +5,7 @@ use crate::cli::BuildArgs;
 use crate::cli::settings::{Settings, parse_pairs, parse_ref};
 use crate::image::media::Compression;
 use crate::image::{ImageType, Platform};
-use crate::output::{BuildProgress, Printer, UserErrorExt, human_size};
+use crate::output::{BuildProgress, Printer, UserErrorExt};
 
 pub async fn run(settings: &Settings, printer: Printer, args: BuildArgs) -> anyhow::Result<()> {
     let platforms = match &args.platform {
@@ -44,7 +44,6 @@ pub async fn run(settings: &Settings, printer: Printer, args: BuildArgs) -> anyh
         cached,
         started.elapsed().as_secs_f64()
     ));
-    let _ = human_size;
     printer.data(&outcome.digest.to_string());
     Ok(())
 }

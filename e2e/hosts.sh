@@ -1,0 +1,424 @@
+#!/usr/bin/env bash
+# e2e/hosts.sh — real, heterogeneous test hosts on this machine (run as root).
+#
+# Each host is a Debian root filesystem (debootstrap minbase, cached as a tarball per OS and
+# architecture) mounted as an overlay, booted with systemd as PID 1 by systemd-nspawn in its own
+# network namespace, joined to a private bridge by a veth pair. ARM64 hosts run their arm64
+# userland under qemu-user-static through binfmt_misc. Hosts have no route to the internet.
+#
+#   hosts.sh up [--hosts N] [--arch amd64,arm64,...] [--os bookworm|bullseye]
+#   hosts.sh status | down | reset [NAME...]
+#   hosts.sh ssh [--user USER] NAME -- CMD...
+#   hosts.sh stop NAME | start NAME          (power loss / power on)
+#   hosts.sh partition NAME | heal NAME      (cut off the bridge / reconnect)
+#   hosts.sh inventory                       (path of the inventory JSON)
+#
+# Everything it makes is named kiln-e2e* / kv-* and lives under $STATE; it refuses to touch
+# hosts that are not in its inventory.
+set -euo pipefail
+
+CACHE=${KILN_E2E_CACHE:-/var/cache/kiln-e2e}
+STATE=${KILN_E2E_STATE:-/run/kiln-e2e}
+MIRROR=${KILN_E2E_MIRROR:-http://deb.debian.org/debian}
+BRIDGE=kiln-e2e0
+NET=10.213.0
+GATEWAY=$NET.1
+NS_PREFIX=kiln-e2e
+INVENTORY=$STATE/inventory.json
+KEY=$CACHE/id_ed25519
+ROOT_PASSWORD=kiln-e2e-root
+SUDO_USER_NOPASSWD=deploy
+SUDO_USER_PASSWD=ops
+SUDO_USER_PASSWORD=kiln-e2e-ops
+PACKAGES=systemd,systemd-sysv,dbus,openssh-server,iproute2,kmod,procps,sudo,iputils-ping,ca-certificates,python3-minimal
+
+log() { printf '%s\n' "$*" >&2; }
+die() { printf 'hosts.sh: error: %s\n' "$*" >&2; exit 1; }
+
+need_root() { [ "$(id -u)" = 0 ] || die "must run as root"; }
+
+host_dir() { printf '%s/hosts/%s' "$STATE" "$1"; }
+host_ns() { printf '%s-%s' "$NS_PREFIX" "${1#kiln-}"; }
+host_veth() { printf 'kv-%s' "${1#kiln-}"; }
+
+# --- inventory -------------------------------------------------------------------------------
+
+inventory_hosts() { [ -f "$INVENTORY" ] && python3 -c 'import json,sys; [print(h["name"]) for h in json.load(open(sys.argv[1]))["hosts"]]' "$INVENTORY" || true; }
+
+host_field() { # NAME FIELD
+  python3 - "$INVENTORY" "$1" "$2" <<'PY'
+import json, sys
+inv = json.load(open(sys.argv[1]))
+for h in inv["hosts"]:
+    if h["name"] == sys.argv[2]:
+        print(h[sys.argv[3]])
+        break
+else:
+    sys.exit(1)
+PY
+}
+
+require_host() {
+  [ -f "$INVENTORY" ] || die "no test hosts are up (run: hosts.sh up)"
+  inventory_hosts | grep -qx "$1" || die "\`$1\` is not a test host made by this tool (hosts: $(inventory_hosts | tr '\n' ' '))"
+}
+
+write_inventory() { # lines "name ip arch os"
+  mkdir -p "$STATE"
+  umask 077
+  python3 - "$INVENTORY.tmp" "$KEY" "$ROOT_PASSWORD" "$SUDO_USER_NOPASSWD" "$SUDO_USER_PASSWD" "$SUDO_USER_PASSWORD" "$NET" "$GATEWAY" <<'PY'
+import json, sys
+path, key, root_pw, nopw_user, pw_user, pw, net, gw = sys.argv[1:]
+hosts = []
+for line in sys.stdin:
+    name, ip, arch, os_ = line.split()
+    hosts.append({"name": name, "ip": ip, "arch": arch, "os": os_, "ssh_port": 22})
+inv = {
+    "subnet": net + ".0/24",
+    "gateway": gw,
+    "ssh_key": key,
+    "users": {
+        "root": {"password": root_pw, "key": True},
+        nopw_user: {"password": None, "key": True, "sudo": "nopasswd"},
+        pw_user: {"password": pw, "key": True, "sudo": "password"},
+    },
+    "hosts": hosts,
+}
+json.dump(inv, open(path, "w"), indent=2)
+PY
+  mv "$INVENTORY.tmp" "$INVENTORY"
+}
+
+# --- root filesystems ------------------------------------------------------------------------
+
+ensure_binfmt() {
+  [ -e /proc/sys/fs/binfmt_misc/register ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+  if [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
+    update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
+  fi
+  [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || die "qemu-aarch64 binfmt handler is not registered (install qemu-user-static binfmt-support)"
+}
+
+ensure_key() {
+  mkdir -p "$CACHE"
+  [ -f "$KEY" ] || ssh-keygen -q -t ed25519 -N '' -C kiln-e2e -f "$KEY"
+  chmod 600 "$KEY"
+}
+
+# Builds (once) the tarball for OS/ARCH, and the extracted copy used as the overlay's lower dir.
+ensure_rootfs() { # OS ARCH
+  local os=$1 arch=$2 tarball=$CACHE/rootfs-$1-$2.tar.zst lower=$CACHE/rootfs-$1-$2
+  exec 9>"$CACHE/.lock-$os-$arch"
+  flock 9
+  if [ ! -f "$tarball" ]; then
+    [ "$arch" = amd64 ] || ensure_binfmt
+    local tmp
+    tmp=$(mktemp -d "$CACHE/build-$os-$arch.XXXX")
+    log "Creating the $os/$arch root filesystem with debootstrap (cached in $tarball)..."
+    local t0=$SECONDS
+    if ! debootstrap --variant=minbase --arch="$arch" --include="$PACKAGES" "$os" "$tmp" "$MIRROR" >"$tmp.log" 2>&1; then
+      tail -20 "$tmp.log" >&2
+      rm -rf "$tmp"
+      die "debootstrap $os/$arch failed (log: $tmp.log)"
+    fi
+    if ! (set -e; customize_rootfs "$tmp"); then
+      rm -rf "$tmp" "$tmp.log"
+      die "customizing the $os/$arch root filesystem failed"
+    fi
+    tar -C "$tmp" --numeric-owner --xattrs -I 'zstd -T0 -3' -cf "$tarball.tmp" .
+    mv "$tarball.tmp" "$tarball"
+    rm -rf "$tmp" "$tmp.log"
+    log "Created $tarball in $((SECONDS - t0))s"
+  fi
+  if [ ! -f "$lower/.complete" ]; then
+    rm -rf "$lower"
+    mkdir -p "$lower"
+    tar -C "$lower" --numeric-owner --xattrs -I zstd -xf "$tarball"
+    touch "$lower/.complete"
+  fi
+  flock -u 9
+}
+
+customize_rootfs() { # DIR
+  local r=$1
+  chroot "$r" /bin/sh -ec "
+    echo 'root:$ROOT_PASSWORD' | chpasswd
+    useradd -m -s /bin/bash $SUDO_USER_NOPASSWD
+    useradd -m -s /bin/bash $SUDO_USER_PASSWD
+    echo '$SUDO_USER_PASSWD:$SUDO_USER_PASSWORD' | chpasswd
+    passwd -d $SUDO_USER_NOPASSWD >/dev/null
+    usermod -p '*' $SUDO_USER_NOPASSWD
+  "
+  printf '%s ALL=(ALL) NOPASSWD: ALL\n' "$SUDO_USER_NOPASSWD" > "$r/etc/sudoers.d/90-$SUDO_USER_NOPASSWD"
+  printf '%s ALL=(ALL) ALL\n' "$SUDO_USER_PASSWD" > "$r/etc/sudoers.d/90-$SUDO_USER_PASSWD"
+  chmod 440 "$r"/etc/sudoers.d/90-*
+  mkdir -p "$r/etc/ssh/sshd_config.d"
+  printf 'PermitRootLogin yes\nPasswordAuthentication yes\nUseDNS no\nMaxSessions 32\n' > "$r/etc/ssh/sshd_config.d/kiln-e2e.conf"
+  # Every host gets its own host keys on first boot, as real servers have.
+  rm -f "$r"/etc/ssh/ssh_host_*
+  mkdir -p "$r/etc/systemd/system/ssh.service.d"
+  printf '[Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\nExecStartPre=/usr/sbin/sshd -t\n' > "$r/etc/systemd/system/ssh.service.d/kiln-e2e.conf"
+  # A fresh machine-id per host (systemd makes one at boot when the file is empty).
+  : > "$r/etc/machine-id"
+  rm -f "$r/var/lib/dbus/machine-id"
+  # Nothing that needs the network or a real console.
+  for unit in apt-daily.timer apt-daily-upgrade.timer getty@tty1.service systemd-networkd.service systemd-resolved.service; do
+    ln -sf /dev/null "$r/etc/systemd/system/$unit"
+  done
+  rm -rf "$r"/var/cache/apt/archives/*.deb "$r"/var/lib/apt/lists/*
+}
+
+# --- network ---------------------------------------------------------------------------------
+
+ensure_bridge() {
+  if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+    ip link add "$BRIDGE" type bridge
+    ip addr add "$GATEWAY/24" dev "$BRIDGE"
+  fi
+  # Traffic between hosts must not depend on the machine's iptables.
+  ip link set dev "$BRIDGE" type bridge nf_call_iptables 0 nf_call_ip6tables 0 2>/dev/null || true
+  ip link set "$BRIDGE" up
+}
+
+ensure_netns() { # NAME IP
+  local name=$1 ip=$2 ns veth
+  ns=$(host_ns "$name")
+  veth=$(host_veth "$name")
+  [ -e "/run/netns/$ns" ] || ip netns add "$ns"
+  if ! ip link show "$veth" >/dev/null 2>&1; then
+    ip link add "$veth" type veth peer name eth0 netns "$ns"
+    ip link set "$veth" master "$BRIDGE" up
+    ip -n "$ns" link set lo up
+    ip -n "$ns" addr add "$ip/24" dev eth0
+    ip -n "$ns" link set eth0 up
+    ip -n "$ns" route add default via "$GATEWAY"
+  fi
+}
+
+# --- host lifecycle --------------------------------------------------------------------------
+
+nspawn_pid() { local f; f=$(host_dir "$1")/pid; [ -f "$f" ] && cat "$f" || true; }
+
+is_running() { local pid; pid=$(nspawn_pid "$1"); [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
+
+mount_rootfs() { # NAME OS ARCH
+  local d; d=$(host_dir "$1")
+  mkdir -p "$d/upper" "$d/work" "$d/merged"
+  if ! mountpoint -q "$d/merged"; then
+    mount -t overlay overlay -o "lowerdir=$CACHE/rootfs-$2-$3,upperdir=$d/upper,workdir=$d/work" "$d/merged"
+  fi
+  # The harness's key for root and both sudo users.
+  local pub; pub=$(cat "$KEY.pub")
+  for home in root "home/$SUDO_USER_NOPASSWD" "home/$SUDO_USER_PASSWD"; do
+    local user=${home#home/}
+    mkdir -p "$d/merged/$home/.ssh"
+    printf '%s\n' "$pub" > "$d/merged/$home/.ssh/authorized_keys"
+    chmod 700 "$d/merged/$home/.ssh"
+    chmod 600 "$d/merged/$home/.ssh/authorized_keys"
+    if [ "$user" != root ]; then
+      local uid; uid=$(awk -F: -v u="$user" '$1 == u { print $3 ":" $4 }' "$d/merged/etc/passwd")
+      chown -R "$uid" "$d/merged/$home/.ssh"
+    fi
+  done
+}
+
+boot() { # NAME
+  local name=$1 d ns
+  d=$(host_dir "$name")
+  ns=$(host_ns "$name")
+  setsid systemd-nspawn --quiet -b -D "$d/merged" --register=no --keep-unit \
+    --network-namespace-path="/run/netns/$ns" --hostname="$name" --machine="$name" \
+    --resolv-conf=off --timezone=off --link-journal=no --console=passive \
+    >"$d/console.log" 2>&1 </dev/null &
+  echo $! > "$d/pid"
+}
+
+ssh_opts() {
+  printf '%s\n' -i "$KEY" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR \
+    -o ConnectTimeout=5 -o BatchMode=yes -o ServerAliveInterval=5 -o ServerAliveCountMax=2
+}
+
+wait_ssh() { # NAME TIMEOUT
+  local name=$1 timeout=$2 ip t0=$SECONDS
+  ip=$(host_field "$name" ip)
+  local -a opts; mapfile -t opts < <(ssh_opts)
+  while (( SECONDS - t0 < timeout )); do
+    if ssh "${opts[@]}" "root@$ip" true 2>/dev/null; then
+      return 0
+    fi
+    is_running "$name" || { tail -20 "$(host_dir "$name")/console.log" >&2; die "$name stopped while booting"; }
+    sleep 1
+  done
+  tail -20 "$(host_dir "$name")/console.log" >&2
+  die "$name: no SSH after ${timeout}s"
+}
+
+# Power loss: SIGKILL the container's init; the kernel then kills everything in its PID namespace.
+power_off() { # NAME
+  local name=$1 pid child
+  pid=$(nspawn_pid "$name")
+  [ -n "$pid" ] || return 0
+  if kill -0 "$pid" 2>/dev/null; then
+    for child in $(pgrep -P "$pid" || true); do kill -KILL "$child" 2>/dev/null || true; done
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  fi
+  rm -f "$(host_dir "$name")/pid"
+}
+
+# --- commands --------------------------------------------------------------------------------
+
+cmd_up() {
+  local count=3 archs=amd64 os=bookworm
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --hosts) count=$2; shift 2 ;;
+      --arch) archs=$2; shift 2 ;;
+      --os) os=$2; shift 2 ;;
+      *) die "unknown option for up: $1" ;;
+    esac
+  done
+  [[ $count =~ ^[0-9]+$ ]] && (( count >= 1 && count <= 40 )) || die "--hosts takes 1 to 40"
+  case $os in bookworm|bullseye) ;; *) die "--os takes bookworm or bullseye" ;; esac
+  IFS=, read -r -a arch_list <<< "$archs"
+  for a in "${arch_list[@]}"; do case $a in amd64|arm64) ;; *) die "unsupported arch \`$a\` (amd64, arm64)" ;; esac; done
+
+  local t0=$SECONDS
+  ensure_key
+  local -A want_arch=()
+  local lines="" i name ip arch
+  for ((i = 1; i <= count; i++)); do
+    name=kiln-h$i
+    arch=${arch_list[$(( (i - 1) % ${#arch_list[@]} ))]}
+    ip=$NET.$((10 + i))
+    want_arch[$name]=$arch
+    if [ -f "$INVENTORY" ] && inventory_hosts | grep -qx "$name"; then
+      local had; had="$(host_field "$name" arch) $(host_field "$name" os)"
+      [ "$had" = "$arch $os" ] || die "$name exists as $had; run \`hosts.sh down\` first to change it"
+    fi
+    lines+="$name $ip $arch $os"$'\n'
+  done
+  # Keep hosts beyond COUNT that are already up.
+  for name in $(inventory_hosts); do
+    [ -n "${want_arch[$name]:-}" ] && continue
+    lines+="$name $(host_field "$name" ip) $(host_field "$name" arch) $(host_field "$name" os)"$'\n'
+  done
+  for a in $(printf '%s\n' "${arch_list[@]}" | sort -u); do ensure_rootfs "$os" "$a"; done
+  ensure_bridge
+  write_inventory <<< "${lines%$'\n'}"
+
+  local started=()
+  while read -r name ip arch host_os; do
+    [ -n "$name" ] || continue
+    ensure_netns "$name" "$ip"
+    if is_running "$name"; then
+      continue
+    fi
+    mount_rootfs "$name" "$host_os" "$arch"
+    boot "$name"
+    started+=("$name")
+  done <<< "${lines%$'\n'}"
+  for name in "${started[@]}"; do
+    [ "$(host_field "$name" arch)" = arm64 ] && wait_ssh "$name" 300 || wait_ssh "$name" 120
+  done
+  log "Up: $(inventory_hosts | wc -l) hosts (${#started[@]} booted) in $((SECONDS - t0))s; inventory: $INVENTORY"
+}
+
+cmd_status() {
+  [ -f "$INVENTORY" ] || { log "no test hosts"; return 0; }
+  printf '%-10s %-14s %-6s %-9s %s\n' NAME IP ARCH OS STATE
+  local name state
+  for name in $(inventory_hosts); do
+    if ! is_running "$name"; then
+      state=stopped
+    elif [ "$(cat "/sys/class/net/$(host_veth "$name")/operstate" 2>/dev/null)" != up ]; then
+      state=partitioned
+    else
+      state=running
+    fi
+    printf '%-10s %-14s %-6s %-9s %s\n' "$name" "$(host_field "$name" ip)" "$(host_field "$name" arch)" "$(host_field "$name" os)" "$state"
+  done
+}
+
+cmd_ssh() {
+  local user=root
+  if [ "${1:-}" = --user ]; then user=$2; shift 2; fi
+  local name=${1:-}; shift || true
+  [ "${1:-}" = -- ] && shift
+  require_host "$name"
+  local -a opts; mapfile -t opts < <(ssh_opts)
+  exec ssh "${opts[@]}" "$user@$(host_field "$name" ip)" -- "$@"
+}
+
+cmd_stop() { require_host "$1"; power_off "$1"; log "Stopped $1 (power loss)"; }
+
+cmd_start() {
+  local name=$1; require_host "$name"
+  if is_running "$name"; then log "$name is already running"; return 0; fi
+  ensure_bridge
+  ensure_netns "$name" "$(host_field "$name" ip)"
+  mount_rootfs "$name" "$(host_field "$name" os)" "$(host_field "$name" arch)"
+  boot "$name"
+  wait_ssh "$name" 300
+  log "Started $1"
+}
+
+cmd_partition() { require_host "$1"; ip link set "$(host_veth "$1")" down; log "Partitioned $1"; }
+cmd_heal() { require_host "$1"; ip link set "$(host_veth "$1")" master "$BRIDGE" up; log "Healed $1"; }
+
+teardown_host() { # NAME
+  local name=$1 d
+  d=$(host_dir "$name")
+  power_off "$name"
+  if mountpoint -q "$d/merged" 2>/dev/null; then umount "$d/merged" 2>/dev/null || umount -l "$d/merged"; fi
+  ip link del "$(host_veth "$name")" 2>/dev/null || true
+  ip netns del "$(host_ns "$name")" 2>/dev/null || true
+}
+
+cmd_down() {
+  local name
+  for name in $(inventory_hosts); do teardown_host "$name"; done
+  # Anything left from an earlier crash that carries our names.
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$NS_PREFIX-" || true); do ip netns del "$ns" || true; done
+  for link in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep '^kv-' || true); do ip link del "$link" || true; done
+  ip link del "$BRIDGE" 2>/dev/null || true
+  if [ -d "$STATE" ]; then
+    while read -r mnt; do umount -l "$mnt" 2>/dev/null || true; done < <(awk -v s="$STATE" '$2 ~ "^"s { print $2 }' /proc/mounts | sort -r)
+    rm -rf "$STATE"
+  fi
+  log "Down: no test hosts left"
+}
+
+cmd_reset() {
+  local names=("$@") name
+  [ ${#names[@]} -gt 0 ] || mapfile -t names < <(inventory_hosts)
+  for name in "${names[@]}"; do
+    require_host "$name"
+    power_off "$name"
+    local d; d=$(host_dir "$name")
+    if mountpoint -q "$d/merged"; then umount "$d/merged"; fi
+    rm -rf "$d/upper" "$d/work"
+  done
+  for name in "${names[@]}"; do cmd_start "$name"; done
+}
+
+main() {
+  local cmd=${1:-help}; shift || true
+  case $cmd in
+    up) need_root; cmd_up "$@" ;;
+    down) need_root; cmd_down ;;
+    status) cmd_status ;;
+    ssh) cmd_ssh "$@" ;;
+    stop) need_root; cmd_stop "${1:?NAME}" ;;
+    start) need_root; cmd_start "${1:?NAME}" ;;
+    partition) need_root; cmd_partition "${1:?NAME}" ;;
+    heal) need_root; cmd_heal "${1:?NAME}" ;;
+    reset) need_root; cmd_reset "$@" ;;
+    inventory) echo "$INVENTORY" ;;
+    help|-h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' ;;
+    *) die "unknown command \`$cmd\` (see: hosts.sh help)" ;;
+  esac
+}
+
+main "$@"
