@@ -60,17 +60,19 @@ PY
 
 require_host() {
   [ -f "$INVENTORY" ] || die "no test hosts are up (run: hosts.sh up)"
-  inventory_hosts | grep -qx "$1" || die "\`$1\` is not a test host made by this tool (hosts: $(inventory_hosts | tr '\n' ' '))"
+  inventory_hosts | grep -x "$1" >/dev/null || die "\`$1\` is not a test host made by this tool (hosts: $(inventory_hosts | tr '\n' ' '))"
 }
 
-write_inventory() { # lines "name ip arch os"
+write_inventory() { # HOST_LINES: lines "name ip arch os"
   mkdir -p "$STATE"
-  umask 077
-  python3 - "$INVENTORY.tmp" "$KEY" "$ROOT_PASSWORD" "$SUDO_USER_NOPASSWD" "$SUDO_USER_PASSWD" "$SUDO_USER_PASSWORD" "$NET" "$GATEWAY" <<'PY'
-import json, sys
+  (umask 077; : > "$INVENTORY.tmp")
+  HOST_LINES=$1 python3 - "$INVENTORY.tmp" "$KEY" "$ROOT_PASSWORD" "$SUDO_USER_NOPASSWD" "$SUDO_USER_PASSWD" "$SUDO_USER_PASSWORD" "$NET" "$GATEWAY" <<'PY'
+import json, os, sys
 path, key, root_pw, nopw_user, pw_user, pw, net, gw = sys.argv[1:]
 hosts = []
-for line in sys.stdin:
+for line in os.environ["HOST_LINES"].splitlines():
+    if not line.strip():
+        continue
     name, ip, arch, os_ = line.split()
     hosts.append({"name": name, "ip": ip, "arch": arch, "os": os_, "ssh_port": 22})
 inv = {
@@ -97,6 +99,18 @@ ensure_binfmt() {
     update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
   fi
   [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || die "qemu-aarch64 binfmt handler is not registered (install qemu-user-static binfmt-support)"
+  # setuid programs (sudo) get root under emulation only with the C (credentials) flag,
+  # which Debian's registration lacks. Re-register the same handler with it.
+  if ! grep -q '^flags: .*C' /proc/sys/fs/binfmt_misc/qemu-aarch64; then
+    python3 - <<'PY'
+entry = dict(line.split(" ", 1) for line in open("/proc/sys/fs/binfmt_misc/qemu-aarch64").read().splitlines() if " " in line)
+esc = lambda h: "".join("\\x" + h[i:i + 2] for i in range(0, len(h), 2))
+flags = entry["flags:"].strip() + "C"
+rule = ":qemu-aarch64:M:%s:%s:%s:%s:%s" % (entry["offset"], esc(entry["magic"]), esc(entry["mask"]), entry["interpreter"], flags)
+open("/proc/sys/fs/binfmt_misc/qemu-aarch64", "w").write("-1")
+open("/proc/sys/fs/binfmt_misc/register", "w").write(rule)
+PY
+  fi
 }
 
 ensure_key() {
@@ -158,6 +172,8 @@ customize_rootfs() { # DIR
   rm -f "$r"/etc/ssh/ssh_host_*
   mkdir -p "$r/etc/systemd/system/ssh.service.d"
   printf '[Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\nExecStartPre=/usr/sbin/sshd -t\n' > "$r/etc/systemd/system/ssh.service.d/kiln-e2e.conf"
+  # debootstrap copies the build machine's hostname; each host gets its own at boot.
+  rm -f "$r/etc/hostname"
   # A fresh machine-id per host (systemd makes one at boot when the file is empty).
   : > "$r/etc/machine-id"
   rm -f "$r/var/lib/dbus/machine-id"
@@ -206,6 +222,15 @@ mount_rootfs() { # NAME OS ARCH
   mkdir -p "$d/upper" "$d/work" "$d/merged"
   if ! mountpoint -q "$d/merged"; then
     mount -t overlay overlay -o "lowerdir=$CACHE/rootfs-$2-$3,upperdir=$d/upper,workdir=$d/work" "$d/merged"
+  fi
+  printf '%s\n' "$1" > "$d/merged/etc/hostname"
+  printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' "$1" > "$d/merged/etc/hosts"
+  if [ "$3" != amd64 ]; then
+    # qemu-user cannot emulate systemd's credential mounts; these units need none here.
+    for unit in systemd-sysusers systemd-tmpfiles-setup systemd-tmpfiles-setup-dev; do
+      mkdir -p "$d/merged/etc/systemd/system/$unit.service.d"
+      printf '[Service]\nLoadCredential=\n' > "$d/merged/etc/systemd/system/$unit.service.d/kiln-e2e-qemu.conf"
+    done
   fi
   # The harness's key for root and both sudo users.
   local pub; pub=$(cat "$KEY.pub")
@@ -293,7 +318,7 @@ cmd_up() {
     arch=${arch_list[$(( (i - 1) % ${#arch_list[@]} ))]}
     ip=$NET.$((10 + i))
     want_arch[$name]=$arch
-    if [ -f "$INVENTORY" ] && inventory_hosts | grep -qx "$name"; then
+    if [ -f "$INVENTORY" ] && inventory_hosts | grep -x "$name" >/dev/null; then
       local had; had="$(host_field "$name" arch) $(host_field "$name" os)"
       [ "$had" = "$arch $os" ] || die "$name exists as $had; run \`hosts.sh down\` first to change it"
     fi
@@ -304,9 +329,12 @@ cmd_up() {
     [ -n "${want_arch[$name]:-}" ] && continue
     lines+="$name $(host_field "$name" ip) $(host_field "$name" arch) $(host_field "$name" os)"$'\n'
   done
-  for a in $(printf '%s\n' "${arch_list[@]}" | sort -u); do ensure_rootfs "$os" "$a"; done
+  for a in $(printf '%s\n' "${arch_list[@]}" | sort -u); do
+    ensure_rootfs "$os" "$a"
+    [ "$a" = amd64 ] || ensure_binfmt
+  done
   ensure_bridge
-  write_inventory <<< "${lines%$'\n'}"
+  write_inventory "$lines"
 
   local started=()
   while read -r name ip arch host_os; do
@@ -356,6 +384,7 @@ cmd_stop() { require_host "$1"; power_off "$1"; log "Stopped $1 (power loss)"; }
 cmd_start() {
   local name=$1; require_host "$name"
   if is_running "$name"; then log "$name is already running"; return 0; fi
+  [ "$(host_field "$name" arch)" = amd64 ] || ensure_binfmt
   ensure_bridge
   ensure_netns "$name" "$(host_field "$name" ip)"
   mount_rootfs "$name" "$(host_field "$name" os)" "$(host_field "$name" arch)"
@@ -379,7 +408,13 @@ teardown_host() { # NAME
 cmd_down() {
   local name
   for name in $(inventory_hosts); do teardown_host "$name"; done
-  # Anything left from an earlier crash that carries our names.
+  # Anything left from an earlier crash that carries our names: containers booted from our
+  # state directory, namespaces, links.
+  local pid child
+  for pid in $(pgrep -f "systemd-nspawn .*-D $STATE/hosts/" || true); do
+    for child in $(pgrep -P "$pid" || true); do kill -KILL "$child" 2>/dev/null || true; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
   for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$NS_PREFIX-" || true); do ip netns del "$ns" || true; done
   for link in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep '^kv-' || true); do ip link del "$link" || true; done
   ip link del "$BRIDGE" 2>/dev/null || true
