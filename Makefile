@@ -56,7 +56,8 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
-# The demo: builds kiln and the demo cluster image (multi-arch), then shows what it holds.
+# The demo: builds kiln and the multi-arch demo cluster image, shows what it holds, and starts
+# the test hosts it will be delivered to.
 demo: deps build
 	@e2e/demo.sh $(KILN_DEBUG)
 

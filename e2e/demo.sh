@@ -28,4 +28,12 @@ echo "==> kiln save (for the USB stick) and a rebuild from cache"
 "$KILN" save -o "$ROOT/.demo/demo.tar" "$IMAGE"
 "$KILN" build -t "$IMAGE" --platform linux/amd64,linux/arm64 "$ROOT/kubefiles/demo" 2>&1 | grep "^Built"
 echo
+echo "==> test hosts: 2 amd64 + 1 arm64 (systemd, sshd, own IPs; see docs/TESTING.md)"
+"$ROOT/e2e/hosts.sh" up --hosts 3 --arch amd64,amd64,arm64
+"$ROOT/e2e/hosts.sh" status
+for h in kiln-h1 kiln-h2 kiln-h3; do
+  printf '%s: ' "$h"; "$ROOT/e2e/hosts.sh" ssh "$h" -- 'echo "$(uname -m), systemd $(systemctl is-system-running)"'
+done
+echo
+echo "kiln run (delivering the image onto these hosts) arrives with issue 6."
 echo "The store is an OCI layout: skopeo inspect --raw oci:$KILN_ROOT/oci:$IMAGE"
