@@ -9,3 +9,5 @@ pub const NO_COLOR: &str = "NO_COLOR";
 /// Used for the default data directory of non-root users.
 pub const XDG_DATA_HOME: &str = "XDG_DATA_HOME";
 pub const HOME: &str = "HOME";
+/// Registry credentials file for push, pull, login and logout. Same as `--authfile`.
+pub const KILN_AUTH_FILE: &str = "KILN_AUTH_FILE";

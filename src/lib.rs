@@ -9,6 +9,7 @@ pub mod env;
 pub mod image;
 pub mod kubefile;
 pub mod output;
+pub mod registry;
 
 use std::ffi::OsString;
 use std::io::{IsTerminal, Write};

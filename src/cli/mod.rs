@@ -50,6 +50,91 @@ pub enum Command {
     Save(SaveArgs),
     /// Load images from an OCI archive or a `docker save` tar
     Load(LoadArgs),
+    /// Push an image to a registry
+    Push(PushArgs),
+    /// Pull an image from a registry
+    Pull(PullArgs),
+    /// Save credentials for a registry (checked against it first)
+    Login(LoginArgs),
+    /// Remove saved credentials for a registry
+    Logout(LogoutArgs),
+}
+
+/// How to reach registries (shared by push, pull and login).
+#[derive(Debug, Args, Clone)]
+pub struct TransportArgs {
+    /// Use plain HTTP instead of HTTPS
+    #[arg(long, help_heading = "Registry options")]
+    pub plain_http: bool,
+    /// Do not verify the registry's TLS certificate
+    #[arg(long, help_heading = "Registry options")]
+    pub insecure_skip_tls_verify: bool,
+    /// Also trust the CA certificates in this PEM file
+    #[arg(long, value_name = "FILE", help_heading = "Registry options")]
+    pub ca_file: Option<PathBuf>,
+    /// Credentials file to read and write [default: Docker's config.json; also reads
+    /// $REGISTRY_AUTH_FILE and containers' auth.json]
+    #[arg(long, env = crate::env::KILN_AUTH_FILE, value_name = "FILE", help_heading = "Registry options")]
+    pub authfile: Option<PathBuf>,
+    /// Blobs transferred at once
+    #[arg(long, default_value_t = 4, value_name = "N", help_heading = "Registry options")]
+    pub max_concurrent: usize,
+    /// Retries on connection errors and 5xx responses
+    #[arg(long, default_value_t = 3, value_name = "N", help_heading = "Registry options")]
+    pub retries: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// Local image
+    pub image: String,
+    /// Destination [default: the image's own name]
+    pub destination: Option<String>,
+    #[command(flatten)]
+    pub transport: TransportArgs,
+    /// Print a JSON summary
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// Image to pull (NAME[:TAG] or NAME@sha256:…)
+    pub image: String,
+    /// Platform to pull from a multi-platform image (os/arch[/variant]) [default: this machine's]
+    #[arg(long, conflicts_with = "all_platforms")]
+    pub platform: Option<String>,
+    /// Pull every platform of a multi-platform image
+    #[arg(long)]
+    pub all_platforms: bool,
+    #[command(flatten)]
+    pub transport: TransportArgs,
+    /// Print a JSON summary
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// Registry host[:port]
+    pub registry: String,
+    /// User name
+    #[arg(short, long)]
+    pub username: String,
+    /// Read the password from standard input (the only way: never pass it as an argument)
+    #[arg(long, required = true)]
+    pub password_stdin: bool,
+    #[command(flatten)]
+    pub transport: TransportArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LogoutArgs {
+    /// Registry host[:port]
+    pub registry: String,
+    /// Credentials file [default: Docker's config.json]
+    #[arg(long, env = crate::env::KILN_AUTH_FILE, value_name = "FILE")]
+    pub authfile: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -153,9 +238,15 @@ pub struct LoadArgs {
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::resolve(&cli.global)?;
-    let printer = settings.printer(
-        matches!(&cli.command, Command::Images(a) if a.json) || matches!(&cli.command, Command::Build(a) if a.json),
-    );
+    let json = match &cli.command {
+        Command::Images(a) => a.json,
+        Command::Build(a) => a.json,
+        Command::Push(a) => a.json,
+        Command::Pull(a) => a.json,
+        Command::Load(a) => a.json,
+        _ => false,
+    };
+    let printer = settings.printer(json);
     match cli.command {
         Command::Build(args) => commands::build::run(&settings, printer, args).await,
         Command::Images(args) => commands::images::run(&settings, printer, args).await,
@@ -164,5 +255,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rmi(args) => commands::rmi::run(&settings, printer, args).await,
         Command::Save(args) => commands::save::run(&settings, printer, args).await,
         Command::Load(args) => commands::load::run(&settings, printer, args).await,
+        Command::Push(args) => commands::push::run(&settings, printer, args).await,
+        Command::Pull(args) => commands::pull::run(&settings, printer, args).await,
+        Command::Login(args) => commands::login::run(printer, args).await,
+        Command::Logout(args) => commands::login::logout(printer, args).await,
     }
 }

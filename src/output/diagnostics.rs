@@ -55,6 +55,13 @@ fn classify(err: &anyhow::Error) -> ExitKind {
         if let Some(s) = cause.downcast_ref::<StoreError>() {
             return store_kind(s);
         }
+        if let Some(r) = cause.downcast_ref::<crate::registry::RegistryError>() {
+            return match r {
+                crate::registry::RegistryError::Store(s) => store_kind(s),
+                // Credentials, names, reachability and the registry's answers are the user's to fix.
+                _ => ExitKind::User,
+            };
+        }
     }
     ExitKind::Internal
 }

@@ -6,7 +6,7 @@ mod progress;
 mod table;
 
 pub use diagnostics::{ExitKind, UserError, UserErrorExt, render_error};
-pub use progress::{BuildProgress, ByteProgress};
+pub use progress::{BuildProgress, ByteProgress, TransferProgress};
 pub use table::Table;
 
 use std::io::Write;

@@ -109,3 +109,83 @@ impl Drop for BuildProgress {
         self.clear();
     }
 }
+
+/// Blob transfers: one bar per blob in flight plus an overall byte counter.
+pub struct TransferProgress {
+    multi: indicatif::MultiProgress,
+    overall: ProgressBar,
+    bars: Mutex<std::collections::HashMap<crate::image::Digest, ProgressBar>>,
+    verbose: bool,
+    printer: Printer,
+}
+
+impl TransferProgress {
+    pub fn new(printer: &Printer, verb: &str) -> Self {
+        let target = if printer.show_progress() { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+        let multi = indicatif::MultiProgress::with_draw_target(target);
+        let overall = multi.add(ProgressBar::new_spinner());
+        overall.set_style(
+            ProgressStyle::with_template("{spinner} {msg} {binary_bytes} ({binary_bytes_per_sec})")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        overall.set_message(verb.to_owned());
+        overall.enable_steady_tick(std::time::Duration::from_millis(200));
+        Self {
+            multi,
+            overall,
+            bars: Mutex::new(Default::default()),
+            verbose: printer.verbosity == Verbosity::Verbose,
+            printer: *printer,
+        }
+    }
+
+    pub fn finish(&self) {
+        self.overall.finish_and_clear();
+        if let Ok(mut bars) = self.bars.lock() {
+            for (_, b) in bars.drain() {
+                b.finish_and_clear();
+            }
+        }
+    }
+}
+
+impl crate::registry::TransferReporter for TransferProgress {
+    fn event(&self, digest: &crate::image::Digest, bytes: u64, event: crate::registry::BlobEvent) {
+        use crate::registry::BlobEvent;
+        let short: String = digest.hex().chars().take(12).collect();
+        match event {
+            BlobEvent::Start => {
+                let bar = self.multi.add(ProgressBar::new(bytes));
+                bar.set_style(
+                    ProgressStyle::with_template("  {msg} [{bar:25}] {binary_bytes}/{binary_total_bytes}")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar())
+                        .progress_chars("=> "),
+                );
+                bar.set_message(short);
+                if let Ok(mut bars) = self.bars.lock() {
+                    bars.insert(digest.clone(), bar);
+                }
+            }
+            BlobEvent::Progress => {
+                self.overall.inc(bytes);
+                if let Some(bar) = self.bars.lock().ok().and_then(|b| b.get(digest).cloned()) {
+                    bar.inc(bytes);
+                }
+            }
+            BlobEvent::Done => {
+                if let Some(bar) = self.bars.lock().ok().and_then(|mut b| b.remove(digest)) {
+                    bar.finish_and_clear();
+                    self.multi.remove(&bar);
+                }
+                if self.verbose {
+                    self.printer.status(&format!("  {short}: done ({})", super::human_size(bytes)));
+                }
+            }
+            BlobEvent::Present | BlobEvent::Mounted if self.verbose => {
+                let what = if event == BlobEvent::Present { "already there" } else { "mounted" };
+                self.printer.status(&format!("  {short}: {what}"));
+            }
+            BlobEvent::Present | BlobEvent::Mounted => {}
+        }
+    }
+}

@@ -9,6 +9,8 @@ use std::process::Output;
 
 use assert_cmd::Command;
 
+pub mod registry;
+
 pub struct Env {
     pub dir: tempfile::TempDir,
 }
@@ -77,7 +79,7 @@ impl Env {
     }
 
     /// Every file of the store's OCI layout with its content, to prove a command left it alone.
-    pub fn snapshot(&self) -> BTreeMap<String, Vec<u8>> {
+    pub fn snapshot(&self) -> BTreeMap<String, String> {
         snapshot_dir(&self.root().join("oci"))
     }
 
@@ -101,7 +103,8 @@ impl Env {
     }
 }
 
-pub fn snapshot_dir(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+/// File name → blake3 of its content: compact, so a failed comparison prints readably.
+pub fn snapshot_dir(dir: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     if !dir.exists() {
         return out;
@@ -109,7 +112,8 @@ pub fn snapshot_dir(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     for e in walkdir::WalkDir::new(dir).sort_by_file_name() {
         let e = e.unwrap();
         if e.file_type().is_file() {
-            out.insert(e.path().strip_prefix(dir).unwrap().display().to_string(), fs::read(e.path()).unwrap());
+            let hash = blake3::hash(&fs::read(e.path()).unwrap()).to_hex().to_string();
+            out.insert(e.path().strip_prefix(dir).unwrap().display().to_string(), hash);
         }
     }
     out

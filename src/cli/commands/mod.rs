@@ -4,6 +4,9 @@ pub mod build;
 pub mod images;
 pub mod inspect;
 pub mod load;
+pub mod login;
+pub mod pull;
+pub mod push;
 pub mod rmi;
 pub mod save;
 pub mod tag;
@@ -25,4 +28,17 @@ pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {
     tokio::task::spawn_blocking(f).await?
+}
+
+/// Flags → transport options.
+pub(crate) fn transport(args: &crate::cli::TransportArgs) -> crate::registry::TransportOptions {
+    crate::registry::TransportOptions {
+        plain_http: args.plain_http,
+        insecure_registries: Vec::new(),
+        insecure_skip_tls_verify: args.insecure_skip_tls_verify,
+        ca_file: args.ca_file.clone(),
+        retries: args.retries,
+        max_concurrent: args.max_concurrent.max(1),
+        auth_files: crate::registry::auth::AuthFiles::discover(args.authfile.clone()),
+    }
 }

@@ -180,6 +180,30 @@ impl Store {
         w.commit_tracked()
     }
 
+    /// Checks that a file has `expected` digest.
+    pub fn verify_file(&self, path: &Path, expected: &Digest) -> Result<u64, StoreError> {
+        let mut file = File::open(path).map_err(|e| StoreError::io("open", path, e))?;
+        let mut hasher = super::digest::HashingWriter::new(std::io::sink());
+        std::io::copy(&mut file, &mut hasher).map_err(|e| StoreError::io("read", path, e))?;
+        let (_, actual, size) = hasher.finish();
+        if actual != *expected {
+            return Err(StoreError::DigestMismatch { expected: expected.clone(), actual });
+        }
+        file.sync_all().map_err(|e| StoreError::io("sync", path, e))?;
+        Ok(size)
+    }
+
+    /// Moves a file already checked with [`Store::verify_file`] (in this store's `tmp/`)
+    /// into the blobs.
+    pub fn adopt_verified(&self, path: &Path, digest: &Digest) -> Result<(), StoreError> {
+        let target = self.blob_path(digest);
+        if target.exists() {
+            let _ = fs::remove_file(path);
+            return Ok(());
+        }
+        fs::rename(path, &target).map_err(|e| StoreError::io("store blob", &target, e))
+    }
+
     /// Opens a blob for streaming; the reader fails at the end if the content is corrupt.
     pub fn open_blob(
         &self,
