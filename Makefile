@@ -12,7 +12,7 @@ export DEBIAN_FRONTEND := noninteractive
 TEST_PACKAGES := skopeo docker-registry apache2-utils openssl jq time bc tar gzip zstd coreutils util-linux python3 \
   debootstrap qemu-user-static binfmt-support systemd-container iproute2 openssh-client sshpass procps
 
-.PHONY: all build release test test-unit test-hosts deps demo bench-build fuzz lint clean help
+.PHONY: all build release test test-unit test-hosts deps demo bench-build bench-share fuzz lint clean help
 
 all: build
 
@@ -21,6 +21,7 @@ help:
 	@echo "make test         every test (unit, CLI, interop with skopeo, test hosts)"
 	@echo "make test-hosts   bring up 2 amd64 + 1 arm64 test hosts and check them"
 	@echo "make bench-build  build benchmark: kiln vs tar|gzip|sha256sum floor"
+	@echo "make bench-share  push/pull benchmark: kiln vs skopeo against docker-registry"
 	@echo "make fuzz         fuzz the Kubefile parser (FUZZ_SECONDS, default 600)"
 
 # Installs missing Debian packages; quiet when all are present.
@@ -63,6 +64,9 @@ demo: deps build
 
 bench-build: deps release
 	@e2e/bench/build.sh $(KILN_RELEASE)
+
+bench-share: deps release
+	@e2e/bench/share.sh $(KILN_RELEASE)
 
 FUZZ_SECONDS ?= 600
 fuzz:

@@ -165,7 +165,8 @@ fn kiln_pulls_what_skopeo_pushes() {
     let reg = TestRegistry::start(&env.dir.path().join("reg"), &Auth::None);
     multi_arch(&env, "demo:1");
     let layout = format!("oci:{}:docker.io/library/demo:1", env.root().join("oci").display());
-    for (args, tag) in [(vec!["--all"], "multi:1"), (vec!["--override-arch", "arm64"], "single:1")] {
+    for (args, tag) in [(vec!["--all"], "multi:1"), (vec!["--override-arch", "arm64", "--format", "v2s2"], "single:1")]
+    {
         let mut cmd = Command::new("skopeo");
         cmd.arg("copy").args(&args).args([
             "--dest-tls-verify=false",
@@ -175,7 +176,7 @@ fn kiln_pulls_what_skopeo_pushes() {
         let out = cmd.output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
-    // skopeo pushes the single-arch image as Docker v2 schema 2 when converting; kiln reads both.
+    // The single-arch image goes up as Docker v2 schema 2 (`--format v2s2`); kiln reads both.
     let puller = Env::new();
     let multi = json(&puller.ok(&[
         "pull",
@@ -187,6 +188,7 @@ fn kiln_pulls_what_skopeo_pushes() {
     assert_eq!(multi["platforms"].as_array().unwrap().len(), 2);
     let single = json(&puller.ok(&["pull", "--plain-http", "--json", &format!("{}/skopeo/single:1", reg.addr())]));
     let info = puller.inspect(single["name"].as_str().unwrap());
+    assert_eq!(info["mediaType"], "application/vnd.docker.distribution.manifest.v2+json");
     assert_eq!(info["platforms"][0]["platform"], "linux/arm64");
     assert_eq!(
         fs::read_to_string(puller.rootfs(single["name"].as_str().unwrap(), None).path().join("bin/tool")).unwrap(),
@@ -435,4 +437,50 @@ fn pull_interrupted_by_a_registry_crash_resumes_with_range() {
         store.verify_blob(&d, Some(s)).unwrap();
     }
     let _ = std::io::stderr().flush();
+}
+
+#[test]
+fn chunked_upload_in_pieces() {
+    if !peers() {
+        return;
+    }
+    let env = Env::new();
+    let reg = TestRegistry::start(&env.dir.path().join("reg"), &Auth::None);
+    random_image(&env, "example.com/chunks:1", &[3 << 20, 100_000]);
+    let proxy = CountingProxy::start(reg.port);
+    let dest = format!("{}/team/chunks:1", proxy.addr());
+    // 1 MiB chunks: the 3 MiB layer goes up as PATCH requests, the small one monolithically.
+    let out =
+        json(&env.ok(&["push", "--plain-http", "--json", "--chunk-size", "1048576", "example.com/chunks:1", &dest]));
+    assert_eq!(out["blobs_uploaded"], 3);
+    let patches = proxy.patches.load(Ordering::SeqCst);
+    assert!(patches >= 3, "the 3 MiB layer should go up in at least 3 PATCH requests, saw {patches}");
+    let puller = Env::new();
+    puller.ok(&["pull", "--plain-http", &format!("{}/team/chunks:1", reg.addr())]);
+    let store = kiln::image::Store::open(puller.root()).unwrap();
+    let image = store.image(&format!("{}/team/chunks:1", reg.addr()).parse().unwrap()).unwrap().unwrap();
+    for (d, s, _) in image.blobs() {
+        store.verify_blob(&d, Some(s)).unwrap();
+    }
+}
+
+#[test]
+fn tls_with_ca_file_or_skip_verify() {
+    if !peers() || !require_tool("openssl") {
+        return;
+    }
+    let env = Env::new();
+    let reg = TestRegistry::start_tls(&env.dir.path().join("reg"));
+    multi_arch(&env, "demo:1");
+    let dest = format!("{}/tls/demo:1", reg.addr());
+    // HTTPS is the default; a certificate nobody vouches for is refused.
+    let err = env.fails(&["push", "--retries", "0", "demo:1", &dest], 1);
+    assert!(err.contains("cannot reach") && (err.contains("certificate") || err.contains("UnknownIssuer")), "{err}");
+    let ca = reg.ca.clone().unwrap();
+    env.ok(&["push", "--ca-file", ca.to_str().unwrap(), "demo:1", &dest]);
+    let puller = Env::new();
+    puller.ok(&["pull", "--insecure-skip-tls-verify", "--all-platforms", &dest]);
+    assert_eq!(puller.inspect(&dest)["platforms"].as_array().unwrap().len(), 2);
+    // Plain HTTP only when asked: asking for it against a TLS registry fails.
+    assert_eq!(puller.run(&["pull", "--plain-http", "--retries", "0", &dest]).status.code(), Some(1));
 }

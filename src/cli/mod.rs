@@ -90,6 +90,10 @@ pub struct PushArgs {
     pub image: String,
     /// Destination [default: the image's own name]
     pub destination: Option<String>,
+    /// Upload blobs larger than this many bytes in chunks of this size [default: 64 MiB
+    /// chunks for blobs over 256 MiB]
+    #[arg(long, value_name = "BYTES")]
+    pub chunk_size: Option<u64>,
     #[command(flatten)]
     pub transport: TransportArgs,
     /// Print a JSON summary

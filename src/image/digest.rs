@@ -26,6 +26,11 @@ impl Digest {
         Self { hex: hex::encode(Sha256::digest(bytes)) }
     }
 
+    /// The digest a finished hasher computed.
+    pub fn from_sha256(hasher: Sha256) -> Self {
+        Self { hex: hex::encode(hasher.finalize()) }
+    }
+
     /// The 64 hex characters, without the algorithm.
     pub fn hex(&self) -> &str {
         &self.hex

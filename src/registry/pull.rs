@@ -2,7 +2,9 @@
 //! streamed into the store, verified, resumed with HTTP Range, a few at a time. An image that
 //! is already present downloads nothing.
 
-use std::io::Write;
+use std::io::{Read, Write};
+
+use sha2::{Digest as _, Sha256};
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -278,8 +280,16 @@ async fn download_blob(
     reporter.event(digest, size, BlobEvent::Start);
     let mut received = 0u64;
     let mut attempts = 0;
+    // Hashed as it arrives; a resumed download first hashes what it already has.
+    let mut hasher = Sha256::new();
+    let mut hashed = 0u64;
     loop {
         let have = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        if hashed < have {
+            let mut f = std::fs::File::open(&partial).map_err(io)?;
+            std::io::copy(&mut (&mut f).take(have), &mut HashSink(&mut hasher)).map_err(io)?;
+            hashed = have;
+        }
         if size > 0 && have >= size {
             break;
         }
@@ -300,17 +310,24 @@ async fn download_blob(
             }
             StatusCode::RANGE_NOT_SATISFIABLE => {
                 let _ = std::fs::remove_file(&partial);
+                hasher = Sha256::new();
+                hashed = 0;
                 continue;
             }
             _ => return Err(http_error("GET", &url, resp).await),
         };
-        let mut file = std::fs::OpenOptions::new()
+        if !append {
+            hasher = Sha256::new();
+            hashed = 0;
+        }
+        let file = std::fs::OpenOptions::new()
             .create(true)
             .append(append)
             .write(true)
             .truncate(!append)
             .open(&partial)
             .map_err(io)?;
+        let mut file = std::io::BufWriter::with_capacity(1 << 20, file);
         if append {
             reporter.event(digest, have, BlobEvent::Progress);
         }
@@ -320,6 +337,8 @@ async fn download_blob(
             match chunk {
                 Ok(c) => {
                     file.write_all(&c).map_err(io)?;
+                    hasher.update(&c);
+                    hashed += c.len() as u64;
                     received += c.len() as u64;
                     reporter.event(digest, c.len() as u64, BlobEvent::Progress);
                 }
@@ -329,9 +348,12 @@ async fn download_blob(
                 }
             }
         }
-        file.flush().map_err(io)?;
+        let file = file.into_inner().map_err(|e| io(e.into_error()))?;
         match failed {
-            None => break,
+            None => {
+                file.sync_all().map_err(io)?;
+                break;
+            }
             Some(e) if attempts < registry.options().retries => {
                 attempts += 1;
                 tracing::debug!(%digest, error = %e, "download interrupted; resuming with Range");
@@ -339,10 +361,27 @@ async fn download_blob(
             Some(e) => return Err(RegistryError::Transport { url, reason: super::client::error_chain(&e) }),
         }
     }
-    if let Err(e) = store.verify_file(&partial, digest) {
+    let actual = Digest::from_sha256(hasher);
+    if actual != *digest {
         let _ = std::fs::remove_file(&partial);
-        return Err(e.into());
+        return Err(RegistryError::Store(crate::image::StoreError::DigestMismatch {
+            expected: digest.clone(),
+            actual,
+        }));
     }
     reporter.event(digest, size, BlobEvent::Done);
     Ok(received)
+}
+
+/// Feeds `io::copy` into a hasher.
+struct HashSink<'a>(&'a mut Sha256);
+
+impl Write for HashSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

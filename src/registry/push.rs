@@ -22,6 +22,9 @@ pub struct PushRequest {
     pub image: ImageRef,
     /// Where it goes.
     pub destination: ImageRef,
+    /// Upload blobs larger than this in chunks of this size (at least the registry's
+    /// `OCI-Chunk-Min-Length`); `None`: chunks of 64 MiB above 256 MiB.
+    pub chunk_size: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -65,7 +68,7 @@ pub async fn push(
     let results: Vec<Result<BlobResult, RegistryError>> = futures_util::stream::iter(blobs.iter().cloned())
         .map(|(digest, size)| {
             let reporter = Arc::clone(&reporter);
-            async move { push_blob(registry, store, dest, &digest, size, reporter).await }
+            async move { push_blob(registry, store, dest, &digest, size, request.chunk_size, reporter).await }
         })
         .buffer_unordered(registry.options().max_concurrent.max(1))
         .collect()
@@ -123,12 +126,14 @@ async fn put_manifest(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn push_blob(
     registry: &Registry,
     store: &Store,
     dest: &ImageRef,
     digest: &Digest,
     size: u64,
+    chunk_size: Option<u64>,
     reporter: Arc<dyn TransferReporter>,
 ) -> Result<BlobResult, RegistryError> {
     let base = registry.base_url(dest.registry());
@@ -170,8 +175,12 @@ async fn push_blob(
         .unwrap_or(0);
     let location = absolute(&base, resp.headers())?;
     reporter.event(digest, size, BlobEvent::Start);
-    let sent = if size > CHUNKED_ABOVE {
-        upload_chunked(registry, store, dest, digest, size, location, min_chunk, &reporter).await?
+    let (threshold, chunk) = match chunk_size {
+        Some(c) => (c, c),
+        None => (CHUNKED_ABOVE, DEFAULT_CHUNK),
+    };
+    let sent = if size > threshold {
+        upload_chunked(registry, store, dest, digest, size, location, chunk.max(min_chunk).max(1), &reporter).await?
     } else {
         upload_monolithic(registry, store, dest, digest, size, location, &reporter).await?
     };
@@ -256,10 +265,9 @@ async fn upload_chunked(
     digest: &Digest,
     size: u64,
     mut location: reqwest::Url,
-    min_chunk: u64,
+    chunk: u64,
     reporter: &Arc<dyn TransferReporter>,
 ) -> Result<u64, RegistryError> {
-    let chunk = DEFAULT_CHUNK.max(min_chunk);
     let base = registry.base_url(dest.registry());
     let mut offset = 0u64;
     let mut sent = 0u64;

@@ -22,6 +22,8 @@ pub struct TestRegistry {
     pub port: u16,
     child: Option<Child>,
     config: PathBuf,
+    /// The CA (self-signed certificate) of a TLS registry.
+    pub ca: Option<PathBuf>,
 }
 
 fn free_port() -> u16 {
@@ -30,6 +32,15 @@ fn free_port() -> u16 {
 
 impl TestRegistry {
     pub fn start(dir: &Path, auth: &Auth) -> Self {
+        Self::start_with(dir, auth, false)
+    }
+
+    /// Serves HTTPS with a self-signed certificate for 127.0.0.1 (its path in `ca`).
+    pub fn start_tls(dir: &Path) -> Self {
+        Self::start_with(dir, &Auth::None, true)
+    }
+
+    fn start_with(dir: &Path, auth: &Auth, tls: bool) -> Self {
         std::fs::create_dir_all(dir).unwrap();
         let port = free_port();
         let auth_yaml = match auth {
@@ -49,16 +60,62 @@ impl TestRegistry {
                 issuer.cert_pem.display()
             ),
         };
+        let mut tls_yaml = String::new();
+        let mut ca = None;
+        if tls {
+            // A CA, and a server certificate for 127.0.0.1 signed by it (as a site's PKI would).
+            let (ca_key, ca_cert) = (dir.join("ca.key"), dir.join("ca.crt"));
+            let (key, csr, cert, ext) =
+                (dir.join("tls.key"), dir.join("tls.csr"), dir.join("tls.crt"), dir.join("tls.ext"));
+            std::fs::write(
+                &ext,
+                "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+            )
+            .unwrap();
+            let run = |c: &mut Command| {
+                let out = c.output().unwrap();
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            };
+            let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+            run(Command::new("openssl")
+                .args(["req", "-x509", "-days", "2", "-subj", "/CN=kiln-test-ca"])
+                .args(ec)
+                .arg("-keyout")
+                .arg(&ca_key)
+                .arg("-out")
+                .arg(&ca_cert));
+            run(Command::new("openssl")
+                .args(["req", "-subj", "/CN=127.0.0.1"])
+                .args(ec)
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&csr));
+            run(Command::new("openssl")
+                .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
+                .arg("-in")
+                .arg(&csr)
+                .arg("-CA")
+                .arg(&ca_cert)
+                .arg("-CAkey")
+                .arg(&ca_key)
+                .arg("-extfile")
+                .arg(&ext)
+                .arg("-out")
+                .arg(&cert));
+            tls_yaml = format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display());
+            ca = Some(ca_cert);
+        }
         let config = dir.join("config.yml");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth_yaml}",
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{tls_yaml}{auth_yaml}",
                 dir.join("data").display()
             ),
         )
         .unwrap();
-        let mut r = Self { dir: dir.to_owned(), port, child: None, config };
+        let mut r = Self { dir: dir.to_owned(), port, child: None, config, ca };
         r.spawn();
         r
     }
@@ -126,6 +183,8 @@ pub struct CountingProxy {
     pub port: u16,
     pub to_registry: Arc<AtomicU64>,
     pub from_registry: Arc<AtomicU64>,
+    /// `PATCH /v2/…` request lines seen (chunked upload pieces).
+    pub patches: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 }
 
@@ -136,7 +195,8 @@ impl CountingProxy {
         let to_registry = Arc::new(AtomicU64::new(0));
         let from_registry = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (up, down, halt) = (to_registry.clone(), from_registry.clone(), stop.clone());
+        let patches = Arc::new(AtomicU64::new(0));
+        let (up, down, halt, seen) = (to_registry.clone(), from_registry.clone(), stop.clone(), patches.clone());
         listener.set_nonblocking(true).unwrap();
         std::thread::spawn(move || {
             while !halt.load(Ordering::Relaxed) {
@@ -144,14 +204,14 @@ impl CountingProxy {
                     Ok((client, _)) => {
                         client.set_nonblocking(false).unwrap();
                         let Ok(server) = TcpStream::connect(("127.0.0.1", target_port)) else { continue };
-                        pipe(client.try_clone().unwrap(), server.try_clone().unwrap(), up.clone());
-                        pipe(server, client, down.clone());
+                        pipe(client.try_clone().unwrap(), server.try_clone().unwrap(), up.clone(), Some(seen.clone()));
+                        pipe(server, client, down.clone(), None);
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
             }
         });
-        Self { port, to_registry, from_registry, stop }
+        Self { port, to_registry, from_registry, patches, stop }
     }
 
     pub fn reset(&self) {
@@ -170,7 +230,7 @@ impl Drop for CountingProxy {
     }
 }
 
-fn pipe(mut from: TcpStream, mut to: TcpStream, counter: Arc<AtomicU64>) {
+fn pipe(mut from: TcpStream, mut to: TcpStream, counter: Arc<AtomicU64>, patches: Option<Arc<AtomicU64>>) {
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
@@ -178,6 +238,10 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, counter: Arc<AtomicU64>) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     counter.fetch_add(n as u64, Ordering::Relaxed);
+                    if let Some(p) = &patches {
+                        let hits = buf[..n].windows(10).filter(|w| *w == b"PATCH /v2/").count();
+                        p.fetch_add(hits as u64, Ordering::Relaxed);
+                    }
                     if to.write_all(&buf[..n]).is_err() {
                         break;
                     }

@@ -17,7 +17,9 @@ pub async fn run(settings: &Settings, printer: Printer, args: PushArgs) -> anyho
     let registry = Registry::new(super::transport(&args.transport))?;
     let started = Instant::now();
     let progress = Arc::new(TransferProgress::new(&printer, "Pushing"));
-    let outcome = push(&registry, &store, &PushRequest { image, destination }, progress.clone()).await;
+    let outcome =
+        push(&registry, &store, &PushRequest { image, destination, chunk_size: args.chunk_size }, progress.clone())
+            .await;
     progress.finish();
     let outcome = outcome?;
     if printer.json {
