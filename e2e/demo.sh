@@ -7,7 +7,9 @@ export KILN_ROOT=${KILN_ROOT:-$ROOT/.demo/store}
 IMAGE=kiln.local/demo:0.1
 
 echo "==> kiln build (linux/amd64 + linux/arm64)"
-"$KILN" build -t "$IMAGE" --platform linux/amd64,linux/arm64 "$ROOT/kubefiles/demo"
+# --build-mode lite: the demo's web app names docker.io/library/nginx, which this offline
+# machine cannot fetch; the run demo (issue 6) caches its images from a local registry.
+"$KILN" build -t "$IMAGE" --build-mode lite --platform linux/amd64,linux/arm64 "$ROOT/kubefiles/demo"
 echo
 echo "==> kiln images"
 "$KILN" images
@@ -26,7 +28,7 @@ for p in img["platforms"]:
 echo
 echo "==> kiln save (for the USB stick) and a rebuild from cache"
 "$KILN" save -o "$ROOT/.demo/demo.tar" "$IMAGE"
-"$KILN" build -t "$IMAGE" --platform linux/amd64,linux/arm64 "$ROOT/kubefiles/demo" 2>&1 | grep "^Built"
+"$KILN" build -t "$IMAGE" --build-mode lite --platform linux/amd64,linux/arm64 "$ROOT/kubefiles/demo" 2>&1 | grep "^Built"
 echo
 echo "==> test hosts: 2 amd64 + 1 arm64 (systemd, sshd, own IPs; see docs/TESTING.md)"
 "$ROOT/e2e/hosts.sh" up --hosts 3 --arch amd64,amd64,arm64

@@ -79,6 +79,13 @@ check "status shows it partitioned" bash -c "'$HOSTS' status | grep 'kiln-h1.*pa
 "$HOSTS" heal kiln-h1
 check "a healed host is reachable" reachable kiln-h1
 
+on kiln-h2 -- touch /root/left-behind
+t0=$SECONDS
+"$HOSTS" reset kiln-h2
+check "reset gives a fresh root filesystem" bash -c "! '$HOSTS' ssh kiln-h2 -- test -e /root/left-behind"
+check "a reset host is up again" reachable kiln-h2
+echo "reset took $((SECONDS - t0))s"
+
 "$HOSTS" down
 check "down leaves no namespace, link, mount or process behind" nothing_left
 

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::registry::{Auth, CountingProxy, TestRegistry, TokenIssuer};
+use common::registry::{Auth, CountingProxy, TestRegistry, TokenIssuer, random_image};
 use common::{Env, require_tool};
 
 fn peers() -> bool {
@@ -20,63 +20,6 @@ fn peers() -> bool {
 
 fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
-}
-
-/// Writes an OCI archive with one image of uncompressed random layers (fast to make in a
-/// debug build) and loads it.
-fn random_image(env: &Env, name: &str, layer_sizes: &[usize]) -> Vec<String> {
-    use kiln::image::Digest;
-    let dir = env.dir.path().join(format!("layout-{}", name.replace(['/', ':'], "_")));
-    let blobs = dir.join("blobs/sha256");
-    fs::create_dir_all(&blobs).unwrap();
-    let mut layers = Vec::new();
-    let mut diff_ids = Vec::new();
-    let mut seed = 0x9e3779b97f4a7c15u64 ^ layer_sizes.len() as u64 ^ name.len() as u64;
-    for size in layer_sizes {
-        let mut tar = tar::Builder::new(Vec::new());
-        let mut data = vec![0u8; *size];
-        for chunk in data.chunks_mut(8) {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            let bytes = seed.to_le_bytes();
-            chunk.copy_from_slice(&bytes[..chunk.len()]);
-        }
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        tar.append_data(&mut h, format!("blob-{size}"), &data[..]).unwrap();
-        let bytes = tar.into_inner().unwrap();
-        let d = Digest::of(&bytes);
-        fs::write(blobs.join(d.hex()), &bytes).unwrap();
-        layers.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d.to_string(), "size": bytes.len()}));
-        diff_ids.push(d.to_string());
-    }
-    let config =
-        serde_json::json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids}});
-    let config_bytes = serde_json::to_vec(&config).unwrap();
-    let cd = Digest::of(&config_bytes);
-    fs::write(blobs.join(cd.hex()), &config_bytes).unwrap();
-    let manifest = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd.to_string(), "size": config_bytes.len()},
-        "layers": layers});
-    let mb = serde_json::to_vec(&manifest).unwrap();
-    let md = Digest::of(&mb);
-    fs::write(blobs.join(md.hex()), &mb).unwrap();
-    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md.to_string(), "size": mb.len(),
-        "annotations": {"org.opencontainers.image.ref.name": name}}]});
-    fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
-    let archive = env.dir.path().join(format!("{}.tar", name.replace(['/', ':'], "_")));
-    let mut t = tar::Builder::new(fs::File::create(&archive).unwrap());
-    t.append_dir_all(".", &dir).unwrap();
-    t.finish().unwrap();
-    env.ok(&["load", "-q", "-i", archive.to_str().unwrap()]);
-    let mut all: Vec<String> =
-        layers.iter().map(|l| l["digest"].as_str().unwrap().trim_start_matches("sha256:").to_owned()).collect();
-    all.push(cd.hex().to_owned());
-    all
 }
 
 fn multi_arch(env: &Env, tag: &str) {

@@ -7,7 +7,9 @@
 
 mod apps;
 mod cache;
+pub mod collect;
 mod context;
+mod offline;
 mod sandbox;
 
 use std::collections::{BTreeMap, HashMap};
@@ -21,6 +23,7 @@ use oci_spec::image::{
 };
 
 pub use context::{Context, ContextError};
+pub use offline::{CachedImage, OfflineError, OfflineOptions};
 
 use crate::image::layer::{self, EntryOptions, LayerBlob, LayerWriter};
 use crate::image::media::{self, Compression};
@@ -44,6 +47,8 @@ pub struct BuildRequest {
     /// At least one.
     pub platforms: Vec<Platform>,
     pub compression: Compression,
+    /// Discover and cache container images (`None`: `--build-mode lite`).
+    pub offline: Option<OfflineOptions>,
 }
 
 /// Progress events; the CLI turns them into output.
@@ -105,6 +110,10 @@ pub enum BuildError {
     BasePlatform { image: String, platform: Platform, available: String },
     #[error("no tag given: use `-t NAME[:TAG]`")]
     NoTag,
+    #[error(transparent)]
+    Discovery(#[from] collect::DiscoveryError),
+    #[error(transparent)]
+    Offline(#[from] OfflineError),
 }
 
 impl From<KubefileError> for BuildError {
@@ -135,10 +144,27 @@ pub fn build(store: &Store, request: &BuildRequest, reporter: &dyn BuildReporter
     // Keeps GC from deleting layers written here before they are tagged.
     let _gc_guard = store.lock_gc_shared()?;
 
-    let mut built = Vec::new();
+    let mut builders = Vec::new();
     for platform in &request.platforms {
         let mut builder = PlatformBuild::new(store, &ctx, &kubefile, request, platform, reporter)?;
-        built.push(builder.run()?);
+        builder.run()?;
+        builders.push(builder);
+    }
+    if let Some(options) = &request.offline {
+        let found = discover_all(store, &mut builders, options)?;
+        for w in &found.warnings {
+            reporter.warning(w);
+        }
+        if let Some((layer, cached)) = offline::cache_images(store, &found, &request.platforms, options)? {
+            for b in &mut builders {
+                b.add_registry_layer(layer.clone(), &cached);
+            }
+        }
+    }
+    let mut built = Vec::new();
+    for mut builder in builders {
+        let counts = (builder.layers_built, builder.layers_cached);
+        built.push((builder.commit()?, counts));
     }
     let (digest, media_type, size) = if let [(single, _)] = built.as_slice() {
         (single.manifest_digest.clone(), media::OCI_MANIFEST.to_owned(), single.manifest_size)
@@ -214,6 +240,8 @@ struct PlatformBuild<'a> {
     layers_built: usize,
     layers_cached: usize,
     run_count: usize,
+    /// The `sealer.image.container.images` annotation, when a registry layer was added.
+    container_images: Option<String>,
 }
 
 impl<'a> PlatformBuild<'a> {
@@ -254,10 +282,11 @@ impl<'a> PlatformBuild<'a> {
             layers_built: 0,
             layers_cached: 0,
             run_count: 0,
+            container_images: None,
         })
     }
 
-    fn run(&mut self) -> Result<(BuiltPlatform, (usize, usize))> {
+    fn run(&mut self) -> Result<()> {
         let instructions = self.kubefile.instructions();
         let total = instructions.len();
         for (index, ins) in instructions.iter().enumerate() {
@@ -275,8 +304,33 @@ impl<'a> PlatformBuild<'a> {
             ));
         }
         self.check_launchable()?;
-        let built = self.commit()?;
-        Ok((built, (self.layers_built, self.layers_cached)))
+        Ok(())
+    }
+
+    /// Adds the `registry/` layer and records the container images for the manifest.
+    fn add_registry_layer(&mut self, layer: LayerBlob, images: &[CachedImage]) {
+        let platform = serde_json::json!({
+            "architecture": self.platform.architecture,
+            "os": self.platform.os,
+            "variant": self.platform.variant.clone().unwrap_or_default(),
+        });
+        let list: Vec<serde_json::Value> = images
+            .iter()
+            .map(|i| {
+                let mut v = serde_json::json!({"image": i.image, "platform": platform, "platforms": i.platforms, "digest": i.digest});
+                if let Some(app) = &i.app {
+                    v["appName"] = serde_json::Value::String(app.clone());
+                }
+                v
+            })
+            .collect();
+        self.container_images = Some(serde_json::Value::Array(list).to_string());
+        if let Ok(h) =
+            HistoryBuilder::default().created_by(format!("kiln: registry ({} container images)", images.len())).build()
+        {
+            self.history.push(h);
+        }
+        self.layers.push(layer);
     }
 
     fn error(&self, span: Span, message: impl Into<String>, label: &str) -> BuildError {
@@ -752,7 +806,7 @@ impl<'a> PlatformBuild<'a> {
         Ok(())
     }
 
-    fn materialize_rootfs(&mut self, ins: &Instruction) -> Result<PathBuf> {
+    fn materialize_rootfs(&mut self, span: Span) -> Result<PathBuf> {
         if let Some(root) = &self.rootfs {
             return Ok(root.clone());
         }
@@ -762,9 +816,9 @@ impl<'a> PlatformBuild<'a> {
             let reader = layer::open_layer(self.store, &l.digest, &l.media_type)?;
             layer::apply_layer(reader, &root).map_err(|e| {
                 self.error(
-                    ins.span,
+                    span,
                     format!(
-                        "failed to prepare the rootfs for RUN: layer {} is corrupt or unreadable: {}",
+                        "failed to prepare the rootfs: layer {} is corrupt or unreadable: {}",
                         l.digest,
                         error_chain(&e)
                     ),
@@ -789,7 +843,7 @@ impl<'a> PlatformBuild<'a> {
         let env_key = env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("\0");
         let key = self.chain(&["RUN", &argv.join("\0"), &env_key]);
         let mut produce = |this: &mut Self| -> Result<Produced> {
-            let lower = this.materialize_rootfs(ins)?;
+            let lower = this.materialize_rootfs(ins.span)?;
             this.run_count += 1;
             let base = this.scratch.path().join(format!("run-{}", this.run_count));
             let dirs = sandbox::OverlayDirs {
@@ -854,6 +908,9 @@ impl<'a> PlatformBuild<'a> {
                 .map_err(|e| StoreError::BadJson { digest: Digest::of(b""), reason: e.to_string() })?,
         );
         annotations.insert(media::ANNOTATION_CREATED.to_owned(), created);
+        if let Some(images) = &self.container_images {
+            annotations.insert(media::ANNOTATION_SEALER_CONTAINER_IMAGES.to_owned(), images.clone());
+        }
         let layers = self
             .layers
             .iter()
@@ -872,6 +929,69 @@ impl<'a> PlatformBuild<'a> {
         let (manifest_digest, manifest_size) = self.store.write_blob(&bytes)?;
         Ok(BuiltPlatform { platform: self.platform.clone(), manifest_digest, manifest_size })
     }
+}
+
+/// Finds the container images of every platform's rootfs (cached by the layers' diff_ids and
+/// the lists' content, so a rebuild that changed nothing unpacks nothing).
+fn discover_all(
+    store: &Store,
+    builders: &mut [PlatformBuild<'_>],
+    options: &OfflineOptions,
+) -> Result<collect::Discovery> {
+    let helm = which("helm");
+    let discovery_options = collect::DiscoveryOptions {
+        image_lists: options.image_lists.clone(),
+        ignored_lists: options.ignored_lists.clone(),
+        helm: helm.clone(),
+    };
+    let mut merged: std::collections::BTreeMap<String, collect::FoundImage> = Default::default();
+    let mut warnings: Vec<String> = Vec::new();
+    for b in builders.iter_mut() {
+        let mut key = blake3::Hasher::new();
+        key.update(b"kiln-discovery-v1");
+        for l in &b.layers {
+            key.update(l.diff_id.to_string().as_bytes());
+        }
+        for list in options.image_lists.iter().chain(&options.ignored_lists) {
+            key.update(list.display().to_string().as_bytes());
+            key.update(&fs::read(list).unwrap_or_default());
+        }
+        key.update(helm.as_ref().map(|h| h.display().to_string()).unwrap_or_default().as_bytes());
+        let path = store.cache_dir().join("discovery").join(format!("{}.json", key.finalize().to_hex()));
+        let cached: Option<(Vec<collect::FoundImage>, Vec<String>)> =
+            fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let (images, warns) = match cached {
+            Some(c) => c,
+            None => {
+                let root = b.materialize_rootfs(Span::default())?;
+                let found = collect::discover(&root, &discovery_options)?;
+                if let Ok(bytes) = serde_json::to_vec(&(&found.images, &found.warnings)) {
+                    let _ = crate::image::store::write_atomic(&path, &bytes);
+                }
+                (found.images, found.warnings)
+            }
+        };
+        for f in images {
+            let entry =
+                merged.entry(f.image.clone()).or_insert_with(|| collect::FoundImage { sources: vec![], ..f.clone() });
+            for s in f.sources {
+                if !entry.sources.contains(&s) {
+                    entry.sources.push(s);
+                }
+            }
+        }
+        for w in warns {
+            if !warnings.contains(&w) {
+                warnings.push(w);
+            }
+        }
+    }
+    Ok(collect::Discovery { images: merged.into_values().collect(), warnings })
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(program)).find(|p| p.is_file()))
 }
 
 /// `error: cause: cause` on one line, for messages that must fit in a diagnostic label.

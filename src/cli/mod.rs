@@ -66,6 +66,9 @@ pub struct TransportArgs {
     /// Use plain HTTP instead of HTTPS
     #[arg(long, help_heading = "Registry options")]
     pub plain_http: bool,
+    /// A registry (host[:port]) reached over plain HTTP; repeatable
+    #[arg(long = "insecure-registry", value_name = "HOST", help_heading = "Registry options")]
+    pub insecure_registries: Vec<String>,
     /// Do not verify the registry's TLS certificate
     #[arg(long, help_heading = "Registry options")]
     pub insecure_skip_tls_verify: bool,
@@ -173,6 +176,21 @@ pub struct BuildArgs {
     /// Layer compression
     #[arg(long, default_value = "gzip", value_parser = ["gzip", "zstd"])]
     pub compression: String,
+    /// `all` caches every container image the manifests, charts and apps reference in a
+    /// `registry/` layer; `lite` skips that (nodes then pull from the network)
+    #[arg(long, default_value = "all", value_parser = ["all", "lite"], help_heading = "Container images")]
+    pub build_mode: String,
+    /// Extra container images to cache, one per line; repeatable
+    #[arg(long = "image-list", value_name = "FILE", help_heading = "Container images")]
+    pub image_lists: Vec<PathBuf>,
+    /// Container images not to cache, one per line; repeatable
+    #[arg(long = "ignored-image-list", value_name = "FILE", help_heading = "Container images")]
+    pub ignored_image_lists: Vec<PathBuf>,
+    /// Container images pulled at once
+    #[arg(long, default_value_t = 8, value_name = "N", help_heading = "Container images")]
+    pub max_pull_procs: usize,
+    #[command(flatten)]
+    pub transport: TransportArgs,
     /// Print the result as JSON
     #[arg(long)]
     pub json: bool,

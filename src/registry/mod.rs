@@ -6,6 +6,7 @@
 
 pub mod auth;
 mod client;
+pub mod layout;
 mod locations;
 mod pull;
 mod push;

@@ -20,6 +20,8 @@ pub enum PlatformChoice {
     /// This machine's.
     Host,
     One(Platform),
+    /// Each of these (an error if the image lacks one).
+    Many(Vec<Platform>),
     All,
 }
 
@@ -27,12 +29,27 @@ pub enum PlatformChoice {
 pub struct PullRequest {
     pub source: ImageRef,
     pub platforms: PlatformChoice,
+    /// Tag the result in the local store (`false`: blobs only, as the build's image cache).
+    pub tag: bool,
+    /// The top-level digest pulled last time, when not tagging: if the registry still has it
+    /// and every blob is here, nothing is downloaded.
+    pub known: Option<Digest>,
+}
+
+impl PullRequest {
+    pub fn new(source: ImageRef, platforms: PlatformChoice) -> Self {
+        Self { source, platforms, tag: true, known: None }
+    }
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct PullOutcome {
     pub name: String,
     pub digest: String,
+    #[serde(skip)]
+    pub media_type: String,
+    #[serde(skip)]
+    pub size: u64,
     pub platforms: Vec<String>,
     pub blobs_downloaded: usize,
     pub blobs_present: usize,
@@ -121,18 +138,28 @@ pub async fn pull(
     let _gc = store.lock_gc_shared()?;
 
     // Already here with the same digest and every blob: nothing to download.
-    if let Some(remote) = head_manifest(registry, image, &reference).await?
-        && let Some(local) = store.image(image)?
-        && local.entry.digest == remote
-        && local.blobs().iter().all(|(d, _, _)| store.has_blob(d))
-    {
-        return Ok(PullOutcome {
-            name: image.to_string(),
-            digest: remote.to_string(),
-            platforms: local.platforms.iter().map(|p| p.platform.to_string()).collect(),
-            blobs_present: local.blobs().len(),
-            ..Default::default()
-        });
+    if let Some(remote) = head_manifest(registry, image, &reference).await? {
+        let local = if request.tag {
+            store.image(image)?
+        } else {
+            match &request.known {
+                Some(k) if *k == remote => known_image(store, k),
+                _ => None,
+            }
+        };
+        if let Some(local) =
+            local.filter(|l| l.entry.digest == remote && l.blobs().iter().all(|(d, _, _)| store.has_blob(d)))
+        {
+            return Ok(PullOutcome {
+                name: image.to_string(),
+                digest: remote.to_string(),
+                media_type: local.entry.media_type.clone(),
+                size: local.entry.size,
+                platforms: local.platforms.iter().map(|p| p.platform.to_string()).collect(),
+                blobs_present: local.blobs().len(),
+                ..Default::default()
+            });
+        }
     }
 
     let top = get_manifest(registry, image, &reference).await?;
@@ -150,37 +177,47 @@ pub async fn pull(
             };
             s.parse().ok()
         };
-        let want = match &request.platforms {
-            PlatformChoice::Host => Some(Platform::host()),
-            PlatformChoice::One(p) => Some(p.clone()),
+        let want: Option<Vec<Platform>> = match &request.platforms {
+            PlatformChoice::Host => Some(vec![Platform::host()]),
+            PlatformChoice::One(p) => Some(vec![p.clone()]),
+            PlatformChoice::Many(v) => Some(v.clone()),
             PlatformChoice::All => None,
         };
-        let chosen: Vec<&serde_json::Value> = entries
+        let images: Vec<&serde_json::Value> = entries
             .iter()
             .filter(|e| media::is_manifest(e["mediaType"].as_str().unwrap_or(media::OCI_MANIFEST)))
-            .filter(|e| match (&want, platform_of(e)) {
-                (None, Some(p)) => p.os != "unknown",
-                (Some(w), Some(p)) => p.matches(w),
-                _ => false,
-            })
-            .take(if want.is_some() { 1 } else { usize::MAX })
             .collect();
+        let chosen: Vec<&serde_json::Value> = match &want {
+            None => images.iter().copied().filter(|e| platform_of(e).is_some_and(|p| p.os != "unknown")).collect(),
+            Some(wanted) => {
+                let mut picked: Vec<&serde_json::Value> = Vec::new();
+                for w in wanted {
+                    let Some(e) = images.iter().copied().find(|e| platform_of(e).is_some_and(|p| p.matches(w))) else {
+                        let available: Vec<String> =
+                            entries.iter().filter_map(platform_of).map(|p| p.to_string()).collect();
+                        return Err(RegistryError::NotFound {
+                            registry: image.registry().into(),
+                            what: format!("a {w} variant of `{image}` (it has {})", available.join(", ")),
+                        });
+                    };
+                    if !picked.iter().any(|p| std::ptr::eq(*p, e)) {
+                        picked.push(e);
+                    }
+                }
+                picked
+            }
+        };
         if chosen.is_empty() {
-            let available: Vec<String> = entries.iter().filter_map(platform_of).map(|p| p.to_string()).collect();
             return Err(RegistryError::NotFound {
                 registry: image.registry().into(),
-                what: format!(
-                    "a {} variant of `{image}` (it has {})",
-                    want.map(|w| w.to_string()).unwrap_or_default(),
-                    available.join(", ")
-                ),
+                what: format!("a usable platform of `{image}`"),
             });
         }
         for e in &chosen {
             let d = e["digest"].as_str().unwrap_or_default();
             manifests.push((get_manifest(registry, image, d).await?, platform_of(e)));
         }
-        if chosen.len() == entries.len() || want.is_none() {
+        if chosen.len() == entries.len() || chosen.len() > 1 {
             // Every platform: keep the registry's index byte for byte when nothing was left out.
             index_to_store = Some(if chosen.len() == entries.len() {
                 (top.bytes.clone(), top.media_type.clone())
@@ -252,11 +289,21 @@ pub async fn pull(
     Ok(PullOutcome {
         name: local_name.to_string(),
         digest: digest.to_string(),
+        media_type: media_type.clone(),
+        size,
         platforms: manifests.iter().filter_map(|(_, p)| p.as_ref().map(ToString::to_string)).collect(),
         blobs_downloaded: missing.len(),
         blobs_present: present.len(),
         bytes_downloaded,
     })
+}
+
+/// The image a cached top-level digest points at, if its documents are in the store.
+fn known_image(store: &Store, digest: &Digest) -> Option<crate::image::Image> {
+    let bytes = store.read_blob(digest).ok()?;
+    let media_type = serde_json::from_slice::<serde_json::Value>(&bytes).ok()?["mediaType"].as_str()?.to_owned();
+    let entry = crate::image::IndexEntry { name: None, digest: digest.clone(), media_type, size: bytes.len() as u64 };
+    store.image_at(entry).ok()
 }
 
 fn partial_path(store: &Store, digest: &Digest) -> std::path::PathBuf {

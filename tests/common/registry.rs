@@ -3,6 +3,7 @@
 //! a TCP proxy that counts the bytes each way, to prove what a transfer sent.
 #![allow(dead_code)]
 
+use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -185,6 +186,8 @@ pub struct CountingProxy {
     pub from_registry: Arc<AtomicU64>,
     /// `PATCH /v2/…` request lines seen (chunked upload pieces).
     pub patches: Arc<AtomicU64>,
+    /// Requests for blobs (`/blobs/sha256:` in a request line) seen.
+    pub blob_requests: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 }
 
@@ -196,7 +199,9 @@ impl CountingProxy {
         let from_registry = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let patches = Arc::new(AtomicU64::new(0));
-        let (up, down, halt, seen) = (to_registry.clone(), from_registry.clone(), stop.clone(), patches.clone());
+        let blob_requests = Arc::new(AtomicU64::new(0));
+        let (up, down, halt, seen, blobs) =
+            (to_registry.clone(), from_registry.clone(), stop.clone(), patches.clone(), blob_requests.clone());
         listener.set_nonblocking(true).unwrap();
         std::thread::spawn(move || {
             while !halt.load(Ordering::Relaxed) {
@@ -204,14 +209,19 @@ impl CountingProxy {
                     Ok((client, _)) => {
                         client.set_nonblocking(false).unwrap();
                         let Ok(server) = TcpStream::connect(("127.0.0.1", target_port)) else { continue };
-                        pipe(client.try_clone().unwrap(), server.try_clone().unwrap(), up.clone(), Some(seen.clone()));
+                        pipe(
+                            client.try_clone().unwrap(),
+                            server.try_clone().unwrap(),
+                            up.clone(),
+                            Some((seen.clone(), blobs.clone())),
+                        );
                         pipe(server, client, down.clone(), None);
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
             }
         });
-        Self { port, to_registry, from_registry, patches, stop }
+        Self { port, to_registry, from_registry, patches, blob_requests, stop }
     }
 
     pub fn reset(&self) {
@@ -230,7 +240,12 @@ impl Drop for CountingProxy {
     }
 }
 
-fn pipe(mut from: TcpStream, mut to: TcpStream, counter: Arc<AtomicU64>, patches: Option<Arc<AtomicU64>>) {
+fn pipe(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    counter: Arc<AtomicU64>,
+    requests: Option<(Arc<AtomicU64>, Arc<AtomicU64>)>,
+) {
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
@@ -238,9 +253,11 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, counter: Arc<AtomicU64>, patches
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     counter.fetch_add(n as u64, Ordering::Relaxed);
-                    if let Some(p) = &patches {
+                    if let Some((patches, blobs)) = &requests {
                         let hits = buf[..n].windows(10).filter(|w| *w == b"PATCH /v2/").count();
-                        p.fetch_add(hits as u64, Ordering::Relaxed);
+                        patches.fetch_add(hits as u64, Ordering::Relaxed);
+                        let hits = buf[..n].windows(14).filter(|w| *w == b"/blobs/sha256:").count();
+                        blobs.fetch_add(hits as u64, Ordering::Relaxed);
                     }
                     if to.write_all(&buf[..n]).is_err() {
                         break;
@@ -380,4 +397,61 @@ fn percent_decode(s: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Writes an OCI archive with one image of uncompressed random layers (fast to make in a
+/// debug build) and loads it.
+pub fn random_image(env: &super::Env, name: &str, layer_sizes: &[usize]) -> Vec<String> {
+    use kiln::image::Digest;
+    let dir = env.dir.path().join(format!("layout-{}", name.replace(['/', ':'], "_")));
+    let blobs = dir.join("blobs/sha256");
+    fs::create_dir_all(&blobs).unwrap();
+    let mut layers = Vec::new();
+    let mut diff_ids = Vec::new();
+    let mut seed = 0x9e3779b97f4a7c15u64 ^ layer_sizes.len() as u64 ^ name.len() as u64;
+    for size in layer_sizes {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut data = vec![0u8; *size];
+        for chunk in data.chunks_mut(8) {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let bytes = seed.to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, format!("blob-{size}"), &data[..]).unwrap();
+        let bytes = tar.into_inner().unwrap();
+        let d = Digest::of(&bytes);
+        fs::write(blobs.join(d.hex()), &bytes).unwrap();
+        layers.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d.to_string(), "size": bytes.len()}));
+        diff_ids.push(d.to_string());
+    }
+    let config =
+        serde_json::json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids}});
+    let config_bytes = serde_json::to_vec(&config).unwrap();
+    let cd = Digest::of(&config_bytes);
+    fs::write(blobs.join(cd.hex()), &config_bytes).unwrap();
+    let manifest = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd.to_string(), "size": config_bytes.len()},
+        "layers": layers});
+    let mb = serde_json::to_vec(&manifest).unwrap();
+    let md = Digest::of(&mb);
+    fs::write(blobs.join(md.hex()), &mb).unwrap();
+    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md.to_string(), "size": mb.len(),
+        "annotations": {"org.opencontainers.image.ref.name": name}}]});
+    fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    let archive = env.dir.path().join(format!("{}.tar", name.replace(['/', ':'], "_")));
+    let mut t = tar::Builder::new(fs::File::create(&archive).unwrap());
+    t.append_dir_all(".", &dir).unwrap();
+    t.finish().unwrap();
+    env.ok(&["load", "-q", "-i", archive.to_str().unwrap()]);
+    let mut all: Vec<String> =
+        layers.iter().map(|l| l["digest"].as_str().unwrap().trim_start_matches("sha256:").to_owned()).collect();
+    all.push(cd.hex().to_owned());
+    all
 }

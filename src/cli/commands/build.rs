@@ -23,6 +23,12 @@ pub async fn run(settings: &Settings, printer: Printer, args: BuildArgs) -> anyh
         image_type: args.image_type.parse::<ImageType>().user_error()?,
         compression: if args.compression == "zstd" { Compression::Zstd } else { Compression::Gzip },
         platforms,
+        offline: (args.build_mode == "all").then(|| crate::build::OfflineOptions {
+            image_lists: args.image_lists.clone(),
+            ignored_lists: args.ignored_image_lists.clone(),
+            max_pulls: args.max_pull_procs.max(1),
+            transport: super::transport(&args.transport),
+        }),
     };
     let store = settings.store()?;
     let started = Instant::now();

@@ -34,7 +34,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
 pub(crate) fn transport(args: &crate::cli::TransportArgs) -> crate::registry::TransportOptions {
     crate::registry::TransportOptions {
         plain_http: args.plain_http,
-        insecure_registries: Vec::new(),
+        insecure_registries: args.insecure_registries.clone(),
         insecure_skip_tls_verify: args.insecure_skip_tls_verify,
         ca_file: args.ca_file.clone(),
         retries: args.retries,

@@ -17,7 +17,7 @@ pub async fn run(settings: &Settings, printer: Printer, args: PullArgs) -> anyho
     let registry = Registry::new(super::transport(&args.transport))?;
     let started = Instant::now();
     let progress = Arc::new(TransferProgress::new(&printer, "Pulling"));
-    let outcome = pull(&registry, &store, &PullRequest { source, platforms }, progress.clone()).await;
+    let outcome = pull(&registry, &store, &PullRequest::new(source, platforms), progress.clone()).await;
     progress.finish();
     let outcome = outcome?;
     if printer.json {

@@ -1,0 +1,226 @@
+//! Offline: `kiln build` finds every container image the cluster image needs, caches them in a
+//! `registry/` layer in the docker-distribution layout, and that layer alone serves them once
+//! the source registries are gone.
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+mod common;
+
+use std::fs;
+use std::process::Command;
+use std::sync::atomic::Ordering;
+
+use common::registry::{Auth, CountingProxy, TestRegistry, random_image};
+use common::{Env, require_tool};
+
+fn peers() -> bool {
+    require_tool("docker-registry") && require_tool("skopeo")
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn skopeo_digest(reference: &str, arch: &str) -> Option<String> {
+    let out = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--override-arch", arch, &format!("docker://{reference}")])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        eprintln!("skopeo inspect {reference}: {}", String::from_utf8_lossy(&out.stderr));
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    Some(v["Digest"].as_str().unwrap().to_owned())
+}
+
+#[test]
+fn build_caches_every_image_and_the_layer_serves_them_offline() {
+    if !peers() {
+        return;
+    }
+    let env = Env::new();
+    let mut reg_a = TestRegistry::start(&env.dir.path().join("reg-a"), &Auth::None);
+    let mut reg_b = TestRegistry::start(&env.dir.path().join("reg-b"), &Auth::None);
+    let proxy_a = CountingProxy::start(reg_a.port);
+    let proxy_b = CountingProxy::start(reg_b.port);
+    let (a, b) = (proxy_a.addr(), proxy_b.addr());
+
+    // Source images: a multi-arch one, and small single-arch ones.
+    env.file("src/bin/amd64/tool", "amd64 tool");
+    env.file("src/bin/arm64/tool", "arm64 tool");
+    env.file("src/Kubefile", "FROM scratch\nCOPY bin/${ARCH}/tool bin/tool\n");
+    let src = env.ctx().join("src");
+    env.ok(&[
+        "build",
+        "-q",
+        "--build-mode",
+        "lite",
+        "-t",
+        "multi:1",
+        "--platform",
+        "linux/amd64,linux/arm64",
+        src.to_str().unwrap(),
+    ]);
+    env.ok(&["push", "-q", "--plain-http", "multi:1", &format!("{a}/multi/app:1")]);
+    for (name, sizes, dest) in [
+        ("example.com/pinned:1", vec![1000], format!("{a}/pinned/x:1")),
+        ("example.com/crd:1", vec![2000], format!("{a}/crd/operand:1")),
+        ("example.com/init:1", vec![3000], format!("{a}/init/setup:1")),
+        ("example.com/chart:1", vec![4000], format!("{a}/chart/web:2")),
+        ("example.com/samea:1", vec![5000], format!("{a}/same/path:1")),
+        ("example.com/sameb:1", vec![6000, 10], format!("{b}/same/path:1")),
+    ] {
+        random_image(&env, name, &sizes);
+        env.ok(&["push", "-q", "--plain-http", name, &dest]);
+    }
+    let pinned = skopeo_digest(&format!("{a}/pinned/x:1"), "amd64").unwrap();
+
+    // The cluster image references them in every way the issue lists.
+    env.file("ctx/manifests/workloads.yaml", &format!(
+        "apiVersion: apps/v1\nkind: Deployment\nspec:\n  template:\n    spec:\n      initContainers:\n        - name: setup\n          image: {a}/init/setup:1\n      containers:\n        - name: app\n          image: {a}/multi/app:1\n        - name: pinned\n          image: {a}/pinned/x@{pinned}\n---\napiVersion: ops.example.com/v1\nkind: Database\nspec:\n  operand:\n    image: {a}/crd/operand:1\n"
+    ));
+    env.file("ctx/manifests/imageList", &format!("{a}/same/path:1\n{b}/same/path:1\n"));
+    env.file("ctx/chart/Chart.yaml", "apiVersion: v2\nname: web\nversion: 0.1.0\n");
+    env.file("ctx/chart/values.yaml", &format!("image:\n  registry: {a}\n  repository: chart/web\n  tag: \"2\"\n"));
+    env.file(
+        "ctx/chart/templates/deploy.yaml",
+        "spec:\n  image: \"{{ .Values.image.registry }}/{{ .Values.image.repository }}:{{ .Values.image.tag }}\"\n",
+    );
+    env.file("ctx/Kubefile", "FROM scratch\nCOPY manifests manifests\nAPP web local://chart\nLAUNCH [\"web\"]\n");
+    let ctx = env.ctx().join("ctx");
+    let build = |tag: &str| {
+        let out = env
+            .kiln()
+            .args([
+                "build",
+                "--json",
+                "-t",
+                tag,
+                "--platform",
+                "linux/amd64,linux/arm64",
+                "--insecure-registry",
+                &a,
+                "--insecure-registry",
+                &b,
+                ctx.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    build("offline:1");
+
+    // inspect lists the container images with their platforms.
+    let info = env.inspect("offline:1");
+    let listed: serde_json::Value = info["platforms"][0]["containerImages"].clone();
+    let names: Vec<&str> = listed.as_array().unwrap().iter().map(|i| i["image"].as_str().unwrap()).collect();
+    assert_eq!(names.len(), 7, "{names:?}");
+    let multi = listed.as_array().unwrap().iter().find(|i| i["image"].as_str().unwrap().contains("multi/app")).unwrap();
+    assert_eq!(multi["platforms"], serde_json::json!(["linux/amd64", "linux/arm64"]));
+
+    // Sources gone: the registry layer alone must serve everything.
+    let same_a = skopeo_digest(&format!("{a}/same/path:1"), "amd64").unwrap();
+    let same_b = skopeo_digest(&format!("{b}/same/path:1"), "amd64").unwrap();
+    assert_ne!(same_a, same_b);
+    reg_a.kill();
+    reg_b.kill();
+    let rootfs = env.rootfs("offline:1", Some("linux/arm64"));
+    let served = env.dir.path().join("served");
+    fs::create_dir_all(&served).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    fs::write(served.join("config.yml"), format!("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n", rootfs.path().join("registry").display())).unwrap();
+    let server = Command::new("docker-registry")
+        .args(["serve", served.join("config.yml").to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _server = KillOnDrop(server);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let local = format!("127.0.0.1:{port}");
+    // Images from registry A/B live under their host as a path prefix (no collisions).
+    let (ha, hb) = (a.replace(':', "_"), b.replace(':', "_"));
+    let checks = [
+        (format!("{local}/{ha}/multi/app:1"), "arm64"),
+        (format!("{local}/{ha}/multi/app:1"), "amd64"),
+        (format!("{local}/{ha}/pinned/x@{pinned}"), "amd64"),
+        (format!("{local}/{ha}/crd/operand:1"), "amd64"),
+        (format!("{local}/{ha}/init/setup:1"), "amd64"),
+        (format!("{local}/{ha}/chart/web:2"), "amd64"),
+    ];
+    for (reference, arch) in &checks {
+        let dir =
+            env.dir.path().join(format!("copy-{}", blake3::hash(format!("{reference}{arch}").as_bytes()).to_hex()));
+        let out = Command::new("skopeo")
+            .args([
+                "copy",
+                "--src-tls-verify=false",
+                "--override-arch",
+                arch,
+                &format!("docker://{reference}"),
+                &format!("dir:{}", dir.display()),
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{reference} ({arch}): {}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(skopeo_digest(&format!("{local}/{ha}/same/path:1"), "amd64").unwrap(), same_a);
+    assert_eq!(skopeo_digest(&format!("{local}/{hb}/same/path:1"), "amd64").unwrap(), same_b);
+    drop(_server);
+
+    // A rebuild after changing one manifest asks the sources for no blob at all.
+    reg_a.restart();
+    reg_b.restart();
+    let proxy_a2 = proxy_a;
+    let proxy_b2 = proxy_b;
+    proxy_a2.blob_requests.store(0, Ordering::SeqCst);
+    proxy_b2.blob_requests.store(0, Ordering::SeqCst);
+    let _ = (&proxy_a2.port, &proxy_b2.port);
+    env.file("ctx/manifests/extra.yaml", "kind: ConfigMap\ndata: {note: changed}\n");
+    build("offline:2");
+    let requests = proxy_a2.blob_requests.load(Ordering::SeqCst) + proxy_b2.blob_requests.load(Ordering::SeqCst);
+    assert_eq!(requests, 0, "a rebuild must fetch no blob from the sources");
+}
+
+#[test]
+fn missing_source_image_fails_naming_it_and_the_file() {
+    if !peers() {
+        return;
+    }
+    let env = Env::new();
+    let reg = TestRegistry::start(&env.dir.path().join("reg"), &Auth::None);
+    env.file("manifests/app.yaml", &format!("spec:\n  containers:\n  - image: {}/does/not-exist:1\n", reg.addr()));
+    env.kubefile("FROM scratch\nCOPY manifests manifests\n");
+    env.ok(&["images"]);
+    let before = env.snapshot();
+    let err =
+        env.fails(&["build", "-t", "broken:1", "--insecure-registry", &reg.addr(), env.ctx().to_str().unwrap()], 1);
+    assert!(err.contains("does/not-exist:1") && err.contains("manifests/app.yaml"), "{err}");
+    assert_eq!(env.snapshot().get("index.json"), before.get("index.json"), "nothing tagged");
+}
+
+#[test]
+fn corrupt_blob_from_the_source_is_a_digest_error() {
+    if !peers() {
+        return;
+    }
+    let env = Env::new();
+    let reg = TestRegistry::start(&env.dir.path().join("reg"), &Auth::None);
+    let blobs = random_image(&env, "example.com/corrupt:1", &[50_000]);
+    env.ok(&["push", "-q", "--plain-http", "example.com/corrupt:1", &format!("{}/bad/blob:1", reg.addr())]);
+    let victim = reg.blob_path(&blobs[0]);
+    let mut bytes = fs::read(&victim).unwrap();
+    bytes[600] ^= 0xff;
+    fs::write(&victim, &bytes).unwrap();
+    let other = Env::new();
+    other.file("manifests/app.yaml", &format!("spec:\n  containers:\n  - image: {}/bad/blob:1\n", reg.addr()));
+    other.kubefile("FROM scratch\nCOPY manifests manifests\n");
+    let err =
+        other.fails(&["build", "-t", "c:1", "--insecure-registry", &reg.addr(), other.ctx().to_str().unwrap()], 1);
+    assert!(err.contains("digest mismatch") && err.contains("bad/blob:1"), "{err}");
+}
