@@ -44,12 +44,18 @@ pub enum OfflineError {
         image: String,
         sources: Vec<String>,
         #[source]
-        source: RegistryError,
+        source: Box<RegistryError>,
     },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Registry(#[from] RegistryError),
+    Registry(#[from] Box<RegistryError>),
+}
+
+impl From<RegistryError> for OfflineError {
+    fn from(e: RegistryError) -> Self {
+        Self::Registry(Box::new(e))
+    }
 }
 
 fn known_path(store: &Store, image: &str) -> PathBuf {
@@ -77,7 +83,7 @@ pub fn cache_images(
                         f.image.parse().map_err(|e: crate::image::ImageRefError| OfflineError::Fetch {
                             image: f.image.clone(),
                             sources: f.sources.clone(),
-                            source: RegistryError::Protocol(e.to_string()),
+                            source: Box::new(RegistryError::Protocol(e.to_string())),
                         })?;
                     let known = std::fs::read(known_path(store, &f.image))
                         .ok()
@@ -96,12 +102,14 @@ pub fn cache_images(
                                 .map_err(|source| OfflineError::Fetch {
                                     image: f.image.clone(),
                                     sources: f.sources.clone(),
-                                    source,
+                                    source: Box::new(source),
                                 })
                         }
-                        Err(source) => {
-                            Err(OfflineError::Fetch { image: f.image.clone(), sources: f.sources.clone(), source })
-                        }
+                        Err(source) => Err(OfflineError::Fetch {
+                            image: f.image.clone(),
+                            sources: f.sources.clone(),
+                            source: Box::new(source),
+                        }),
                     }
                 }
             })

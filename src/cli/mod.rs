@@ -37,7 +37,7 @@ pub struct GlobalArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build a cluster image from a Kubefile
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// List images in the local store
     Images(ImagesArgs),
     /// Show an image's manifest, config, Sealer extension and container images as JSON
@@ -270,7 +270,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let printer = settings.printer(json);
     match cli.command {
-        Command::Build(args) => commands::build::run(&settings, printer, args).await,
+        Command::Build(args) => commands::build::run(&settings, printer, *args).await,
         Command::Images(args) => commands::images::run(&settings, printer, args).await,
         Command::Inspect(args) => commands::inspect::run(&settings, printer, args).await,
         Command::Tag(args) => commands::tag::run(&settings, printer, args).await,

@@ -111,7 +111,7 @@ mod tests {
         let files = plan(&images);
         let blobs = files.values().filter(|e| matches!(e, Entry::Blob(_))).count();
         assert_eq!(blobs, 3, "the shared layer is stored once");
-        let tag = format!("docker/registry/v2/repositories/quay.io/x/b/_manifests/tags/2/current/link");
+        let tag = "docker/registry/v2/repositories/quay.io/x/b/_manifests/tags/2/current/link".to_owned();
         assert_eq!(files[&tag], Entry::Text(m2.to_string()));
         assert!(
             files.contains_key(&format!(
