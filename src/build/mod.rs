@@ -806,6 +806,28 @@ impl<'a> PlatformBuild<'a> {
         Ok(())
     }
 
+    /// Only the parts of the rootfs image discovery reads (`manifests/`, `charts/`,
+    /// `application/`), unpacked into a scratch directory.
+    fn discovery_root(&self) -> Result<PathBuf> {
+        let root = self.scratch.path().join("discovery");
+        fs::create_dir_all(&root).map_err(|e| StoreError::io("create", &root, e))?;
+        let keep = |p: &Path| {
+            let first = p.components().next().and_then(|c| c.as_os_str().to_str()).unwrap_or_default();
+            matches!(first, "manifests" | "charts" | "application")
+        };
+        for l in &self.layers {
+            let reader = layer::open_layer(self.store, &l.digest, &l.media_type)?;
+            layer::apply_layer_where(reader, &root, &keep).map_err(|e| {
+                self.error(
+                    Span::default(),
+                    format!("failed to read layer {} for image discovery: {}", l.digest, error_chain(&e)),
+                    "here",
+                )
+            })?;
+        }
+        Ok(root)
+    }
+
     fn materialize_rootfs(&mut self, span: Span) -> Result<PathBuf> {
         if let Some(root) = &self.rootfs {
             return Ok(root.clone());
@@ -963,7 +985,7 @@ fn discover_all(
         let (images, warns) = match cached {
             Some(c) => c,
             None => {
-                let root = b.materialize_rootfs(Span::default())?;
+                let root = b.discovery_root()?;
                 let found = collect::discover(&root, &discovery_options)?;
                 if let Ok(bytes) = serde_json::to_vec(&(&found.images, &found.warnings)) {
                     let _ = crate::image::store::write_atomic(&path, &bytes);

@@ -227,6 +227,11 @@ pub enum ApplyError {
 /// Applies an uncompressed layer tar stream onto `dest`, honouring whiteouts.
 /// Entries with absolute paths or `..` are refused, never written.
 pub fn apply_layer(reader: impl Read, dest: &Path) -> Result<usize, ApplyError> {
+    apply_layer_where(reader, dest, &|_| true)
+}
+
+/// Like [`apply_layer`], but writes only entries whose path `keep` accepts.
+pub fn apply_layer_where(reader: impl Read, dest: &Path, keep: &dyn Fn(&Path) -> bool) -> Result<usize, ApplyError> {
     let mut archive = tar::Archive::new(reader);
     archive.set_preserve_permissions(true);
     archive.set_preserve_mtime(true);
@@ -239,6 +244,9 @@ pub fn apply_layer(reader: impl Read, dest: &Path) -> Result<usize, ApplyError> 
         let shown = path.to_string_lossy().into_owned();
         if path.components().any(|c| matches!(c, Component::ParentDir | Component::RootDir | Component::Prefix(_))) {
             return Err(ApplyError::Escapes(shown));
+        }
+        if !keep(&path) {
+            continue;
         }
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         let parent = dest.join(path.parent().unwrap_or(Path::new("")));
