@@ -25,6 +25,14 @@ impl Drop for KillOnDrop {
     }
 }
 
+fn wait_for_port(port: u16) {
+    let t0 = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(20), "server did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 fn skopeo_digest(reference: &str, arch: &str) -> Option<String> {
     let out = Command::new("skopeo")
         .args(["inspect", "--tls-verify=false", "--override-arch", arch, &format!("docker://{reference}")])
@@ -173,6 +181,71 @@ fn build_caches_every_image_and_the_layer_serves_them_offline() {
     assert_eq!(skopeo_digest(&format!("{local}/{hb}/same/path:1"), "amd64").unwrap(), same_b);
     drop(_server);
 
+    // The same from `kiln registry serve --image`, plus containerd-style `?ns=` requests.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let kiln_serve = std::process::Command::new(assert_cmd::cargo::cargo_bin("kiln"))
+        .env("KILN_ROOT", env.root())
+        .args(["registry", "serve", "--image", "offline:1", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _kiln_serve = KillOnDrop(kiln_serve);
+    let served = format!("127.0.0.1:{port}");
+    wait_for_port(port);
+    for (reference, arch) in &checks {
+        let reference = reference.replace(&local, &served);
+        let dir =
+            env.dir.path().join(format!("kcopy-{}", blake3::hash(format!("{reference}{arch}").as_bytes()).to_hex()));
+        let out = Command::new("skopeo")
+            .args([
+                "copy",
+                "--src-tls-verify=false",
+                "--override-arch",
+                arch,
+                &format!("docker://{reference}"),
+                &format!("dir:{}", dir.display()),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kiln registry serve: {reference} ({arch}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(skopeo_digest(&format!("{served}/{hb}/same/path:1"), "amd64").unwrap(), same_b);
+    let http = reqwest::blocking::Client::new();
+    let ns_digest = |upstream: &str| {
+        let r = http
+            .head(format!("http://{served}/v2/same/path/manifests/1?ns={upstream}"))
+            .header("Accept", "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json")
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "ns={upstream}");
+        r.headers()["docker-content-digest"].to_str().unwrap().to_owned()
+    };
+    assert_eq!(ns_digest(&a), same_a, "?ns= picks registry A's image");
+    assert_eq!(ns_digest(&b), same_b, "?ns= picks registry B's image");
+    // Blobs answer Range requests with 206.
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &http.get(format!("http://{served}/v2/same/path/manifests/1?ns={a}")).send().unwrap().bytes().unwrap(),
+    )
+    .unwrap();
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+    let size = manifest["layers"][0]["size"].as_u64().unwrap();
+    let r = http
+        .get(format!("http://{served}/v2/{ha}/same/path/blobs/{layer}"))
+        .header("Range", "bytes=100-")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().unwrap().len() as u64, size - 100);
+    let r = http.get(format!("http://{served}/v2/_catalog")).send().unwrap();
+    assert!(r.text().unwrap().contains(&format!("{ha}/multi/app")));
+    let r = http.get(format!("http://{served}/v2/..%2F..%2Fetc/manifests/x")).send().unwrap();
+    assert!(r.status().is_client_error());
+
     // A rebuild after changing one manifest asks the sources for no blob at all.
     reg_a.restart();
     reg_b.restart();
@@ -223,4 +296,54 @@ fn corrupt_blob_from_the_source_is_a_digest_error() {
     let err =
         other.fails(&["build", "-t", "c:1", "--insecure-registry", &reg.addr(), other.ctx().to_str().unwrap()], 1);
     assert!(err.contains("digest mismatch") && err.contains("bad/blob:1"), "{err}");
+}
+
+#[test]
+fn registry_serve_with_htpasswd() {
+    if !peers() || !require_tool("htpasswd") {
+        return;
+    }
+    let env = Env::new();
+    let reg = TestRegistry::start(&env.dir.path().join("reg"), &Auth::None);
+    random_image(&env, "example.com/auth:1", &[7000]);
+    env.ok(&["push", "-q", "--plain-http", "example.com/auth:1", &format!("{}/team/auth:1", reg.addr())]);
+    env.file("manifests/app.yaml", &format!("spec:\n  containers:\n  - image: {}/team/auth:1\n", reg.addr()));
+    env.kubefile("FROM scratch\nCOPY manifests manifests\n");
+    env.ok(&["build", "-q", "-t", "authd:1", "--insecure-registry", &reg.addr(), env.ctx().to_str().unwrap()]);
+    let htpasswd = env.dir.path().join("htpasswd");
+    assert!(
+        Command::new("htpasswd")
+            .args(["-Bbc", htpasswd.to_str().unwrap(), "node", "pull-secret"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("kiln"))
+        .env("KILN_ROOT", env.root())
+        .args([
+            "registry",
+            "serve",
+            "--image",
+            "authd:1",
+            "--htpasswd",
+            htpasswd.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = KillOnDrop(child);
+    wait_for_port(port);
+    let reference = format!("docker://127.0.0.1:{port}/{}/team/auth:1", reg.addr().replace(':', "_"));
+    let anonymous = Command::new("skopeo").args(["inspect", "--tls-verify=false", &reference]).output().unwrap();
+    assert!(!anonymous.status.success(), "anonymous pulls must be refused");
+    let out = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--creds", "node:pull-secret", &reference])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

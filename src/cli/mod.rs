@@ -58,6 +58,31 @@ pub enum Command {
     Login(LoginArgs),
     /// Remove saved credentials for a registry
     Logout(LogoutArgs),
+    /// The in-cluster registry: serve the container images a cluster image carries
+    #[command(subcommand)]
+    Registry(RegistryCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RegistryCommand {
+    /// Serve a registry directory or an image's `registry/` layer over the distribution API
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Serve the `registry/` layer of this cluster image (from the local store)
+    #[arg(long, conflicts_with = "dir", required_unless_present = "dir")]
+    pub image: Option<String>,
+    /// Serve this directory (it holds `docker/registry/v2`)
+    #[arg(long = "dir", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Address to listen on
+    #[arg(long, default_value = "127.0.0.1:5000", value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+    /// Require basic auth from this bcrypt htpasswd file
+    #[arg(long, value_name = "FILE")]
+    pub htpasswd: Option<PathBuf>,
 }
 
 /// How to reach registries (shared by push, pull and login).
@@ -281,5 +306,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pull(args) => commands::pull::run(&settings, printer, args).await,
         Command::Login(args) => commands::login::run(printer, args).await,
         Command::Logout(args) => commands::login::logout(printer, args).await,
+        Command::Registry(RegistryCommand::Serve(args)) => commands::serve::run(&settings, printer, args).await,
     }
 }

@@ -10,6 +10,7 @@ pub mod layout;
 mod locations;
 mod pull;
 mod push;
+pub mod server;
 
 pub use client::{Registry, RegistryError, TransportOptions};
 pub use pull::{PlatformChoice, PullOutcome, PullRequest, pull};

@@ -9,6 +9,7 @@ pub mod pull;
 pub mod push;
 pub mod rmi;
 pub mod save;
+pub mod serve;
 pub mod tag;
 
 use crate::image::{Image, ImageRef, Store};
