@@ -25,6 +25,23 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// `skopeo copy` of one platform of `reference` into a fresh directory; panics on failure.
+fn skopeo_copy(env: &Env, reference: &str, arch: &str) {
+    let dir = env.dir.path().join(format!("copy-{}", blake3::hash(format!("{reference}{arch}").as_bytes()).to_hex()));
+    let out = Command::new("skopeo")
+        .args([
+            "copy",
+            "--src-tls-verify=false",
+            "--override-arch",
+            arch,
+            &format!("docker://{reference}"),
+            &format!("dir:{}", dir.display()),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{reference} ({arch}): {}", String::from_utf8_lossy(&out.stderr));
+}
+
 fn wait_for_port(port: u16) {
     let t0 = std::time::Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -162,20 +179,7 @@ fn build_caches_every_image_and_the_layer_serves_them_offline() {
         (format!("{local}/{ha}/chart/web:2"), "amd64"),
     ];
     for (reference, arch) in &checks {
-        let dir =
-            env.dir.path().join(format!("copy-{}", blake3::hash(format!("{reference}{arch}").as_bytes()).to_hex()));
-        let out = Command::new("skopeo")
-            .args([
-                "copy",
-                "--src-tls-verify=false",
-                "--override-arch",
-                arch,
-                &format!("docker://{reference}"),
-                &format!("dir:{}", dir.display()),
-            ])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{reference} ({arch}): {}", String::from_utf8_lossy(&out.stderr));
+        skopeo_copy(&env, reference, arch);
     }
     assert_eq!(skopeo_digest(&format!("{local}/{ha}/same/path:1"), "amd64").unwrap(), same_a);
     assert_eq!(skopeo_digest(&format!("{local}/{hb}/same/path:1"), "amd64").unwrap(), same_b);
@@ -194,25 +198,7 @@ fn build_caches_every_image_and_the_layer_serves_them_offline() {
     let served = format!("127.0.0.1:{port}");
     wait_for_port(port);
     for (reference, arch) in &checks {
-        let reference = reference.replace(&local, &served);
-        let dir =
-            env.dir.path().join(format!("kcopy-{}", blake3::hash(format!("{reference}{arch}").as_bytes()).to_hex()));
-        let out = Command::new("skopeo")
-            .args([
-                "copy",
-                "--src-tls-verify=false",
-                "--override-arch",
-                arch,
-                &format!("docker://{reference}"),
-                &format!("dir:{}", dir.display()),
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "kiln registry serve: {reference} ({arch}): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        skopeo_copy(&env, &reference.replace(&local, &served), arch);
     }
     assert_eq!(skopeo_digest(&format!("{served}/{hb}/same/path:1"), "amd64").unwrap(), same_b);
     let http = reqwest::blocking::Client::new();
