@@ -9,7 +9,7 @@ KILN_RELEASE := target/release/kiln
 export DEBIAN_FRONTEND := noninteractive
 
 # Debian packages the tests use as real peers and tools.
-TEST_PACKAGES := skopeo docker-registry apache2-utils openssl jq time bc tar gzip zstd coreutils util-linux python3 \
+TEST_PACKAGES := skopeo docker-registry containerd apache2-utils openssl jq time bc tar gzip zstd coreutils util-linux python3 \
   debootstrap qemu-user-static binfmt-support systemd-container iproute2 openssh-client sshpass procps
 
 .PHONY: all build release test test-unit test-hosts deps demo bench-build bench-share fuzz lint clean help

@@ -42,6 +42,86 @@ fn skopeo_copy(env: &Env, reference: &str, arch: &str) {
     assert!(out.status.success(), "{reference} ({arch}): {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// The original references of the cached images, with the platforms to pull.
+fn originals(a: &str, pinned: &str) -> Vec<(String, &'static str)> {
+    vec![
+        (format!("{a}/multi/app:1"), "arm64"),
+        (format!("{a}/multi/app:1"), "amd64"),
+        (format!("{a}/pinned/x@{pinned}"), "amd64"),
+        (format!("{a}/crd/operand:1"), "amd64"),
+        (format!("{a}/init/setup:1"), "amd64"),
+        (format!("{a}/chart/web:2"), "amd64"),
+        (format!("{a}/same/path:1"), "amd64"),
+    ]
+}
+
+/// Writes `<dir>/<upstream>/hosts.toml` sending `upstream` to the given mirror host block.
+fn mirror(dir: &std::path::Path, upstream: &str, host_block: &str) {
+    let d = dir.join(upstream);
+    fs::create_dir_all(&d).unwrap();
+    fs::write(d.join("hosts.toml"), format!("server = \"http://{upstream}\"\n\n{host_block}")).unwrap();
+}
+
+/// A private containerd (own root, state and socket), for `ctr images pull`.
+struct Containerd {
+    dir: std::path::PathBuf,
+    _child: KillOnDrop,
+}
+
+impl Containerd {
+    fn start(dir: &std::path::Path) -> Option<Self> {
+        if !require_tool("containerd") || !require_tool("ctr") {
+            return None;
+        }
+        fs::create_dir_all(dir).unwrap();
+        let config = dir.join("config.toml");
+        fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{0}/containerd.sock\"\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let c = Self { dir: dir.to_owned(), _child: KillOnDrop(child) };
+        let t0 = std::time::Instant::now();
+        while !c.ctr(&["version"]).status.success() {
+            assert!(t0.elapsed() < std::time::Duration::from_secs(20), "containerd did not start");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Some(c)
+    }
+
+    fn ctr(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ctr").arg("--address").arg(self.dir.join("containerd.sock")).args(args).output().unwrap()
+    }
+
+    fn pull(&self, hosts: &std::path::Path, reference: &str, arch: &str) {
+        let out = self.ctr(&[
+            "images",
+            "pull",
+            "--hosts-dir",
+            hosts.to_str().unwrap(),
+            "--platform",
+            &format!("linux/{arch}"),
+            reference,
+        ]);
+        assert!(
+            out.status.success(),
+            "ctr pull {reference} ({arch}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 fn wait_for_port(port: u16) {
     let t0 = std::time::Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -181,6 +261,25 @@ fn build_caches_every_image_and_the_layer_serves_them_offline() {
     for (reference, arch) in &checks {
         skopeo_copy(&env, reference, arch);
     }
+    // containerd pulls the original references through mirror config alone (hosts.toml with
+    // the registry host as a path prefix), as nodes do.
+    let ctrd = Containerd::start(&env.dir.path().join("containerd"));
+    if let Some(ctrd) = &ctrd {
+        let hosts = env.dir.path().join("hosts-docker-registry");
+        for upstream in [&a, &b] {
+            let prefix = upstream.replace(':', "_");
+            mirror(
+                &hosts,
+                upstream,
+                &format!(
+                    "[host.\"http://{local}/v2/{prefix}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  override_path = true\n"
+                ),
+            );
+        }
+        for (reference, arch) in originals(&a, &pinned) {
+            ctrd.pull(&hosts, &reference, arch);
+        }
+    }
     assert_eq!(skopeo_digest(&format!("{local}/{ha}/same/path:1"), "amd64").unwrap(), same_a);
     assert_eq!(skopeo_digest(&format!("{local}/{hb}/same/path:1"), "amd64").unwrap(), same_b);
     drop(_server);
@@ -199,6 +298,23 @@ fn build_caches_every_image_and_the_layer_serves_them_offline() {
     wait_for_port(port);
     for (reference, arch) in &checks {
         skopeo_copy(&env, &reference.replace(&local, &served), arch);
+    }
+    drop(ctrd);
+    // A fresh containerd, so every blob must come from `kiln registry serve`.
+    if let Some(ctrd) = Containerd::start(&env.dir.path().join("containerd-2")) {
+        // One plain mirror for every upstream: containerd adds `?ns=<upstream>` itself.
+        let hosts = env.dir.path().join("hosts-kiln-serve");
+        for upstream in [&a, &b] {
+            mirror(
+                &hosts,
+                upstream,
+                &format!("[host.\"http://{served}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"),
+            );
+        }
+        for (reference, arch) in originals(&a, &pinned) {
+            ctrd.pull(&hosts, &reference, arch);
+        }
+        ctrd.pull(&hosts, &format!("{b}/same/path:1"), "amd64");
     }
     assert_eq!(skopeo_digest(&format!("{served}/{hb}/same/path:1"), "amd64").unwrap(), same_b);
     let http = reqwest::blocking::Client::new();
