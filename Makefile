@@ -12,7 +12,7 @@ export DEBIAN_FRONTEND := noninteractive
 TEST_PACKAGES := skopeo docker-registry containerd apache2-utils openssl jq time bc tar gzip zstd coreutils util-linux python3 \
   debootstrap qemu-user-static binfmt-support systemd-container iproute2 openssh-client sshpass procps
 
-.PHONY: all build release test test-unit test-hosts deps demo bench-build bench-share fuzz lint clean help
+.PHONY: all build release test test-unit test-hosts deps demo bench-build bench-share bench-offline fuzz lint clean help
 
 all: build
 
@@ -22,6 +22,7 @@ help:
 	@echo "make test-hosts   bring up 2 amd64 + 1 arm64 test hosts and check them"
 	@echo "make bench-build  build benchmark: kiln vs tar|gzip|sha256sum floor"
 	@echo "make bench-share  push/pull benchmark: kiln vs skopeo against docker-registry"
+	@echo "make bench-offline image caching and serving: kiln vs skopeo sync and docker-registry"
 	@echo "make fuzz         fuzz the Kubefile parser (FUZZ_SECONDS, default 600)"
 
 # Installs missing Debian packages; quiet when all are present.
@@ -67,6 +68,9 @@ bench-build: deps release
 
 bench-share: deps release
 	@e2e/bench/share.sh $(KILN_RELEASE)
+
+bench-offline: deps release
+	@e2e/bench/offline.sh $(KILN_RELEASE)
 
 FUZZ_SECONDS ?= 600
 fuzz:

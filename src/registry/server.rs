@@ -290,7 +290,7 @@ async fn blob(state: &AppState, name: &str, digest: &Digest, head: bool, headers
         if file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
             return error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", "seek failed");
         }
-        Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file.take(len), 256 * 1024))
+        Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file.take(len), 1 << 20))
     };
     let mut r = Response::new(body);
     *r.status_mut() = status;
