@@ -9,7 +9,7 @@ use std::fs;
 use std::process::Command;
 use std::sync::atomic::Ordering;
 
-use common::registry::{Auth, CountingProxy, TestRegistry, random_image};
+use common::registry::{Auth, CountingProxy, TestRegistry, make_tls, random_image};
 use common::{Env, require_tool};
 
 fn peers() -> bool {
@@ -448,4 +448,40 @@ fn registry_serve_with_htpasswd() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn registry_serve_over_tls() {
+    if !peers() || !require_tool("openssl") {
+        return;
+    }
+    let env = Env::new();
+    let reg = TestRegistry::start(&env.dir.path().join("reg"), &Auth::None);
+    random_image(&env, "example.com/tls:1", &[9000]);
+    env.ok(&["push", "-q", "--plain-http", "example.com/tls:1", &format!("{}/team/tls:1", reg.addr())]);
+    env.file("manifests/app.yaml", &format!("spec:\n  containers:\n  - image: {}/team/tls:1\n", reg.addr()));
+    env.kubefile("FROM scratch\nCOPY manifests manifests\n");
+    env.ok(&["build", "-q", "-t", "tlsd:1", "--insecure-registry", &reg.addr(), env.ctx().to_str().unwrap()]);
+    let (ca, cert, key) = make_tls(&env.dir.path().join("pki"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("kiln"))
+        .env("KILN_ROOT", env.root())
+        .args(["registry", "serve", "--image", "tlsd:1", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = KillOnDrop(child);
+    wait_for_port(port);
+    let reference = format!("127.0.0.1:{port}/{}/team/tls:1", reg.addr().replace(':', "_"));
+    // kiln's own client, trusting the test CA, pulls over HTTPS.
+    let puller = Env::new();
+    puller.ok(&["pull", "--ca-file", ca.to_str().unwrap(), &reference]);
+    // Without the CA the certificate is refused; plain HTTP is not spoken at all.
+    assert_eq!(puller.run(&["pull", "--retries", "0", &reference]).status.code(), Some(1));
+    assert_eq!(puller.run(&["pull", "--retries", "0", "--plain-http", &reference]).status.code(), Some(1));
 }

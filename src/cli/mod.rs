@@ -83,6 +83,12 @@ pub struct ServeArgs {
     /// Require basic auth from this bcrypt htpasswd file
     #[arg(long, value_name = "FILE")]
     pub htpasswd: Option<PathBuf>,
+    /// Serve HTTPS with this PEM certificate (chain)
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's PEM private key
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// How to reach registries (shared by push, pull and login).

@@ -25,6 +25,8 @@ pub struct ServeOptions {
     pub listen: SocketAddr,
     /// bcrypt htpasswd file: when set, every request needs basic auth.
     pub htpasswd: Option<PathBuf>,
+    /// PEM certificate chain and private key: serve HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 struct AppState {
@@ -42,6 +44,8 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("invalid TLS certificate or key: {0}")]
+    Tls(String),
     #[error("cannot listen on {addr}")]
     Listen {
         addr: SocketAddr,
@@ -78,15 +82,62 @@ pub async fn serve(
         .route("/v2/", axum::routing::get(ping).head(ping))
         .route("/v2/{*rest}", axum::routing::get(dispatch).head(dispatch))
         .with_state(state);
+    let tls = options.tls.as_ref().map(|(cert, key)| tls_config(cert, key)).transpose()?;
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|source| ServeError::Listen { addr: options.listen, source })?;
     let addr = listener.local_addr().map_err(|source| ServeError::Listen { addr: options.listen, source })?;
     ready(addr);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|source| ServeError::Listen { addr, source })
+    let Some(tls) = tls else {
+        return axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|source| ServeError::Listen { addr, source });
+    };
+    // HTTPS: accept TCP, hand each connection to rustls, then to hyper with the same router.
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (tcp, _) = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::debug!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let Ok(stream) = acceptor.accept(tcp).await else { return };
+            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                use tower::ServiceExt;
+                app.clone().oneshot(req.map(Body::new))
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, ServeError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: &Path, e: &dyn std::fmt::Display| ServeError::Tls(format!("`{}`: {e}", what.display()));
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| bad(cert, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(cert, &e))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, &e))?;
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServeError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ServeError::Tls(e.to_string()))
 }
 
 fn api_headers(mut r: Response) -> Response {

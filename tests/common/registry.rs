@@ -64,46 +64,7 @@ impl TestRegistry {
         let mut tls_yaml = String::new();
         let mut ca = None;
         if tls {
-            // A CA, and a server certificate for 127.0.0.1 signed by it (as a site's PKI would).
-            let (ca_key, ca_cert) = (dir.join("ca.key"), dir.join("ca.crt"));
-            let (key, csr, cert, ext) =
-                (dir.join("tls.key"), dir.join("tls.csr"), dir.join("tls.crt"), dir.join("tls.ext"));
-            std::fs::write(
-                &ext,
-                "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-            )
-            .unwrap();
-            let run = |c: &mut Command| {
-                let out = c.output().unwrap();
-                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            };
-            let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
-            run(Command::new("openssl")
-                .args(["req", "-x509", "-days", "2", "-subj", "/CN=kiln-test-ca"])
-                .args(ec)
-                .arg("-keyout")
-                .arg(&ca_key)
-                .arg("-out")
-                .arg(&ca_cert));
-            run(Command::new("openssl")
-                .args(["req", "-subj", "/CN=127.0.0.1"])
-                .args(ec)
-                .arg("-keyout")
-                .arg(&key)
-                .arg("-out")
-                .arg(&csr));
-            run(Command::new("openssl")
-                .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
-                .arg("-in")
-                .arg(&csr)
-                .arg("-CA")
-                .arg(&ca_cert)
-                .arg("-CAkey")
-                .arg(&ca_key)
-                .arg("-extfile")
-                .arg(&ext)
-                .arg("-out")
-                .arg(&cert));
+            let (ca_cert, cert, key) = make_tls(dir);
             tls_yaml = format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display());
             ca = Some(ca_cert);
         }
@@ -454,4 +415,45 @@ pub fn random_image(env: &super::Env, name: &str, layer_sizes: &[usize]) -> Vec<
         layers.iter().map(|l| l["digest"].as_str().unwrap().trim_start_matches("sha256:").to_owned()).collect();
     all.push(cd.hex().to_owned());
     all
+}
+
+/// A test CA and a server certificate for 127.0.0.1 signed by it: (ca.crt, tls.crt, tls.key).
+pub fn make_tls(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let (ca_key, ca_cert) = (dir.join("ca.key"), dir.join("ca.crt"));
+    let (key, csr, cert, ext) = (dir.join("tls.key"), dir.join("tls.csr"), dir.join("tls.crt"), dir.join("tls.ext"));
+    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
+        .unwrap();
+    let run = |c: &mut Command| {
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    run(Command::new("openssl")
+        .args(["req", "-x509", "-days", "2", "-subj", "/CN=kiln-test-ca"])
+        .args(ec)
+        .arg("-keyout")
+        .arg(&ca_key)
+        .arg("-out")
+        .arg(&ca_cert));
+    run(Command::new("openssl")
+        .args(["req", "-subj", "/CN=127.0.0.1"])
+        .args(ec)
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr));
+    run(Command::new("openssl")
+        .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
+        .arg("-in")
+        .arg(&csr)
+        .arg("-CA")
+        .arg(&ca_cert)
+        .arg("-CAkey")
+        .arg(&ca_key)
+        .arg("-extfile")
+        .arg(&ext)
+        .arg("-out")
+        .arg(&cert));
+    (ca_cert, cert, key)
 }

@@ -16,11 +16,13 @@ pub async fn run(settings: &Settings, printer: Printer, args: ServeArgs) -> anyh
         }
         (None, None) => return Err(UserError::new("give `--image NAME` or `--dir DIR`").into()),
     };
-    let options = ServeOptions { root, listen: args.listen, htpasswd: args.htpasswd.clone() };
+    let tls = args.tls_cert.clone().zip(args.tls_key.clone());
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let options = ServeOptions { root, listen: args.listen, htpasswd: args.htpasswd.clone(), tls };
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    serve(options, |addr| printer.status(&format!("Serving on http://{addr} (Ctrl-C to stop)")), shutdown)
+    serve(options, |addr| printer.status(&format!("Serving on {scheme}://{addr} (Ctrl-C to stop)")), shutdown)
         .await
         .map_err(|e| UserError::new(e.to_string()).into())
 }
