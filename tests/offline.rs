@@ -25,6 +25,17 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Pushes a small random image to `reg` as `team/<name>:1` and builds `tag`, a cluster image
+/// whose manifest references it (so its `registry/` layer holds it).
+fn cluster_image_with_one_image(env: &Env, reg: &TestRegistry, name: &str, size: usize, tag: &str) {
+    let local = format!("example.com/{name}:1");
+    random_image(env, &local, &[size]);
+    env.ok(&["push", "-q", "--plain-http", &local, &format!("{}/team/{name}:1", reg.addr())]);
+    env.file("manifests/app.yaml", &format!("spec:\n  containers:\n  - image: {}/team/{name}:1\n", reg.addr()));
+    env.kubefile("FROM scratch\nCOPY manifests manifests\n");
+    env.ok(&["build", "-q", "-t", tag, "--insecure-registry", &reg.addr(), env.ctx().to_str().unwrap()]);
+}
+
 /// `skopeo copy` of one platform of `reference` into a fresh directory; panics on failure.
 fn skopeo_copy(env: &Env, reference: &str, arch: &str) {
     let dir = env.dir.path().join(format!("copy-{}", blake3::hash(format!("{reference}{arch}").as_bytes()).to_hex()));
@@ -407,11 +418,7 @@ fn registry_serve_with_htpasswd() {
     }
     let env = Env::new();
     let reg = TestRegistry::start(&env.dir.path().join("reg"), &Auth::None);
-    random_image(&env, "example.com/auth:1", &[7000]);
-    env.ok(&["push", "-q", "--plain-http", "example.com/auth:1", &format!("{}/team/auth:1", reg.addr())]);
-    env.file("manifests/app.yaml", &format!("spec:\n  containers:\n  - image: {}/team/auth:1\n", reg.addr()));
-    env.kubefile("FROM scratch\nCOPY manifests manifests\n");
-    env.ok(&["build", "-q", "-t", "authd:1", "--insecure-registry", &reg.addr(), env.ctx().to_str().unwrap()]);
+    cluster_image_with_one_image(&env, &reg, "auth", 7000, "authd:1");
     let htpasswd = env.dir.path().join("htpasswd");
     assert!(
         Command::new("htpasswd")
@@ -457,11 +464,7 @@ fn registry_serve_over_tls() {
     }
     let env = Env::new();
     let reg = TestRegistry::start(&env.dir.path().join("reg"), &Auth::None);
-    random_image(&env, "example.com/tls:1", &[9000]);
-    env.ok(&["push", "-q", "--plain-http", "example.com/tls:1", &format!("{}/team/tls:1", reg.addr())]);
-    env.file("manifests/app.yaml", &format!("spec:\n  containers:\n  - image: {}/team/tls:1\n", reg.addr()));
-    env.kubefile("FROM scratch\nCOPY manifests manifests\n");
-    env.ok(&["build", "-q", "-t", "tlsd:1", "--insecure-registry", &reg.addr(), env.ctx().to_str().unwrap()]);
+    cluster_image_with_one_image(&env, &reg, "tls", 9000, "tlsd:1");
     let (ca, cert, key) = make_tls(&env.dir.path().join("pki"));
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("kiln"))
