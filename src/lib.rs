@@ -45,6 +45,22 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     }
 }
 
+/// `error: cause: cause` on one line (causes that repeat their wrapper's text are skipped), for
+/// messages that must fit in one line or one diagnostic label.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
 fn init_tracing(verbose: bool) {
     let default = if verbose { "kiln=debug" } else { "kiln=warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env(env::KILN_LOG)

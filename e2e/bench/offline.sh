@@ -8,50 +8,12 @@ KILN=$(realpath "$1")
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=${BENCH_DIR:-$ROOT/.bench/offline}
 mkdir -p "$WORK"
-now() { date +%s.%N; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-registry() { # DATA_DIR PORT
-  printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' "$1" "$2" > "$WORK/reg-$2.yml"
-  docker-registry serve "$WORK/reg-$2.yml" > /dev/null 2>&1 &
-  PIDS+=($!)
-  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$2) 2>/dev/null && return; sleep 0.1; done
-}
+. "$(dirname "$0")/lib.sh"
+registry() { start_registry "$1" "$2" "$WORK/reg-$2.yml"; }
 
 ARCHIVE=$WORK/images.tar
-if [ ! -f "$ARCHIVE" ]; then
-  echo "Generating 20 images of ~25 MiB (3 gzip layers each) in $ARCHIVE (cached)..."
-  python3 - "$WORK/layout" <<'PY'
-import gzip, hashlib, io, json, os, sys, tarfile
-root = sys.argv[1]
-blobs = os.path.join(root, "blobs", "sha256"); os.makedirs(blobs, exist_ok=True)
-def put(data):
-    d = hashlib.sha256(data).hexdigest(); open(os.path.join(blobs, d), "wb").write(data); return "sha256:" + d
-manifests = []
-for n in range(20):
-    layers, diff_ids = [], []
-    for i, size in enumerate([16 << 20, 6 << 20, 3 << 20]):
-        raw = io.BytesIO()
-        with tarfile.open(fileobj=raw, mode="w") as t:
-            payload = os.urandom(size)
-            info = tarfile.TarInfo("img%02d-layer%d.bin" % (n, i)); info.size = len(payload)
-            t.addfile(info, io.BytesIO(payload))
-        raw = raw.getvalue()
-        diff_ids.append("sha256:" + hashlib.sha256(raw).hexdigest())
-        gz = gzip.compress(raw, compresslevel=1, mtime=0)
-        layers.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": put(gz), "size": len(gz)})
-    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
-    m = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": put(config), "size": len(config)}, "layers": layers}).encode()
-    manifests.append({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": put(m), "size": len(m),
-        "annotations": {"org.opencontainers.image.ref.name": "bench.local/offline/img%02d:1" % n}})
-json.dump({"schemaVersion": 2, "manifests": manifests}, open(os.path.join(root, "index.json"), "w"))
-open(os.path.join(root, "oci-layout"), "w").write('{"imageLayoutVersion":"1.0.0"}')
-PY
-  tar -C "$WORK/layout" -cf "$ARCHIVE.tmp" . && mv "$ARCHIVE.tmp" "$ARCHIVE" && rm -rf "$WORK/layout"
-fi
+[ -f "$ARCHIVE" ] || echo "Generating 20 images of ~25 MiB (3 gzip layers each) in $ARCHIVE (cached)..."
+oci_archive "$ARCHIVE" "bench.local/offline/img%02d:1" 20 16 6 3
 
 # The source registry holds the 20 images.
 SRC=$(free_port); rm -rf "$WORK/src"; registry "$WORK/src" "$SRC"
@@ -74,8 +36,8 @@ skopeo_sync=$(echo "$t1 - $t0" | bc)
 # (2) the same registry/ content served by kiln and by docker-registry.
 KP=$(free_port)
 "$KILN" --root "$WORK/store" registry serve --image bench.local/offline/cluster:1 --listen "127.0.0.1:$KP" > /dev/null 2>&1 &
-PIDS+=($!)
-for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$KP) 2>/dev/null && break; sleep 0.1; done
+BENCH_PIDS+=($!)
+wait_port "$KP"
 SERVED=$(ls -d "$WORK"/store/cache/serve/*/registry | head -1)
 DP=$(free_port); registry "$SERVED" "$DP"
 REPO="127.0.0.1_$SRC/bench"

@@ -25,6 +25,7 @@ use oci_spec::image::{
 pub use context::{Context, ContextError};
 pub use offline::{CachedImage, OfflineError, OfflineOptions};
 
+use crate::error_chain;
 use crate::image::layer::{self, EntryOptions, LayerBlob, LayerWriter};
 use crate::image::media::{self, Compression};
 use crate::image::{
@@ -110,6 +111,9 @@ pub enum BuildError {
     BasePlatform { image: String, platform: Platform, available: String },
     #[error("no tag given: use `-t NAME[:TAG]`")]
     NoTag,
+    /// An OCI document (config, manifest, index) could not be assembled or encoded.
+    #[error("failed to encode an image document: {0}")]
+    Encode(String),
     #[error(transparent)]
     Discovery(#[from] collect::DiscoveryError),
     #[error(transparent)]
@@ -182,9 +186,8 @@ pub fn build(store: &Store, request: &BuildRequest, reporter: &dyn BuildReporter
             .media_type(MediaType::ImageIndex)
             .manifests(manifests)
             .build()
-            .map_err(|e| StoreError::BadJson { digest: Digest::of(b""), reason: e.to_string() })?;
-        let bytes = canonical_json(&index)
-            .map_err(|e| StoreError::BadJson { digest: Digest::of(b""), reason: e.to_string() })?;
+            .map_err(|e| BuildError::Encode(e.to_string()))?;
+        let bytes = canonical_json(&index).map_err(|e| BuildError::Encode(e.to_string()))?;
         let (digest, size) = store.write_blob(&bytes)?;
         (digest, media::OCI_INDEX.to_owned(), size)
     };
@@ -898,12 +901,12 @@ impl<'a> PlatformBuild<'a> {
             .env(self.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>())
             .labels(labels)
             .build()
-            .map_err(|e| StoreError::BadJson { digest: Digest::of(b""), reason: e.to_string() })?;
+            .map_err(|e| BuildError::Encode(e.to_string()))?;
         let rootfs = RootFsBuilder::default()
             .typ("layers")
             .diff_ids(self.layers.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>())
             .build()
-            .map_err(|e| StoreError::BadJson { digest: Digest::of(b""), reason: e.to_string() })?;
+            .map_err(|e| BuildError::Encode(e.to_string()))?;
         let mut image = ImageConfigurationBuilder::default()
             .architecture(Arch::from(self.platform.architecture.as_str()))
             .os(Os::from(self.platform.os.as_str()))
@@ -917,17 +920,14 @@ impl<'a> PlatformBuild<'a> {
         if let Some(a) = &self.author {
             image = image.author(a.clone());
         }
-        let image =
-            image.build().map_err(|e| StoreError::BadJson { digest: Digest::of(b""), reason: e.to_string() })?;
-        let config_bytes = canonical_json(&image)
-            .map_err(|e| StoreError::BadJson { digest: Digest::of(b""), reason: e.to_string() })?;
+        let image = image.build().map_err(|e| BuildError::Encode(e.to_string()))?;
+        let config_bytes = canonical_json(&image).map_err(|e| BuildError::Encode(e.to_string()))?;
         let (config_digest, config_size) = self.store.write_blob(&config_bytes)?;
 
         let mut annotations: HashMap<String, String> = self.request.annotations.clone().into_iter().collect();
         annotations.insert(
             media::ANNOTATION_SEALER_EXTENSION.to_owned(),
-            serde_json::to_string(&self.extension)
-                .map_err(|e| StoreError::BadJson { digest: Digest::of(b""), reason: e.to_string() })?,
+            serde_json::to_string(&self.extension).map_err(|e| BuildError::Encode(e.to_string()))?,
         );
         annotations.insert(media::ANNOTATION_CREATED.to_owned(), created);
         if let Some(images) = &self.container_images {
@@ -945,9 +945,8 @@ impl<'a> PlatformBuild<'a> {
             .layers(layers)
             .annotations(annotations)
             .build()
-            .map_err(|e| StoreError::BadJson { digest: Digest::of(b""), reason: e.to_string() })?;
-        let bytes = canonical_json(&manifest)
-            .map_err(|e| StoreError::BadJson { digest: Digest::of(b""), reason: e.to_string() })?;
+            .map_err(|e| BuildError::Encode(e.to_string()))?;
+        let bytes = canonical_json(&manifest).map_err(|e| BuildError::Encode(e.to_string()))?;
         let (manifest_digest, manifest_size) = self.store.write_blob(&bytes)?;
         Ok(BuiltPlatform { platform: self.platform.clone(), manifest_digest, manifest_size })
     }
@@ -1014,18 +1013,6 @@ fn discover_all(
 fn which(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")
         .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(program)).find(|p| p.is_file()))
-}
-
-/// `error: cause: cause` on one line, for messages that must fit in a diagnostic label.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 fn parent(path: &str) -> String {

@@ -10,7 +10,7 @@ use std::fs;
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Component, Path, PathBuf};
 
-use oci_spec::image::{Descriptor, ImageIndexBuilder, ImageManifestBuilder, MediaType};
+use oci_spec::image::{Descriptor, ImageManifestBuilder, MediaType};
 
 use super::digest::{Digest, HashingWriter};
 use super::layer::DEFAULT_GZIP_LEVEL;
@@ -111,26 +111,8 @@ pub fn save(store: &Store, images: &[Image], output: &Path, progress: &dyn Progr
             _ => write_err(e),
         })?;
     }
-    let manifests: Vec<Descriptor> = images
-        .iter()
-        .map(|img| {
-            let mut d = Descriptor::new(
-                MediaType::from(img.entry.media_type.as_str()),
-                img.entry.size,
-                img.entry.digest.to_oci(),
-            );
-            if let Some(name) = &img.entry.name {
-                d.set_annotations(Some([(media::ANNOTATION_REF_NAME.to_owned(), name.clone())].into()));
-            }
-            d
-        })
-        .collect();
-    let index = ImageIndexBuilder::default()
-        .schema_version(2u32)
-        .media_type(MediaType::ImageIndex)
-        .manifests(manifests)
-        .build()
-        .map_err(|e| write_err(io::Error::other(e)))?;
+    let entries: Vec<_> = images.iter().map(|img| img.entry.clone()).collect();
+    let index = super::store::index_document(&entries).map_err(|e| write_err(io::Error::other(e)))?;
     add(&mut tar, "index.json", &canonical_json(&index).map_err(|e| write_err(io::Error::other(e)))?)?;
     let mut buffered = tar.into_inner().map_err(write_err)?;
     buffered.flush().map_err(write_err)?;
@@ -242,19 +224,12 @@ impl<R: Read> PeekExt for BufReader<R> {
     }
 }
 
-/// Hashes a file and checks it against `expected`.
-fn verify_file(path: &Path, expected: &Digest) -> Result<u64, ArchiveError> {
-    let mut f = fs::File::open(path).map_err(|e| ArchiveError::Invalid {
-        path: path.to_owned(),
-        reason: format!("missing blob {expected}: {e}"),
-    })?;
-    let mut w = HashingWriter::new(io::sink());
-    io::copy(&mut f, &mut w).map_err(|e| ArchiveError::Invalid { path: path.to_owned(), reason: e.to_string() })?;
-    let (_, actual, size) = w.finish();
-    if actual != *expected {
-        return Err(StoreError::DigestMismatch { expected: expected.clone(), actual }.into());
+/// Checks an unpacked blob against its digest (an absent file means the archive lacks it).
+fn verify_file(store: &Store, path: &Path, expected: &Digest) -> Result<u64, ArchiveError> {
+    if !path.is_file() {
+        return Err(ArchiveError::Invalid { path: path.to_owned(), reason: format!("missing blob {expected}") });
     }
-    Ok(size)
+    Ok(store.verify_file(path, expected)?)
 }
 
 /// Moves a verified file into the store's blobs; records it if it was not there before.
@@ -300,7 +275,7 @@ fn load_oci(job: &LoadJob<'_>, added: &mut Vec<Digest>) -> Result<Vec<Loaded>, A
         if !seen.insert(digest.clone()) {
             continue;
         }
-        verify_file(&blob(&digest), &digest)?;
+        verify_file(store, &blob(&digest), &digest)?;
         all.push(digest.clone());
         if media::is_index(&media_type) || media::is_manifest(&media_type) {
             let doc: serde_json::Value =

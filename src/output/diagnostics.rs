@@ -42,6 +42,7 @@ fn classify(err: &anyhow::Error) -> ExitKind {
         if let Some(b) = cause.downcast_ref::<BuildError>() {
             return match b {
                 BuildError::Store(s) | BuildError::Offline(crate::build::OfflineError::Store(s)) => store_kind(s),
+                BuildError::Encode(_) => ExitKind::Internal,
                 _ => ExitKind::User,
             };
         }

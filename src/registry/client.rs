@@ -11,6 +11,7 @@ use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue, WWW_AUTHENTICATE};
 use reqwest::{Method, Response, StatusCode};
 
 use super::auth::{AuthFiles, Credential};
+use crate::error_chain;
 
 /// How to reach registries.
 #[derive(Debug, Clone)]
@@ -347,20 +348,6 @@ fn short_reason(e: &reqwest::Error) -> String {
         source = s.source();
     }
     if causes.is_empty() { e.to_string() } else { causes.join(": ") }
-}
-
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 /// Headers accepted for manifests, most specific first.

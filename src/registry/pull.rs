@@ -405,7 +405,7 @@ async fn download_blob(
                 attempts += 1;
                 tracing::debug!(%digest, error = %e, "download interrupted; resuming with Range");
             }
-            Some(e) => return Err(RegistryError::Transport { url, reason: super::client::error_chain(&e) }),
+            Some(e) => return Err(RegistryError::Transport { url, reason: crate::error_chain(&e) }),
         }
     }
     let actual = Digest::from_sha256(hasher);

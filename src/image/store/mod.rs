@@ -73,6 +73,21 @@ pub(crate) struct Index {
     pub entries: Vec<IndexEntry>,
 }
 
+/// The `index.json` of an OCI layout listing `entries`, each named by its ref.name annotation.
+pub(crate) fn index_document(entries: &[IndexEntry]) -> Result<ImageIndex, oci_spec::OciSpecError> {
+    let manifests: Vec<Descriptor> = entries
+        .iter()
+        .map(|e| {
+            let mut d = Descriptor::new(MediaType::from(e.media_type.as_str()), e.size, e.digest.to_oci());
+            if let Some(name) = &e.name {
+                d.set_annotations(Some([(media::ANNOTATION_REF_NAME.to_owned(), name.clone())].into()));
+            }
+            d
+        })
+        .collect();
+    ImageIndexBuilder::default().schema_version(2u32).media_type(MediaType::ImageIndex).manifests(manifests).build()
+}
+
 /// Handle on a store directory. Cheap to clone; all state is on disk.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -263,28 +278,10 @@ impl Store {
     }
 
     fn write_index(&self, index: &Index) -> Result<(), StoreError> {
-        let manifests: Vec<Descriptor> = index
-            .entries
-            .iter()
-            .map(|e| {
-                let mut d = Descriptor::new(MediaType::from(e.media_type.as_str()), e.size, e.digest.to_oci());
-                if let Some(name) = &e.name {
-                    d.set_annotations(Some([(media::ANNOTATION_REF_NAME.to_owned(), name.clone())].into()));
-                }
-                d
-            })
-            .collect();
-        let index = ImageIndexBuilder::default()
-            .schema_version(2u32)
-            .media_type(MediaType::ImageIndex)
-            .manifests(manifests)
-            .build()
-            .map_err(|e| StoreError::BadIndex { path: self.index_path(), reason: e.to_string() })?;
-        let bytes = serde_json::to_vec_pretty(
-            &serde_json::to_value(&index)
-                .map_err(|e| StoreError::BadIndex { path: self.index_path(), reason: e.to_string() })?,
-        )
-        .unwrap_or_default();
+        let bad = |reason: String| StoreError::BadIndex { path: self.index_path(), reason };
+        let document = index_document(&index.entries).map_err(|e| bad(e.to_string()))?;
+        let value = serde_json::to_value(&document).map_err(|e| bad(e.to_string()))?;
+        let bytes = serde_json::to_vec_pretty(&value).map_err(|e| bad(e.to_string()))?;
         write_atomic(&self.index_path(), &bytes).map_err(|e| StoreError::io("write", self.index_path(), e))
     }
 
