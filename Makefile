@@ -7,10 +7,15 @@ CARGO ?= cargo
 KILN_DEBUG := target/debug/kiln
 KILN_RELEASE := target/release/kiln
 export DEBIAN_FRONTEND := noninteractive
+# `containerd` lets builds read the build host's containerd content store (needs protoc).
+# Every target uses the same features, so one compile serves build, test and demo.
+FEATURES ?= containerd
+CARGO_FLAGS := --locked --features "$(FEATURES)"
 
 # Debian packages the tests use as real peers and tools.
 TEST_PACKAGES := skopeo docker-registry containerd apache2-utils openssl jq time bc tar gzip zstd coreutils util-linux python3 \
-  debootstrap qemu-user-static binfmt-support systemd-container iproute2 openssh-client sshpass procps
+  debootstrap qemu-user-static binfmt-support systemd-container iproute2 openssh-client sshpass procps \
+  protobuf-compiler
 
 .PHONY: all build release test test-unit test-hosts deps demo bench-build bench-share bench-offline fuzz lint clean help
 
@@ -36,14 +41,14 @@ deps:
 	@command -v $(CARGO) >/dev/null || { echo "error: cargo is required (install Rust with rustup)"; exit 1; }
 
 build:
-	$(CARGO) build --locked
+	$(CARGO) build $(CARGO_FLAGS)
 
 release:
-	$(CARGO) build --locked --release
+	$(CARGO) build $(CARGO_FLAGS) --release
 
 test: deps
-	$(CARGO) build --locked --all-targets
-	KILN_REQUIRE_PEERS=1 $(CARGO) test --locked -- --test-threads=2
+	$(CARGO) build $(CARGO_FLAGS) --all-targets
+	KILN_REQUIRE_PEERS=1 $(CARGO) test $(CARGO_FLAGS) -- --test-threads=2
 	$(MAKE) --no-print-directory test-hosts
 
 # Real test hosts (2 amd64 + 1 arm64): boot, SSH, sudo, power loss, partition, teardown.
@@ -52,10 +57,11 @@ test-hosts: deps
 	e2e/test-hosts.sh
 
 test-unit:
-	$(CARGO) test --locked --lib
+	$(CARGO) test $(CARGO_FLAGS) --lib
 
-lint:
+lint: deps
 	$(CARGO) fmt --check
+	$(CARGO) clippy $(CARGO_FLAGS) --all-targets -- -D warnings
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
 # The demo: builds kiln and the multi-arch demo cluster image, shows what it holds, and starts

@@ -133,6 +133,23 @@ impl Containerd {
     }
 }
 
+/// `docker-registry` serving an extracted `registry/` directory; returns it and its address.
+fn serve_with_docker_registry(config_dir: &std::path::Path, registry_dir: &std::path::Path) -> (KillOnDrop, String) {
+    fs::create_dir_all(config_dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = config_dir.join("config.yml");
+    fs::write(&config, format!("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n", registry_dir.display())).unwrap();
+    let server = Command::new("docker-registry")
+        .args(["serve", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = KillOnDrop(server);
+    wait_for_port(port);
+    (server, format!("127.0.0.1:{port}"))
+}
+
 fn wait_for_port(port: u16) {
     let t0 = std::time::Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -246,19 +263,7 @@ fn build_caches_every_image_and_the_layer_serves_them_offline() {
     reg_a.kill();
     reg_b.kill();
     let rootfs = env.rootfs("offline:1", Some("linux/arm64"));
-    let served = env.dir.path().join("served");
-    fs::create_dir_all(&served).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    fs::write(served.join("config.yml"), format!("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n", rootfs.path().join("registry").display())).unwrap();
-    let server = Command::new("docker-registry")
-        .args(["serve", served.join("config.yml").to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let _server = KillOnDrop(server);
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let local = format!("127.0.0.1:{port}");
+    let (_server, local) = serve_with_docker_registry(&env.dir.path().join("served"), &rootfs.path().join("registry"));
     // Images from registry A/B live under their host as a path prefix (no collisions).
     let (ha, hb) = (a.replace(':', "_"), b.replace(':', "_"));
     let checks = [
@@ -487,4 +492,177 @@ fn registry_serve_over_tls() {
     // Without the CA the certificate is refused; plain HTTP is not spoken at all.
     assert_eq!(puller.run(&["pull", "--retries", "0", &reference]).status.code(), Some(1));
     assert_eq!(puller.run(&["pull", "--retries", "0", "--plain-http", &reference]).status.code(), Some(1));
+}
+
+/// `--image-source`: images come from an OCI layout directory, an OCI archive and a `docker
+/// save` tar, with no registry at all; the user's layout is left untouched.
+#[test]
+fn image_sources_pack_local_archives_and_layouts_without_a_registry() {
+    if !peers() {
+        return;
+    }
+    let env = Env::new();
+    // Names on a closed loopback port: a source miss would fail fast and stay on this machine.
+    let (one, two, three) = ("127.0.0.1:9/team/one:1", "127.0.0.1:9/team/two:2", "127.0.0.1:9/team/three:3");
+    random_image(&env, one, &[3000]);
+    random_image(&env, two, &[4000, 5000]);
+    random_image(&env, three, &[6000]);
+    let layout = env.dir.path().join(format!("layout-{}", one.replace(['/', ':'], "_")));
+    let archive = env.dir.path().join(format!("{}.tar", two.replace(['/', ':'], "_")));
+    let docker_tar = env.dir.path().join("three-docker.tar");
+    let three_oci = env.dir.path().join(format!("{}.tar", three.replace(['/', ':'], "_")));
+    let out = Command::new("skopeo")
+        .arg("copy")
+        .arg(format!("oci-archive:{}", three_oci.display()))
+        .arg(format!("docker-archive:{}:{three}", docker_tar.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let layout_before = common::snapshot_dir(&layout);
+
+    let build = Env::new();
+    build.file(
+        "manifests/app.yaml",
+        &format!("spec:\n  containers:\n  - image: {one}\n  - image: {two}\n  initContainers:\n  - image: {three}\n"),
+    );
+    build.kubefile("FROM scratch\nCOPY manifests manifests\n");
+    let ctx = build.ctx();
+    let mut args = vec!["build", "-q", "-t", "sourced:1"];
+    for source in [&layout, &archive, &docker_tar] {
+        args.extend(["--image-source", source.to_str().unwrap()]);
+    }
+    args.push(ctx.to_str().unwrap());
+    build.ok(&args);
+    assert_eq!(common::snapshot_dir(&layout), layout_before, "a layout source must not be modified");
+
+    let inspect: serde_json::Value = serde_json::from_str(&build.ok(&["inspect", "sourced:1"])).unwrap();
+    let images = inspect["platforms"][0]["containerImages"].as_array().unwrap().clone();
+    let origin = |name: &str| {
+        images.iter().find(|i| i["image"] == name).map(|i| i["origin"].as_str().unwrap().to_owned()).unwrap()
+    };
+    assert!(origin(one).contains(layout.to_str().unwrap()), "{images:?}");
+    assert!(origin(two).contains(archive.to_str().unwrap()), "{images:?}");
+    assert!(origin(three).contains(docker_tar.to_str().unwrap()), "{images:?}");
+    assert!(images.iter().all(|i| i["referencedBy"][0].as_str().unwrap().ends_with("manifests/app.yaml")));
+
+    // The layer serves them: docker-registry on the extracted `registry/` answers skopeo.
+    let rootfs = build.rootfs("sourced:1", None);
+    let (_server, local) =
+        serve_with_docker_registry(&build.dir.path().join("served"), &rootfs.path().join("registry"));
+    for name in [one, two, three] {
+        let path = name.split_once('/').unwrap().1;
+        let reference = format!("{local}/127.0.0.1_9/{path}");
+        assert!(skopeo_digest(&reference, "amd64").is_some(), "{reference} not served");
+    }
+
+    // A source that is not an image archive is a clear error, and nothing is tagged.
+    build.file("not-an-archive.txt", "hello");
+    let bad = build.ctx().join("not-an-archive.txt");
+    let err = build.fails(&["build", "-t", "bad:1", "--image-source", bad.to_str().unwrap(), ctx.to_str().unwrap()], 1);
+    assert!(err.contains("not-an-archive.txt"), "{err}");
+    assert!(!build.ok(&["images"]).contains("bad"));
+}
+
+/// A multi-arch image from an archive keeps just the build's platforms, and a platform the
+/// source lacks is named in the error.
+#[test]
+fn image_source_index_is_reduced_to_the_build_platforms() {
+    let env = Env::new();
+    env.file("src/bin/amd64/tool", "amd64 tool");
+    env.file("src/bin/arm64/tool", "arm64 tool");
+    env.file("src/Kubefile", "FROM scratch\nCOPY bin/${ARCH}/tool bin/tool\n");
+    let src = env.ctx().join("src");
+    let name = "127.0.0.1:9/multi/tool:1";
+    let platforms = "linux/amd64,linux/arm64";
+    env.ok(&["build", "-q", "--build-mode", "lite", "-t", name, "--platform", platforms, src.to_str().unwrap()]);
+    let archive = env.dir.path().join("multi.tar");
+    env.ok(&["save", "-q", "-o", archive.to_str().unwrap(), name]);
+
+    env.file("ctx/manifests/app.yaml", &format!("spec:\n  containers:\n  - image: {name}\n"));
+    env.file("ctx/Kubefile", "FROM scratch\nCOPY manifests manifests\n");
+    let ctx = env.ctx().join("ctx");
+    let build = |tag: &str, platforms: &str| {
+        env.run(&[
+            "build",
+            "-q",
+            "-t",
+            tag,
+            "--platform",
+            platforms,
+            "--image-source",
+            archive.to_str().unwrap(),
+            ctx.to_str().unwrap(),
+        ])
+    };
+    assert!(build("one:1", "linux/arm64").status.success());
+    let cached = &env.inspect("one:1")["platforms"][0]["containerImages"][0];
+    assert_eq!(cached["platforms"], serde_json::json!(["linux/arm64"]));
+    assert!(build("both:1", platforms).status.success());
+    let cached = &env.inspect("both:1")["platforms"][1]["containerImages"][0];
+    assert_eq!(cached["platforms"], serde_json::json!(["linux/amd64", "linux/arm64"]));
+    let out = build("riscv:1", "linux/riscv64");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("linux/riscv64") && err.contains("linux/amd64, linux/arm64"), "{err}");
+}
+
+/// Without the `containerd` feature, `--image-source containerd` says how to get it.
+#[cfg(not(feature = "containerd"))]
+#[test]
+fn containerd_source_needs_the_feature() {
+    let env = Env::new();
+    env.file("manifests/app.yaml", "spec:\n  containers:\n  - image: 127.0.0.1:9/x/y:1\n");
+    env.kubefile("FROM scratch\nCOPY manifests manifests\n");
+    let err = env.fails(&["build", "-t", "c:1", "--image-source", "containerd", env.ctx().to_str().unwrap()], 1);
+    assert!(err.contains("containerd` cargo feature"), "{err}");
+}
+
+/// With the `containerd` feature, images imported into the build host's containerd are packed
+/// straight from its content store.
+#[cfg(feature = "containerd")]
+#[test]
+fn containerd_content_store_is_an_image_source() {
+    if !peers() {
+        return;
+    }
+    let env = Env::new();
+    let Some(ctrd) = Containerd::start(&env.dir.path().join("containerd")) else { return };
+    let name = "127.0.0.1:9/local/built:7";
+    random_image(&env, name, &[7000, 8000]);
+    let docker_tar = env.dir.path().join("built-docker.tar");
+    let oci = env.dir.path().join(format!("{}.tar", name.replace(['/', ':'], "_")));
+    let out = Command::new("skopeo")
+        .arg("copy")
+        .arg(format!("oci-archive:{}", oci.display()))
+        .arg(format!("docker-archive:{}:{name}", docker_tar.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = ctrd.ctr(&["-n", "builds", "images", "import", "--no-unpack", docker_tar.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    env.file("manifests/app.yaml", &format!("spec:\n  containers:\n  - image: {name}\n"));
+    env.kubefile("FROM scratch\nCOPY manifests manifests\n");
+    let socket = ctrd.dir.join("containerd.sock");
+    let out = env
+        .kiln()
+        .env("CONTAINERD_ADDRESS", &socket)
+        .args(["build", "-q", "-t", "from-ctrd:1", "--image-source", "containerd:builds", env.ctx().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let inspect: serde_json::Value = serde_json::from_str(&env.ok(&["inspect", "from-ctrd:1"])).unwrap();
+    let image = &inspect["platforms"][0]["containerImages"][0];
+    assert_eq!(image["image"], name);
+    assert_eq!(image["origin"], "containerd:builds");
+    // An image the namespace lacks falls through to the registry (closed port: a clear failure).
+    env.file("manifests/app.yaml", "spec:\n  containers:\n  - image: 127.0.0.1:9/local/absent:1\n");
+    let out = env
+        .kiln()
+        .env("CONTAINERD_ADDRESS", &socket)
+        .args(["build", "-t", "absent:1", "--image-source", "containerd:builds", env.ctx().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("local/absent:1"));
 }

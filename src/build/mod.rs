@@ -11,6 +11,7 @@ pub mod collect;
 mod context;
 mod offline;
 mod sandbox;
+mod sources;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -24,6 +25,7 @@ use oci_spec::image::{
 
 pub use context::{Context, ContextError};
 pub use offline::{CachedImage, OfflineError, OfflineOptions};
+pub use sources::{ImageSource, SourceError};
 
 use crate::error_chain;
 use crate::image::layer::{self, EntryOptions, LayerBlob, LayerWriter};
@@ -320,7 +322,14 @@ impl<'a> PlatformBuild<'a> {
         let list: Vec<serde_json::Value> = images
             .iter()
             .map(|i| {
-                let mut v = serde_json::json!({"image": i.image, "platform": platform, "platforms": i.platforms, "digest": i.digest});
+                let mut v = serde_json::json!({
+                    "image": i.image,
+                    "platform": platform,
+                    "platforms": i.platforms,
+                    "digest": i.digest,
+                    "origin": i.origin,
+                    "referencedBy": i.sources,
+                });
                 if let Some(app) = &i.app {
                     v["appName"] = serde_json::Value::String(app.clone());
                 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 
 use super::collect::{Discovery, FoundImage};
+use super::sources::{ImageSource, LocalSources, SourceError};
 use crate::image::layer::{EntryOptions, LayerBlob, LayerWriter};
 use crate::image::media::Compression;
 use crate::image::store::write_atomic;
@@ -24,6 +25,8 @@ pub struct OfflineOptions {
     /// Images pulled at once (`--max-pull-procs`).
     pub max_pulls: usize,
     pub transport: TransportOptions,
+    /// Local sources tried before any registry (`--image-source`).
+    pub sources: Vec<ImageSource>,
 }
 
 /// A container image placed in the registry layer.
@@ -32,7 +35,10 @@ pub struct CachedImage {
     pub image: String,
     pub digest: String,
     pub platforms: Vec<String>,
+    /// Files that referenced it.
     pub sources: Vec<String>,
+    /// Where its content came from: `registry HOST`, `archive PATH` or `containerd:NAMESPACE`.
+    pub origin: String,
     #[serde(rename = "appName", skip_serializing_if = "Option::is_none")]
     pub app: Option<String>,
 }
@@ -46,6 +52,15 @@ pub enum OfflineError {
         #[source]
         source: Box<RegistryError>,
     },
+    #[error("container image `{image}` (referenced by {})", sources.join(", "))]
+    Local {
+        image: String,
+        sources: Vec<String>,
+        #[source]
+        source: Box<SourceError>,
+    },
+    #[error(transparent)]
+    Source(#[from] Box<SourceError>),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -72,12 +87,13 @@ pub fn cache_images(
     if found.images.is_empty() {
         return Ok(None);
     }
+    let local = LocalSources::open(store, &options.sources).map_err(Box::new)?;
     let registry = Registry::new(options.transport.clone())?;
     let handle = tokio::runtime::Handle::current();
-    let pulled: Vec<Result<(FoundImage, crate::registry::PullOutcome), OfflineError>> = handle.block_on(async {
+    let fetched: Vec<Result<(FoundImage, IndexEntry, String), OfflineError>> = handle.block_on(async {
         futures_util::stream::iter(found.images.iter().cloned())
             .map(|f| {
-                let registry = &registry;
+                let (registry, local) = (&registry, &local);
                 async move {
                     let source: ImageRef =
                         f.image.parse().map_err(|e: crate::image::ImageRefError| OfflineError::Fetch {
@@ -85,32 +101,26 @@ pub fn cache_images(
                             sources: f.sources.clone(),
                             source: Box::new(RegistryError::Protocol(e.to_string())),
                         })?;
-                    let known = std::fs::read(known_path(store, &f.image))
-                        .ok()
-                        .and_then(|b| String::from_utf8(b).ok())
-                        .and_then(|s| s.trim().parse::<Digest>().ok());
-                    let request =
-                        PullRequest { source, platforms: PlatformChoice::Many(platforms.to_vec()), tag: false, known };
-                    match crate::registry::pull(registry, store, &request, Arc::new(NoReporter)).await {
-                        Ok(outcome) => Ok((f, outcome)),
-                        // A single-platform image is used as it is, whatever the build's platforms.
-                        Err(RegistryError::NotFound { .. }) if platforms.len() > 1 => {
-                            let request = PullRequest { platforms: PlatformChoice::All, ..request };
-                            crate::registry::pull(registry, store, &request, Arc::new(NoReporter))
-                                .await
-                                .map(|o| (f.clone(), o))
-                                .map_err(|source| OfflineError::Fetch {
-                                    image: f.image.clone(),
-                                    sources: f.sources.clone(),
-                                    source: Box::new(source),
-                                })
+                    match local.find(store, &source, platforms).await {
+                        Ok(Some(hit)) => return Ok((f, hit.entry, hit.origin)),
+                        Ok(None) => {}
+                        Err(e) => {
+                            return Err(OfflineError::Local {
+                                image: f.image.clone(),
+                                sources: f.sources.clone(),
+                                source: Box::new(e),
+                            });
                         }
-                        Err(source) => Err(OfflineError::Fetch {
-                            image: f.image.clone(),
-                            sources: f.sources.clone(),
-                            source: Box::new(source),
-                        }),
                     }
+                    let origin = format!("registry {}", source.registry());
+                    let outcome = pull_for_build(registry, store, source, platforms, &f).await?;
+                    let digest: Digest = outcome
+                        .digest
+                        .parse()
+                        .map_err(|e: crate::image::DigestError| RegistryError::Protocol(e.to_string()))?;
+                    let _ = write_atomic(&known_path(store, &f.image), outcome.digest.as_bytes());
+                    let entry = IndexEntry { name: None, digest, media_type: outcome.media_type, size: outcome.size };
+                    Ok((f, entry, origin))
                 }
             })
             .buffer_unordered(options.max_pulls.max(1))
@@ -119,17 +129,10 @@ pub fn cache_images(
     });
     let mut layout_images = Vec::new();
     let mut cached = Vec::new();
-    for result in pulled {
-        let (found, outcome) = result?;
-        let _ = write_atomic(&known_path(store, &found.image), outcome.digest.as_bytes());
-        let digest: Digest =
-            outcome.digest.parse().map_err(|e: crate::image::DigestError| RegistryError::Protocol(e.to_string()))?;
-        let image = store.image_at(IndexEntry {
-            name: None,
-            digest: digest.clone(),
-            media_type: outcome.media_type.clone(),
-            size: outcome.size,
-        })?;
+    for result in fetched {
+        let (found, entry, origin) = result?;
+        let digest = entry.digest.clone();
+        let image = store.image_at(entry)?;
         let reference: ImageRef =
             found.image.parse().map_err(|e: crate::image::ImageRefError| RegistryError::Protocol(e.to_string()))?;
         let mut manifests = vec![digest.clone()];
@@ -152,14 +155,44 @@ pub fn cache_images(
         });
         cached.push(CachedImage {
             image: found.image.clone(),
-            digest: outcome.digest.clone(),
+            digest: digest.to_string(),
             platforms: image.platforms.iter().map(|p| p.platform.to_string()).collect(),
             sources: found.sources.clone(),
+            origin,
             app: found.app.clone(),
         });
     }
     cached.sort_by(|a, b| a.image.cmp(&b.image));
     Ok(Some((write_layer(store, &layout::plan(&layout_images))?, cached)))
+}
+
+/// Pulls one image (blobs only) for the build's platforms, reusing what the last build pulled.
+async fn pull_for_build(
+    registry: &Registry,
+    store: &Store,
+    source: ImageRef,
+    platforms: &[Platform],
+    found: &FoundImage,
+) -> Result<crate::registry::PullOutcome, OfflineError> {
+    let known = std::fs::read(known_path(store, &found.image))
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.trim().parse::<Digest>().ok());
+    let request = PullRequest { source, platforms: PlatformChoice::Many(platforms.to_vec()), tag: false, known };
+    let fetch_error = |source| OfflineError::Fetch {
+        image: found.image.clone(),
+        sources: found.sources.clone(),
+        source: Box::new(source),
+    };
+    match crate::registry::pull(registry, store, &request, Arc::new(NoReporter)).await {
+        Ok(outcome) => Ok(outcome),
+        // A single-platform image is used as it is, whatever the build's platforms.
+        Err(RegistryError::NotFound { .. }) if platforms.len() > 1 => {
+            let request = PullRequest { platforms: PlatformChoice::All, ..request };
+            crate::registry::pull(registry, store, &request, Arc::new(NoReporter)).await.map_err(fetch_error)
+        }
+        Err(source) => Err(fetch_error(source)),
+    }
 }
 
 /// Streams the layout into one uncompressed layer (its blobs are compressed already).

@@ -130,6 +130,18 @@ pub struct Loaded {
     pub digest: Digest,
 }
 
+/// One image found in an archive or layout, its blobs already in the store.
+#[derive(Debug, Clone)]
+pub struct ArchiveImage {
+    /// Names the archive gives it (none when it carries only a bare tag or nothing).
+    pub names: Vec<ImageRef>,
+    /// What the archive calls it, for messages when `names` is empty.
+    pub label: String,
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+}
+
 /// Loads an OCI archive or a `docker save` tar (plain or gzip-compressed).
 pub fn load(
     store: &Store,
@@ -138,21 +150,28 @@ pub fn load(
     progress: &dyn Progress,
 ) -> Result<Vec<Loaded>, ArchiveError> {
     let _gc = store.lock_gc_shared()?;
-    let scratch = store.scratch_dir("load-")?;
-    let root = scratch.path();
-    unpack(input, root, progress)?;
     let mut added = Vec::new();
-    let job = LoadJob { store, input, root, tag };
-    let result = if root.join("index.json").is_file() && root.join("oci-layout").is_file() {
-        load_oci(&job, &mut added)
-    } else if root.join("manifest.json").is_file() {
-        load_docker(&job, &mut added)
-    } else {
-        Err(ArchiveError::Invalid {
-            path: input.to_owned(),
-            reason: "neither an OCI archive (oci-layout, index.json) nor a docker archive (manifest.json)".into(),
-        })
-    };
+    let result = import_into(store, input, progress, &mut added).and_then(|images| {
+        if tag.is_some() && images.len() > 1 {
+            return Err(ArchiveError::TagAmbiguous(images.len()));
+        }
+        let mut pending = Vec::new();
+        for image in &images {
+            let names = match tag {
+                Some(t) => vec![t.clone()],
+                None if image.names.is_empty() => return Err(ArchiveError::NeedsName { name: image.label.clone() }),
+                None => image.names.clone(),
+            };
+            pending.extend(names.into_iter().map(|n| (n, image)));
+        }
+        // Tag only once every image in the archive is in.
+        let mut loaded = Vec::new();
+        for (name, image) in pending {
+            store.tag(&name, &image.digest, &image.media_type, image.size)?;
+            loaded.push(Loaded { name: name.to_string(), digest: image.digest.clone() });
+        }
+        Ok(loaded)
+    });
     if result.is_err() {
         for digest in &added {
             let _ = fs::remove_file(store.blob_path(digest));
@@ -161,13 +180,56 @@ pub fn load(
     result
 }
 
-/// An archive unpacked into a scratch directory, ready to be imported.
+/// Puts every blob of an OCI archive, a `docker save` tar or an OCI layout directory into the
+/// store without tagging anything (`--image-source`); returns what it holds. Blobs come out of
+/// a directory by copy, so the user's layout is left as it was. The caller holds the GC lock.
+pub fn import(store: &Store, input: &Path, progress: &dyn Progress) -> Result<Vec<ArchiveImage>, ArchiveError> {
+    let mut added = Vec::new();
+    let result = import_into(store, input, progress, &mut added);
+    if result.is_err() {
+        for digest in &added {
+            let _ = fs::remove_file(store.blob_path(digest));
+        }
+    }
+    result
+}
+
+fn import_into(
+    store: &Store,
+    input: &Path,
+    progress: &dyn Progress,
+    added: &mut Vec<Digest>,
+) -> Result<Vec<ArchiveImage>, ArchiveError> {
+    let scratch;
+    let (root, borrowed) = if input.is_dir() {
+        (input, true)
+    } else {
+        scratch = store.scratch_dir("load-")?;
+        unpack(input, scratch.path(), progress)?;
+        (scratch.path(), false)
+    };
+    let job = LoadJob { store, input, root, borrowed };
+    if root.join("index.json").is_file() && root.join("oci-layout").is_file() {
+        load_oci(&job, added)
+    } else if root.join("manifest.json").is_file() {
+        load_docker(&job, added)
+    } else {
+        Err(ArchiveError::Invalid {
+            path: input.to_owned(),
+            reason: "neither an OCI layout or archive (oci-layout, index.json) nor a docker archive (manifest.json)"
+                .into(),
+        })
+    }
+}
+
+/// An archive unpacked into a scratch directory (or a layout directory), ready to be imported.
 #[derive(Clone, Copy)]
 struct LoadJob<'a> {
     store: &'a Store,
     input: &'a Path,
     root: &'a Path,
-    tag: Option<&'a ImageRef>,
+    /// `root` belongs to the user: copy blobs out of it instead of moving them.
+    borrowed: bool,
 }
 
 impl LoadJob<'_> {
@@ -232,19 +294,29 @@ fn verify_file(store: &Store, path: &Path, expected: &Digest) -> Result<u64, Arc
     Ok(store.verify_file(path, expected)?)
 }
 
-/// Moves a verified file into the store's blobs; records it if it was not there before.
-fn import(store: &Store, path: &Path, digest: &Digest, added: &mut Vec<Digest>) -> Result<(), ArchiveError> {
+/// Moves (or, from a user's directory, copies) a verified file into the store's blobs; records
+/// it if it was not there before.
+fn store_blob(job: &LoadJob<'_>, path: &Path, digest: &Digest, added: &mut Vec<Digest>) -> Result<(), ArchiveError> {
+    let store = job.store;
     if store.has_blob(digest) {
         return Ok(());
     }
     let target = store.blob_path(digest);
-    fs::rename(path, &target).map_err(|e| StoreError::io("store blob", &target, e))?;
+    if job.borrowed {
+        // Copied through a verifying writer: the directory may change under us.
+        let mut writer = store.blob_writer()?;
+        let mut file = fs::File::open(path).map_err(|e| StoreError::io("open blob", path, e))?;
+        io::copy(&mut file, &mut writer).map_err(|e| StoreError::io("copy blob", path, e))?;
+        writer.commit_expecting(digest)?;
+    } else {
+        fs::rename(path, &target).map_err(|e| StoreError::io("store blob", &target, e))?;
+    }
     added.push(digest.clone());
     Ok(())
 }
 
-fn load_oci(job: &LoadJob<'_>, added: &mut Vec<Digest>) -> Result<Vec<Loaded>, ArchiveError> {
-    let LoadJob { store, root, tag, .. } = *job;
+fn load_oci(job: &LoadJob<'_>, added: &mut Vec<Digest>) -> Result<Vec<ArchiveImage>, ArchiveError> {
+    let LoadJob { store, root, .. } = *job;
     let invalid = |reason: String| job.invalid(reason);
     let index: serde_json::Value =
         serde_json::from_slice(&fs::read(root.join("index.json")).map_err(|e| invalid(e.to_string()))?)
@@ -252,9 +324,6 @@ fn load_oci(job: &LoadJob<'_>, added: &mut Vec<Digest>) -> Result<Vec<Loaded>, A
     let entries = index["manifests"].as_array().cloned().unwrap_or_default();
     if entries.is_empty() {
         return Err(invalid("index.json lists no images".into()));
-    }
-    if tag.is_some() && entries.len() > 1 {
-        return Err(ArchiveError::TagAmbiguous(entries.len()));
     }
     let blob = |d: &Digest| root.join("blobs").join("sha256").join(d.hex());
     // Pass 1: find and verify every blob, so nothing is imported from a bad archive.
@@ -267,8 +336,17 @@ fn load_oci(job: &LoadJob<'_>, added: &mut Vec<Digest>) -> Result<Vec<Loaded>, A
             e["digest"].as_str().unwrap_or_default().parse().map_err(|e: super::DigestError| invalid(e.to_string()))?;
         let media_type = e["mediaType"].as_str().unwrap_or(media::OCI_MANIFEST).to_owned();
         let size = e["size"].as_u64().unwrap_or(0);
-        let name = e["annotations"][media::ANNOTATION_REF_NAME].as_str().map(str::to_owned);
-        tops.push((digest.clone(), media_type.clone(), size, name));
+        // containerd's `ctr export` records the full name apart; skopeo's `oci:DIR:NAME` puts
+        // whatever NAME was (often a bare tag) in ref.name.
+        let ref_name = e["annotations"][media::ANNOTATION_REF_NAME].as_str().map(str::to_owned);
+        let full_name = e["annotations"]["io.containerd.image.name"].as_str();
+        let names: Vec<ImageRef> = full_name
+            .or(ref_name.as_deref().filter(|n| n.contains('/')))
+            .and_then(|n| n.parse().ok())
+            .into_iter()
+            .collect();
+        let label = ref_name.or(full_name.map(str::to_owned)).unwrap_or_else(|| "<unnamed>".into());
+        tops.push(ArchiveImage { names, label, digest: digest.clone(), media_type: media_type.clone(), size });
         todo.push((digest, media_type));
     }
     while let Some((digest, media_type)) = todo.pop() {
@@ -295,37 +373,18 @@ fn load_oci(job: &LoadJob<'_>, added: &mut Vec<Digest>) -> Result<Vec<Loaded>, A
             }
         }
     }
-    let names = tops
-        .iter()
-        .map(|(_, _, _, name)| match (tag, name) {
-            (Some(t), _) => Ok(t.clone()),
-            (None, Some(n)) if n.contains('/') => {
-                n.parse::<ImageRef>().map_err(|_| ArchiveError::NeedsName { name: n.clone() })
-            }
-            (None, n) => Err(ArchiveError::NeedsName { name: n.clone().unwrap_or_else(|| "<unnamed>".into()) }),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    // Pass 2: import, then tag.
     for d in &all {
-        import(store, &blob(d), d, added)?;
+        store_blob(job, &blob(d), d, added)?;
     }
-    let mut loaded = Vec::new();
-    for ((digest, media_type, size, _), name) in tops.into_iter().zip(names) {
-        store.tag(&name, &digest, &media_type, size)?;
-        loaded.push(Loaded { name: name.to_string(), digest });
-    }
-    Ok(loaded)
+    Ok(tops)
 }
 
-fn load_docker(job: &LoadJob<'_>, added: &mut Vec<Digest>) -> Result<Vec<Loaded>, ArchiveError> {
-    let LoadJob { store, root, tag, .. } = *job;
+fn load_docker(job: &LoadJob<'_>, added: &mut Vec<Digest>) -> Result<Vec<ArchiveImage>, ArchiveError> {
+    let LoadJob { store, root, .. } = *job;
     let invalid = |reason: String| job.invalid(reason);
     let manifest: Vec<serde_json::Value> =
         serde_json::from_slice(&fs::read(root.join("manifest.json")).map_err(|e| invalid(e.to_string()))?)
             .map_err(|e| invalid(format!("manifest.json: {e}")))?;
-    if tag.is_some() && manifest.len() > 1 {
-        return Err(ArchiveError::TagAmbiguous(manifest.len()));
-    }
     let safe = |rel: &str| -> Result<PathBuf, ArchiveError> {
         let p = Path::new(rel);
         if p.components().any(|c| !matches!(c, Component::Normal(_))) {
@@ -333,8 +392,7 @@ fn load_docker(job: &LoadJob<'_>, added: &mut Vec<Digest>) -> Result<Vec<Loaded>
         }
         Ok(root.join(p))
     };
-    let mut loaded = Vec::new();
-    let mut pending = Vec::new();
+    let mut images = Vec::new();
     for image in &manifest {
         let config_rel =
             image["Config"].as_str().ok_or_else(|| invalid("manifest.json entry without Config".into()))?;
@@ -391,27 +449,20 @@ fn load_docker(job: &LoadJob<'_>, added: &mut Vec<Digest>) -> Result<Vec<Loaded>
         if new {
             added.push(digest.clone());
         }
-        let names: Vec<ImageRef> = match tag {
-            Some(t) => vec![t.clone()],
-            None => image["RepoTags"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|t| t.as_str())
-                .map(|t| t.parse().map_err(|_| ArchiveError::NeedsName { name: t.to_owned() }))
-                .collect::<Result<_, _>>()?,
-        };
-        if names.is_empty() {
-            return Err(ArchiveError::NeedsName { name: config_rel.to_owned() });
-        }
-        for name in names {
-            pending.push((name, digest.clone(), size));
-        }
+        let names: Vec<ImageRef> = image["RepoTags"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.as_str())
+            .map(|t| t.parse().map_err(|_| ArchiveError::NeedsName { name: t.to_owned() }))
+            .collect::<Result<_, _>>()?;
+        images.push(ArchiveImage {
+            names,
+            label: config_rel.to_owned(),
+            digest,
+            media_type: media::OCI_MANIFEST.to_owned(),
+            size,
+        });
     }
-    // Tag only once every image in the archive is in.
-    for (name, digest, size) in pending {
-        store.tag(&name, &digest, media::OCI_MANIFEST, size)?;
-        loaded.push(Loaded { name: name.to_string(), digest });
-    }
-    Ok(loaded)
+    Ok(images)
 }

@@ -18,6 +18,16 @@ pub struct Platform {
 pub struct PlatformError(String);
 
 impl Platform {
+    /// The `platform` of an index entry in JSON form (`None` when absent or malformed).
+    pub fn of_descriptor(entry: &serde_json::Value) -> Option<Self> {
+        let p = &entry["platform"];
+        let mut s = format!("{}/{}", p["os"].as_str()?, p["architecture"].as_str()?);
+        if let Some(v) = p["variant"].as_str() {
+            s = format!("{s}/{v}");
+        }
+        s.parse().ok()
+    }
+
     pub fn linux(arch: &str) -> Self {
         Self::normalised("linux", arch, None)
     }

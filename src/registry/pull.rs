@@ -169,14 +169,7 @@ pub async fn pull(
         let index: serde_json::Value = serde_json::from_slice(&top.bytes)
             .map_err(|e| RegistryError::Protocol(format!("index {}: {e}", top.digest)))?;
         let entries = index["manifests"].as_array().cloned().unwrap_or_default();
-        let platform_of = |e: &serde_json::Value| -> Option<Platform> {
-            let p = &e["platform"];
-            let s = match p["variant"].as_str() {
-                Some(v) => format!("{}/{}/{v}", p["os"].as_str()?, p["architecture"].as_str()?),
-                None => format!("{}/{}", p["os"].as_str()?, p["architecture"].as_str()?),
-            };
-            s.parse().ok()
-        };
+        let platform_of = Platform::of_descriptor;
         let want: Option<Vec<Platform>> = match &request.platforms {
             PlatformChoice::Host => Some(vec![Platform::host()]),
             PlatformChoice::One(p) => Some(vec![p.clone()]),

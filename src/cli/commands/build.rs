@@ -28,6 +28,7 @@ pub async fn run(settings: &Settings, printer: Printer, args: BuildArgs) -> anyh
             ignored_lists: args.ignored_image_lists.clone(),
             max_pulls: args.max_pull_procs.max(1),
             transport: super::transport(&args.transport),
+            sources: args.image_sources.clone(),
         }),
     };
     let store = settings.store()?;
