@@ -1,10 +1,16 @@
 # Shared helpers for the benchmark scripts (sourced, not run).
 
 now() { date +%s.%N; }
+# best A B: the smaller of two times.
+best() { echo "if ($1 < $2) $1 else $2" | bc; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 BENCH_PIDS=()
-stop_servers() { for p in "${BENCH_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+BENCH_CLEANUP=()
+stop_servers() {
+  for p in "${BENCH_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for d in "${BENCH_CLEANUP[@]}"; do rm -rf "$d"; done
+}
 trap stop_servers EXIT
 
 # wait_port PORT: until something listens on 127.0.0.1:PORT (20 s at most).
