@@ -5,11 +5,14 @@
 
 pub mod build;
 pub mod cli;
+pub mod clusterfile;
+pub mod diagnostic;
 pub mod env;
 pub mod image;
 pub mod kubefile;
 pub mod output;
 pub mod registry;
+pub mod secret;
 
 use std::ffi::OsString;
 use std::io::{IsTerminal, Write};

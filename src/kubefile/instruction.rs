@@ -9,6 +9,12 @@ pub struct Span {
     pub end: usize,
 }
 
+impl std::convert::From<Span> for std::ops::Range<usize> {
+    fn from(s: Span) -> Self {
+        s.start..s.end
+    }
+}
+
 /// A value with the place it was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Spanned<T> {

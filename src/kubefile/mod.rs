@@ -14,7 +14,6 @@
 // A located error carries its source snippet; it is built once, on the cold path.
 #![allow(clippy::result_large_err)]
 
-mod error;
 mod expand;
 mod instruction;
 mod lines;
@@ -23,7 +22,7 @@ mod parser;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-pub use error::{KubefileError, Location};
+pub use crate::diagnostic::{Location, SourceError as KubefileError};
 pub use expand::ExpandError;
 pub use instruction::{
     App, AppSource, ArgDecl, Copy, From, Instruction, InstructionKind, KEYWORDS, KeyValue, RunCommand, Span, Spanned,

@@ -6,9 +6,9 @@
 use std::fmt::Write as _;
 
 use crate::build::BuildError;
+use crate::diagnostic::SourceError;
 use crate::image::StoreError;
 use crate::image::archive::ArchiveError;
-use crate::kubefile::KubefileError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitKind {
@@ -36,7 +36,7 @@ impl UserError {
 
 fn classify(err: &anyhow::Error) -> ExitKind {
     for cause in err.chain() {
-        if cause.is::<UserError>() || cause.is::<KubefileError>() || cause.is::<clap::Error>() {
+        if cause.is::<UserError>() || cause.is::<SourceError>() || cause.is::<clap::Error>() {
             return ExitKind::User;
         }
         if let Some(b) = cause.downcast_ref::<BuildError>() {
@@ -81,7 +81,7 @@ pub fn render_error(err: &anyhow::Error, color: bool) -> (String, ExitKind) {
     let mut out = String::new();
     // Source-located problems get the snippet with a caret.
     let diagnostic: Option<&dyn miette::Diagnostic> = err.chain().find_map(|c| {
-        c.downcast_ref::<KubefileError>().map(|k| k as &dyn miette::Diagnostic).or_else(|| {
+        c.downcast_ref::<SourceError>().map(|k| k as &dyn miette::Diagnostic).or_else(|| {
             match c.downcast_ref::<BuildError>() {
                 Some(BuildError::Kubefile(k)) => Some(k.as_ref() as &dyn miette::Diagnostic),
                 _ => None,

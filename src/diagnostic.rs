@@ -1,19 +1,20 @@
-//! Kubefile diagnostics: every error points at `file:line:col` and shows the line with a caret.
+//! Diagnostics for files users write (Kubefile, Clusterfile): every error points at
+//! `file:line:col` and shows the line with a caret.
 
 use std::fmt;
 use std::sync::Arc;
 
 use miette::{Diagnostic, NamedSource, SourceSpan};
 
-use super::Span;
+use std::ops::Range;
 
-/// One problem found in a Kubefile, with its location in the source text.
+/// One problem found in a user's file, with its location in the source text.
 ///
 /// `Display` gives the one-line form (`Kubefile:3:7: message`); rendering it through
 /// miette (as the CLI does) adds the source line, a caret and the help text.
 #[derive(Debug, thiserror::Error, Diagnostic)]
 #[error("{location}: {message}")]
-pub struct KubefileError {
+pub struct SourceError {
     message: String,
     location: Location,
     #[source_code]
@@ -58,14 +59,15 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
     i
 }
 
-impl KubefileError {
+impl SourceError {
     pub(crate) fn new(
         file: &str,
         source: &Arc<str>,
-        span: Span,
+        span: impl Into<Range<usize>>,
         message: impl Into<String>,
         label: impl Into<String>,
     ) -> Self {
+        let span = span.into();
         let start = floor_char_boundary(source, span.start.min(source.len()));
         let end = span.end.clamp(start, source.len());
         Self {
