@@ -17,7 +17,7 @@ TEST_PACKAGES := skopeo docker-registry containerd apache2-utils openssl jq time
   debootstrap qemu-user-static binfmt-support systemd-container iproute2 openssh-client sshpass procps \
   protobuf-compiler
 
-.PHONY: all build release test test-unit test-hosts deps demo bench-build bench-share bench-offline fuzz lint clean help
+.PHONY: all build release test test-unit test-hosts test-e2e deps demo bench-build bench-share bench-offline fuzz lint clean help
 
 all: build
 
@@ -25,6 +25,7 @@ help:
 	@echo "make demo         build kiln and the demo cluster image, show it"
 	@echo "make test         every test (unit, CLI, interop with skopeo, test hosts)"
 	@echo "make test-hosts   bring up 2 amd64 + 1 arm64 test hosts and check them"
+	@echo "make test-e2e     kiln on the test hosts: SSH, host keys, facts, preflight"
 	@echo "make bench-build  build benchmark: kiln vs tar|gzip|sha256sum floor"
 	@echo "make bench-share  push/pull benchmark: kiln vs skopeo against docker-registry"
 	@echo "make bench-offline image caching and serving: kiln vs skopeo sync and docker-registry"
@@ -50,11 +51,16 @@ test: deps
 	$(CARGO) build $(CARGO_FLAGS) --all-targets
 	KILN_REQUIRE_PEERS=1 $(CARGO) test $(CARGO_FLAGS) -- --test-threads=2
 	$(MAKE) --no-print-directory test-hosts
+	$(MAKE) --no-print-directory test-e2e
 
 # Real test hosts (2 amd64 + 1 arm64): boot, SSH, sudo, power loss, partition, teardown.
 test-hosts: deps
 	e2e/hosts.sh down >/dev/null 2>&1 || true
 	e2e/test-hosts.sh
+
+# Scenarios on the test hosts with the kiln binary: connect, host keys, facts, preflight.
+test-e2e: deps build
+	e2e/test-check.sh $(KILN_DEBUG)
 
 test-unit:
 	$(CARGO) test $(CARGO_FLAGS) --lib

@@ -12,7 +12,9 @@ pub mod image;
 pub mod kubefile;
 pub mod output;
 pub mod registry;
+pub mod runtime;
 pub mod secret;
+pub mod ssh;
 
 use std::ffi::OsString;
 use std::io::{IsTerminal, Write};

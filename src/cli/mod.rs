@@ -1,6 +1,7 @@
 //! Command-line parsing. The clap types live here and nowhere else; commands receive
 //! resolved settings and a [`Printer`](crate::output::Printer).
 
+mod cluster;
 mod commands;
 mod settings;
 
@@ -61,6 +62,8 @@ pub enum Command {
     /// The in-cluster registry: serve the container images a cluster image carries
     #[command(subcommand)]
     Registry(RegistryCommand),
+    /// Check the hosts of a cluster (preflight) without changing anything
+    Check(CheckArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -293,6 +296,76 @@ pub struct LoadArgs {
     pub json: bool,
 }
 
+/// Which hosts and how to reach them: a Clusterfile, Sealer-style flags, or both (flag hosts
+/// are appended).
+#[derive(Debug, Args, Clone)]
+pub struct HostArgs {
+    /// Clusterfile (Sealer v2)
+    #[arg(short = 'f', long = "clusterfile", value_name = "FILE", help_heading = "Hosts")]
+    pub clusterfile: Option<PathBuf>,
+    /// Masters: `IP,IP` or ranges `10.0.0.1-10.0.0.3`
+    #[arg(short = 'm', long, value_name = "IPS", help_heading = "Hosts")]
+    pub masters: Option<String>,
+    /// Nodes: `IP,IP` or ranges
+    #[arg(short = 'n', long, value_name = "IPS", help_heading = "Hosts")]
+    pub nodes: Option<String>,
+    /// SSH user for flag hosts (non-root users get root through sudo)
+    #[arg(short = 'u', long, default_value = "root", help_heading = "Hosts")]
+    pub user: String,
+    /// SSH (and sudo) password, read from this file; safer than `-p`
+    #[arg(long, value_name = "FILE", help_heading = "Hosts")]
+    pub passwd_file: Option<PathBuf>,
+    /// SSH password (visible to other local users in `ps`; prefer --passwd-file)
+    #[arg(
+        short = 'p',
+        long = "passwd",
+        value_name = "PASSWORD",
+        env = "KILN_SSH_PASSWORD",
+        hide_env_values = true,
+        help_heading = "Hosts"
+    )]
+    pub password: Option<String>,
+    /// SSH private key for flag hosts
+    #[arg(long = "pk", value_name = "FILE", help_heading = "Hosts")]
+    pub private_key: Option<PathBuf>,
+    /// SSH port for flag hosts
+    #[arg(long, default_value_t = 22, help_heading = "Hosts")]
+    pub port: u16,
+    /// Jump host: `[USER@]HOST[:PORT]` (same credentials as the hosts)
+    #[arg(long, value_name = "HOST", help_heading = "SSH")]
+    pub bastion: Option<String>,
+    /// known_hosts file checked for host keys [default: ~/.ssh/known_hosts]
+    #[arg(long, value_name = "FILE", help_heading = "SSH")]
+    pub known_hosts: Option<PathBuf>,
+    /// Record host keys seen for the first time instead of refusing them (changed keys are always refused)
+    #[arg(long, help_heading = "SSH")]
+    pub accept_new_host_keys: bool,
+    /// Hosts connected to at once
+    #[arg(long, default_value_t = 32, value_name = "N", help_heading = "SSH")]
+    pub max_hosts: usize,
+    /// Seconds to wait for a host to answer
+    #[arg(long, default_value_t = 15, value_name = "SECONDS", help_heading = "SSH")]
+    pub connect_timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub hosts: HostArgs,
+    /// Cluster image whose platforms and size the hosts are checked against
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// Checks to skip, comma-separated (see the table for names)
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub skip_checks: Vec<String>,
+    /// Largest clock difference allowed between a host and this machine
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    pub max_clock_skew: f64,
+    /// Print the results as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::resolve(&cli.global)?;
@@ -302,6 +375,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Push(a) => a.json,
         Command::Pull(a) => a.json,
         Command::Load(a) => a.json,
+        Command::Check(a) => a.json,
         _ => false,
     };
     let printer = settings.printer(json);
@@ -318,5 +392,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Login(args) => commands::login::run(printer, args).await,
         Command::Logout(args) => commands::login::logout(printer, args).await,
         Command::Registry(RegistryCommand::Serve(args)) => commands::serve::run(&settings, printer, args).await,
+        Command::Check(args) => commands::check::run(&settings, printer, args).await,
     }
 }

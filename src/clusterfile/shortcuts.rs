@@ -76,3 +76,23 @@ impl FlagHosts {
         Ok(())
     }
 }
+
+impl FlagHosts {
+    /// A Clusterfile made from flags alone (`kiln run IMAGE -m … -n …`).
+    pub fn into_clusterfile(self, image: Option<String>) -> Result<super::Clusterfile, String> {
+        let mut cluster = Cluster {
+            name: "my-cluster".into(),
+            image,
+            env: Default::default(),
+            cmds: vec![],
+            app_names: None,
+            hosts: vec![],
+            container_runtime: None,
+            host_aliases: vec![],
+            registry: super::Registry::Local(Default::default()),
+            data_root: super::DEFAULT_DATA_ROOT.into(),
+        };
+        self.apply(&mut cluster)?;
+        Ok(super::Clusterfile { cluster, configs: vec![], applications: vec![], documents: vec![] })
+    }
+}

@@ -1,6 +1,7 @@
 //! One file per command: resolve, call one capability, show the result.
 
 pub mod build;
+pub mod check;
 pub mod images;
 pub mod inspect;
 pub mod load;

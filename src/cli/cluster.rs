@@ -1,0 +1,111 @@
+//! Turning `--clusterfile`/`-m`/`-n`/SSH flags into a validated Clusterfile and connection
+//! settings, shared by every command that reaches hosts.
+
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::cli::HostArgs;
+use crate::clusterfile::{Clusterfile, FlagHosts, SshConfig, parse_ip_list};
+use crate::output::{Printer, UserError};
+use crate::runtime::ConnectOptions;
+use crate::secret::Secret;
+use crate::ssh::{self, HostKeyPolicy};
+
+fn password(args: &HostArgs, printer: &Printer) -> anyhow::Result<Option<Secret>> {
+    if let Some(path) = &args.passwd_file {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+        return Ok(Some(Secret::new(text.trim_end_matches(['\n', '\r']))));
+    }
+    if let Some(p) = &args.password {
+        if std::env::var_os("KILN_SSH_PASSWORD").is_none() {
+            printer.warn("a password given with -p is visible to other local users; prefer --passwd-file");
+        }
+        return Ok(Some(Secret::new(p.clone())));
+    }
+    Ok(None)
+}
+
+/// The cluster: the Clusterfile (if any) with the flag hosts appended.
+pub fn resolve(args: &HostArgs, image: Option<String>, printer: &Printer) -> anyhow::Result<Clusterfile> {
+    let password = password(args, printer)?;
+    let flags = FlagHosts {
+        masters: args.masters.as_deref().map(parse_ip_list).transpose().map_err(UserError::new)?.unwrap_or_default(),
+        nodes: args.nodes.as_deref().map(parse_ip_list).transpose().map_err(UserError::new)?.unwrap_or_default(),
+        ssh: SshConfig {
+            user: args.user.clone(),
+            port: args.port,
+            password: password.clone(),
+            private_key: args.private_key.clone(),
+            key_passphrase: None,
+        },
+    };
+    let mut clusterfile = match &args.clusterfile {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+            let mut cf = Clusterfile::parse(&path.display().to_string(), &text).map_err(|e| anyhow::Error::new(*e))?;
+            if !flags.is_empty() {
+                flags.apply(&mut cf.cluster).map_err(UserError::new)?;
+            }
+            cf
+        }
+        None if flags.is_empty() => {
+            return Err(UserError::new("no hosts: give a Clusterfile with `-f FILE`, or `-m IPS [-n IPS]`").into());
+        }
+        None => flags.into_clusterfile(None).map_err(UserError::new)?,
+    };
+    // `--passwd-file` also fills hosts whose Clusterfile entry has no password (for sudo too).
+    if let Some(p) = password {
+        for h in &mut clusterfile.cluster.hosts {
+            h.ssh.password.get_or_insert_with(|| p.clone());
+        }
+    }
+    if image.is_some() {
+        clusterfile.cluster.image = image;
+    }
+    Ok(clusterfile)
+}
+
+pub fn connect_options(args: &HostArgs, clusterfile: &Clusterfile) -> anyhow::Result<ConnectOptions> {
+    let known_hosts = args.known_hosts.clone().unwrap_or_else(crate::runtime::default_known_hosts);
+    let host_keys = if args.accept_new_host_keys {
+        HostKeyPolicy::AcceptNew { known_hosts }
+    } else {
+        HostKeyPolicy::Strict { known_hosts }
+    };
+    let bastion = match &args.bastion {
+        None => None,
+        Some(spec) => {
+            let (user, rest) = match spec.split_once('@') {
+                Some((u, r)) => (Some(u.to_owned()), r),
+                None => (None, spec.as_str()),
+            };
+            let (host, port) = match rest.rsplit_once(':') {
+                Some((h, p)) => (h, p.parse().map_err(|_| UserError::new(format!("bad port in --bastion `{spec}`")))?),
+                None => (rest, 22),
+            };
+            let ip =
+                host.parse().map_err(|_| UserError::new(format!("--bastion needs an IP address, not `{host}`")))?;
+            let template = clusterfile.master0().map(|h| h.ssh.clone()).unwrap_or_default();
+            Some(ssh::Target {
+                host: ip,
+                port,
+                user: user.unwrap_or(template.user),
+                auth: ssh::Auth {
+                    password: template.password,
+                    private_key: template.private_key,
+                    key_passphrase: template.key_passphrase,
+                    use_agent: true,
+                },
+                jump: None,
+            })
+        }
+    };
+    Ok(ConnectOptions {
+        host_keys,
+        connect_timeout: Duration::from_secs(args.connect_timeout.max(1)),
+        command_timeout: Some(Duration::from_secs(600)),
+        max_hosts: args.max_hosts.max(1),
+        bastion,
+    })
+}

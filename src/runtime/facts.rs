@@ -1,0 +1,135 @@
+//! Facts about a host, gathered with one command: arch, OS, kernel, CPUs, memory, swap, disk
+//! free under the data root, hostname, machine-id, clock, init system, cgroup version, listening
+//! ports and missing commands.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::image::Platform;
+use crate::ssh::{Session, SshError, quote};
+
+/// Commands kiln itself needs on every host.
+pub const REQUIRED_COMMANDS: &[&str] = &["sh", "tar", "gzip", "sha256sum", "mkdir", "mv", "rm", "cat", "systemctl"];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Facts {
+    /// `uname -m` mapped to OCI (`amd64`, `arm64`, …).
+    pub arch: String,
+    pub os: String,
+    pub os_version: String,
+    pub kernel: String,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub swap_mib: u64,
+    /// Free space where the data root is (or would be created).
+    pub disk_free_mib: u64,
+    pub hostname: String,
+    pub machine_id: String,
+    /// Host clock minus this machine's, in seconds (midpoint of the round trip).
+    pub clock_offset_s: f64,
+    pub init: String,
+    pub cgroup: String,
+    pub listening_ports: Vec<u16>,
+    pub missing_commands: Vec<String>,
+}
+
+impl Facts {
+    pub fn platform(&self) -> Platform {
+        Platform::linux(&self.arch)
+    }
+
+    /// Kernel `major.minor`, if it parses.
+    pub fn kernel_version(&self) -> Option<(u32, u32)> {
+        let mut parts = self.kernel.split(['.', '-']);
+        Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+    }
+}
+
+/// OCI's name for a `uname -m`.
+pub fn oci_arch(machine: &str) -> String {
+    match machine {
+        "x86_64" | "amd64" => "amd64",
+        "aarch64" | "arm64" | "armv8l" => "arm64",
+        "armv7l" | "armv6l" => "arm",
+        "ppc64le" => "ppc64le",
+        "s390x" => "s390x",
+        "riscv64" => "riscv64",
+        other => other,
+    }
+    .to_owned()
+}
+
+fn now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+pub async fn gather(session: &Session, data_root: &Path) -> Result<Facts, SshError> {
+    let commands = REQUIRED_COMMANDS.join(" ");
+    let script = format!(
+        r#"echo "clock=$(date +%s.%N)"
+echo "arch=$(uname -m)"
+echo "kernel=$(uname -r)"
+if [ -r /etc/os-release ]; then . /etc/os-release; echo "os=$ID"; echo "os_version=$VERSION_ID"; fi
+echo "cpus=$(nproc 2>/dev/null || grep -c ^processor /proc/cpuinfo)"
+echo "mem_kib=$(awk '/^MemTotal:/{{print $2}}' /proc/meminfo)"
+echo "swap_kib=$(awk '/^SwapTotal:/{{print $2}}' /proc/meminfo)"
+d={data_root}; while [ ! -d "$d" ]; do d=$(dirname "$d"); done
+echo "disk_free_kib=$(df -Pk "$d" | awk 'NR==2{{print $4}}')"
+echo "hostname=$(hostname)"
+echo "machine_id=$(cat /etc/machine-id 2>/dev/null)"
+echo "init=$(cat /proc/1/comm 2>/dev/null)"
+if [ -f /sys/fs/cgroup/cgroup.controllers ]; then echo cgroup=v2; else echo cgroup=v1; fi
+for c in {commands}; do command -v "$c" >/dev/null 2>&1 || echo "missing=$c"; done
+if command -v ss >/dev/null 2>&1; then ss -Htln | awk '{{print "listen=" $4}}'
+else awk 'NR>1 && $4=="0A" {{split($2,a,":"); print "listen=:" strtonum("0x" a[2])}}' /proc/net/tcp /proc/net/tcp6 2>/dev/null; fi
+"#,
+        data_root = quote(&data_root.display().to_string()),
+    );
+    let before = now();
+    let out = session.run(&script).await?;
+    let after = now();
+    let mut fields: BTreeMap<String, String> = BTreeMap::new();
+    let mut missing = Vec::new();
+    let mut ports = Vec::new();
+    for line in out.stdout_text().lines() {
+        let Some((k, v)) = line.split_once('=') else { continue };
+        match k {
+            "missing" => missing.push(v.to_owned()),
+            "listen" => {
+                if let Some(port) = v.rsplit(':').next().and_then(|p| p.parse().ok()) {
+                    ports.push(port);
+                }
+            }
+            _ => {
+                fields.insert(k.to_owned(), v.trim().to_owned());
+            }
+        }
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    let text = |k: &str| fields.get(k).cloned().unwrap_or_default();
+    let number = |k: &str| fields.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // The command ran between `before` and `after`; the clock line is printed first.
+    let remote_clock: f64 = fields.get("clock").and_then(|c| c.parse().ok()).unwrap_or(0.0);
+    let clock_offset_s = remote_clock - (before + (after - before) / 2.0);
+    Ok(Facts {
+        arch: oci_arch(&text("arch")),
+        os: text("os"),
+        os_version: text("os_version"),
+        kernel: text("kernel"),
+        cpus: number("cpus") as u32,
+        memory_mib: number("mem_kib") / 1024,
+        swap_mib: number("swap_kib") / 1024,
+        disk_free_mib: number("disk_free_kib") / 1024,
+        hostname: text("hostname"),
+        machine_id: text("machine_id"),
+        clock_offset_s,
+        init: text("init"),
+        cgroup: text("cgroup"),
+        listening_ports: ports,
+        missing_commands: missing,
+    })
+}

@@ -1,0 +1,349 @@
+//! Preflight: every check on every host, before anything changes anywhere. Checks are pure
+//! functions of the gathered facts (so they are unit-tested without hosts); one table shows
+//! every result.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use super::facts::Facts;
+use crate::clusterfile::{Cluster, Host, Role};
+use crate::image::Platform;
+
+/// Check names, for `--skip-checks` and the table.
+pub const CHECKS: &[&str] = &[
+    "ssh",
+    "hostname-unique",
+    "machine-id-unique",
+    "clock-skew",
+    "arch",
+    "cpu",
+    "memory",
+    "disk",
+    "ports",
+    "swap",
+    "kernel",
+    "commands",
+    "reach",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Pass,
+    Fail,
+    Skipped,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckResult {
+    pub host: IpAddr,
+    pub check: &'static str,
+    pub outcome: Outcome,
+    pub detail: String,
+}
+
+/// Requirements for one role.
+#[derive(Debug, Clone, Copy)]
+pub struct Minimums {
+    pub cpus: u32,
+    pub memory_mib: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct PreflightOptions {
+    pub skip: BTreeSet<String>,
+    pub max_clock_skew_s: f64,
+    /// Platforms the cluster image has (`None`: image not known here, `arch` is skipped).
+    pub image_platforms: Option<Vec<Platform>>,
+    /// Bytes the rootfs needs on every host and the registry content on registry hosts.
+    pub rootfs_bytes: u64,
+    pub registry_bytes: u64,
+    pub master: Minimums,
+    pub node: Minimums,
+    /// Ports that must be free: on every host, and on registry hosts only.
+    pub ports_everywhere: Vec<u16>,
+    pub ports_on_registry_hosts: Vec<u16>,
+    pub min_kernel: (u32, u32),
+}
+
+impl Default for PreflightOptions {
+    fn default() -> Self {
+        Self {
+            skip: BTreeSet::new(),
+            max_clock_skew_s: 5.0,
+            image_platforms: None,
+            rootfs_bytes: 0,
+            registry_bytes: 0,
+            master: Minimums { cpus: 1, memory_mib: 900 },
+            node: Minimums { cpus: 1, memory_mib: 450 },
+            ports_everywhere: vec![],
+            ports_on_registry_hosts: vec![],
+            min_kernel: (3, 10),
+        }
+    }
+}
+
+/// What was learnt about one host: its facts, or why there are none, and which peers it
+/// could not reach.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub facts: Result<Facts, String>,
+    pub unreachable_peers: Vec<String>,
+}
+
+/// Evaluates every check for every host. `registry_hosts` run the in-cluster registry.
+pub fn evaluate(
+    cluster: &Cluster,
+    observed: &BTreeMap<IpAddr, Observed>,
+    registry_hosts: &BTreeSet<IpAddr>,
+    options: &PreflightOptions,
+) -> Vec<CheckResult> {
+    let mut results = Vec::new();
+    let mut hostnames: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+    let mut machine_ids: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+    for (ip, o) in observed {
+        if let Ok(f) = &o.facts {
+            hostnames.entry(f.hostname.clone()).or_default().push(*ip);
+            machine_ids.entry(f.machine_id.clone()).or_default().push(*ip);
+        }
+    }
+    for host in &cluster.hosts {
+        let mut push = |check: &'static str, outcome: Outcome, detail: String| {
+            let outcome = if options.skip.contains(check) { Outcome::Skipped } else { outcome };
+            results.push(CheckResult { host: host.ip, check, outcome, detail });
+        };
+        let Some(o) = observed.get(&host.ip) else { continue };
+        let facts = match &o.facts {
+            Ok(f) => f,
+            Err(reason) => {
+                push("ssh", Outcome::Fail, reason.clone());
+                continue;
+            }
+        };
+        let pass_fail = |ok: bool| if ok { Outcome::Pass } else { Outcome::Fail };
+        push(
+            "ssh",
+            Outcome::Pass,
+            format!("{} {} {}, kernel {}", facts.os, facts.os_version, facts.arch, facts.kernel),
+        );
+
+        let same_name = &hostnames[&facts.hostname];
+        push(
+            "hostname-unique",
+            pass_fail(same_name.len() == 1 && !facts.hostname.is_empty()),
+            if same_name.len() == 1 {
+                facts.hostname.clone()
+            } else {
+                format!("`{}` is also the hostname of {}", facts.hostname, others(same_name, host.ip))
+            },
+        );
+        let same_id = &machine_ids[&facts.machine_id];
+        push(
+            "machine-id-unique",
+            pass_fail(same_id.len() == 1 && !facts.machine_id.is_empty()),
+            if same_id.len() == 1 {
+                String::new()
+            } else {
+                format!("machine-id also on {} (cloned image? regenerate /etc/machine-id)", others(same_id, host.ip))
+            },
+        );
+        let skew = facts.clock_offset_s;
+        push(
+            "clock-skew",
+            pass_fail(skew.abs() <= options.max_clock_skew_s),
+            format!("{skew:+.1} s from this machine (limit ±{} s)", options.max_clock_skew_s),
+        );
+        match &options.image_platforms {
+            None => push("arch", Outcome::Skipped, format!("{} (image not in the local store)", facts.arch)),
+            Some(platforms) => {
+                let has = platforms.iter().any(|p| p.matches(&facts.platform()));
+                let list: Vec<String> = platforms.iter().map(ToString::to_string).collect();
+                push(
+                    "arch",
+                    pass_fail(has),
+                    if has {
+                        facts.platform().to_string()
+                    } else {
+                        format!("the image has no {} variant (it has {})", facts.platform(), list.join(", "))
+                    },
+                );
+            }
+        }
+        let min = if host.is_master() { options.master } else { options.node };
+        let role = if host.is_master() { "master" } else { "node" };
+        push("cpu", pass_fail(facts.cpus >= min.cpus), format!("{} CPUs (a {role} needs {})", facts.cpus, min.cpus));
+        push(
+            "memory",
+            pass_fail(facts.memory_mib >= min.memory_mib),
+            format!("{} MiB (a {role} needs {} MiB)", facts.memory_mib, min.memory_mib),
+        );
+        let registry_host = registry_hosts.contains(&host.ip);
+        let need = options.rootfs_bytes + if registry_host { options.registry_bytes } else { 0 };
+        let need_mib = need.div_ceil(1 << 20);
+        push(
+            "disk",
+            pass_fail(facts.disk_free_mib >= need_mib),
+            format!("{} MiB free under {} ({need_mib} MiB needed)", facts.disk_free_mib, cluster.data_root.display()),
+        );
+        let mut wanted: Vec<u16> = options.ports_everywhere.clone();
+        if registry_host {
+            wanted.extend(&options.ports_on_registry_hosts);
+        }
+        let busy: Vec<String> =
+            wanted.iter().filter(|p| facts.listening_ports.contains(p)).map(ToString::to_string).collect();
+        push(
+            "ports",
+            pass_fail(busy.is_empty()),
+            if busy.is_empty() {
+                format!("{} free", join_ports(&wanted))
+            } else {
+                format!("in use: {}", busy.join(", "))
+            },
+        );
+        push(
+            "swap",
+            Outcome::Pass,
+            if facts.swap_mib == 0 { "off".into() } else { format!("{} MiB: will be turned off", facts.swap_mib) },
+        );
+        let kernel_ok = facts.kernel_version().is_some_and(|v| v >= options.min_kernel);
+        push(
+            "kernel",
+            pass_fail(kernel_ok),
+            format!("{} (at least {}.{})", facts.kernel, options.min_kernel.0, options.min_kernel.1),
+        );
+        push(
+            "commands",
+            pass_fail(facts.missing_commands.is_empty()),
+            if facts.missing_commands.is_empty() {
+                "all present".into()
+            } else {
+                format!("missing: {}", facts.missing_commands.join(", "))
+            },
+        );
+        push(
+            "reach",
+            pass_fail(o.unreachable_peers.is_empty()),
+            if o.unreachable_peers.is_empty() {
+                "reaches every other host".into()
+            } else {
+                format!("cannot reach {}", o.unreachable_peers.join(", "))
+            },
+        );
+    }
+    results
+}
+
+fn others(ips: &[IpAddr], me: IpAddr) -> String {
+    ips.iter().filter(|i| **i != me).map(ToString::to_string).collect::<Vec<_>>().join(", ")
+}
+
+fn join_ports(ports: &[u16]) -> String {
+    if ports.is_empty() {
+        return "no ports required".into();
+    }
+    ports.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+}
+
+/// Which hosts run the in-cluster registry: every master with `ha`, else master0.
+pub fn registry_hosts(cluster: &Cluster) -> BTreeSet<IpAddr> {
+    let masters: Vec<&Host> = cluster.hosts.iter().filter(|h| h.roles.contains(&Role::Master)).collect();
+    match &cluster.registry {
+        crate::clusterfile::Registry::Local(r) if r.ha => masters.iter().map(|h| h.ip).collect(),
+        crate::clusterfile::Registry::Local(_) => masters.first().map(|h| h.ip).into_iter().collect(),
+        crate::clusterfile::Registry::External { .. } => BTreeSet::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clusterfile::Clusterfile;
+
+    fn facts(hostname: &str, arch: &str) -> Facts {
+        Facts {
+            arch: arch.into(),
+            os: "debian".into(),
+            os_version: "12".into(),
+            kernel: "6.1.0-13-amd64".into(),
+            cpus: 2,
+            memory_mib: 2048,
+            swap_mib: 0,
+            disk_free_mib: 10_000,
+            hostname: hostname.into(),
+            machine_id: format!("id-{hostname}"),
+            clock_offset_s: 0.2,
+            init: "systemd".into(),
+            cgroup: "v2".into(),
+            listening_ports: vec![22],
+            missing_commands: vec![],
+        }
+    }
+
+    fn cluster() -> Cluster {
+        Clusterfile::parse(
+            "C",
+            "kind: Cluster\nspec:\n  hosts:\n  - ips: [10.0.0.1]\n    roles: [master]\n  - ips: [10.0.0.2, 10.0.0.3]\n    roles: [node]\n",
+        )
+        .unwrap()
+        .cluster
+    }
+
+    fn failures(results: &[CheckResult]) -> Vec<(String, &'static str)> {
+        results.iter().filter(|r| r.outcome == Outcome::Fail).map(|r| (r.host.to_string(), r.check)).collect()
+    }
+
+    #[test]
+    fn healthy_hosts_pass_everything() {
+        let c = cluster();
+        let observed: BTreeMap<IpAddr, Observed> = c
+            .hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (h.ip, Observed { facts: Ok(facts(&format!("h{i}"), "amd64")), unreachable_peers: vec![] }))
+            .collect();
+        let options = PreflightOptions { image_platforms: Some(vec![Platform::linux("amd64")]), ..Default::default() };
+        let results = evaluate(&c, &observed, &registry_hosts(&c), &options);
+        assert_eq!(results.len(), 3 * (CHECKS.len()));
+        assert!(failures(&results).is_empty(), "{results:?}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let c = cluster();
+        let mut a = facts("same", "amd64");
+        a.listening_ports.push(5000);
+        let mut b = facts("same", "arm64");
+        b.machine_id = "id-other".into();
+        b.clock_offset_s = -42.0;
+        let observed = BTreeMap::from([
+            (c.hosts[0].ip, Observed { facts: Ok(a), unreachable_peers: vec![] }),
+            (c.hosts[1].ip, Observed { facts: Ok(b), unreachable_peers: vec!["10.0.0.3:22".into()] }),
+            (c.hosts[2].ip, Observed { facts: Err("connection refused".into()), unreachable_peers: vec![] }),
+        ]);
+        let options = PreflightOptions {
+            image_platforms: Some(vec![Platform::linux("amd64")]),
+            ports_on_registry_hosts: vec![5000],
+            ..Default::default()
+        };
+        let results = evaluate(&c, &observed, &registry_hosts(&c), &options);
+        let mut got = failures(&results);
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                ("10.0.0.1".to_string(), "hostname-unique"),
+                ("10.0.0.1".to_string(), "ports"),
+                ("10.0.0.2".to_string(), "arch"),
+                ("10.0.0.2".to_string(), "clock-skew"),
+                ("10.0.0.2".to_string(), "hostname-unique"),
+                ("10.0.0.2".to_string(), "reach"),
+                ("10.0.0.3".to_string(), "ssh"),
+            ]
+        );
+        let skipped = PreflightOptions { skip: BTreeSet::from(["clock-skew".to_string()]), ..options };
+        let results = evaluate(&c, &observed, &registry_hosts(&c), &skipped);
+        assert!(!failures(&results).iter().any(|(_, c)| *c == "clock-skew"));
+    }
+}

@@ -1,0 +1,499 @@
+//! SSH transport (russh): one connection per host, reused for every command and upload, host
+//! keys checked against known_hosts, password / key / agent auth, jump hosts, and root through
+//! sudo for non-root users. Knows nothing of clusters or phases.
+//!
+//! Secrets (passwords, passphrases, the sudo password) never reach argv, logs or messages: the
+//! sudo password goes to `sudo -S` on the channel's stdin.
+
+mod known_hosts;
+mod shell;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::ChannelMsg;
+use russh::client::{self, AuthResult, Handle};
+use russh::keys::{HashAlg, PrivateKeyWithHashAlg};
+use sha2::{Digest as _, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+pub use known_hosts::{HostKeyPolicy, HostKeyProblem};
+pub use shell::{quote, with_env};
+
+use crate::secret::Secret;
+
+/// Where and as whom to connect.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub host: IpAddr,
+    pub port: u16,
+    pub user: String,
+    pub auth: Auth,
+    /// A bastion the connection is tunnelled through (`--bastion`).
+    pub jump: Option<Box<Target>>,
+}
+
+/// Credentials, tried in order: key file, agent, password.
+#[derive(Debug, Clone, Default)]
+pub struct Auth {
+    pub password: Option<Secret>,
+    pub private_key: Option<PathBuf>,
+    pub key_passphrase: Option<Secret>,
+    /// Ask `$SSH_AUTH_SOCK`'s agent when no key file works.
+    pub use_agent: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub host_keys: HostKeyPolicy,
+    pub connect_timeout: Duration,
+    /// Default limit for one command; `None`: no limit.
+    pub command_timeout: Option<Duration>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    #[error("cannot connect to {host}:{port}: {reason}")]
+    Connect { host: String, port: u16, reason: String },
+    #[error("host key of {host} refused: {problem}")]
+    HostKey { host: String, problem: HostKeyProblem },
+    #[error("authentication as `{user}` on {host} failed ({tried})")]
+    Auth { host: String, user: String, tried: String },
+    #[error("{host}: `{user}` is not root and cannot use sudo: {reason}")]
+    Sudo { host: String, user: String, reason: String },
+    #[error("{host}: command failed with exit code {status}: {command}\n{output}")]
+    Command { host: String, command: String, status: u32, output: String },
+    #[error("{host}: `{command}` did not finish within {seconds} s")]
+    Timeout { host: String, command: String, seconds: u64 },
+    #[error("{host}: upload of `{path}` arrived corrupted (sha256 {expected} sent, {actual} written)")]
+    UploadMismatch { host: String, path: String, expected: String, actual: String },
+    #[error("{host}: connection lost: {reason}")]
+    Lost { host: String, reason: String },
+    #[error("cannot read `{}`", path.display())]
+    Local {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What a command printed and how it ended.
+#[derive(Debug, Clone, Default)]
+pub struct Output {
+    pub status: u32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl Output {
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// The last `n` lines of stdout and stderr, for error reports.
+    pub fn tail(&self, n: usize) -> String {
+        let text = format!("{}{}", String::from_utf8_lossy(&self.stdout), String::from_utf8_lossy(&self.stderr));
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+/// How commands get root.
+#[derive(Debug, Clone)]
+enum Privilege {
+    Root,
+    SudoNoPassword,
+    SudoPassword(Secret),
+}
+
+/// An authenticated connection to one host.
+pub struct Session {
+    handle: Handle<known_hosts::Checker>,
+    target: Target,
+    privilege: Privilege,
+    options: Options,
+    /// Keeps the bastion's connection alive as long as the tunnel through it.
+    _jump: Option<Box<Session>>,
+    /// Channels open at once: OpenSSH allows 10 sessions per connection (MaxSessions).
+    channels: Arc<tokio::sync::Semaphore>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("host", &self.target.host).field("user", &self.target.user).finish()
+    }
+}
+
+fn client_config() -> Arc<client::Config> {
+    Arc::new(client::Config {
+        // Dead peers are found by keepalives, not by idle time: commands may be silent for long.
+        inactivity_timeout: None,
+        keepalive_interval: Some(Duration::from_secs(15)),
+        keepalive_max: 4,
+        nodelay: true,
+        ..Default::default()
+    })
+}
+
+impl Session {
+    /// Connects, checks the host key, authenticates and works out how to become root.
+    pub async fn connect(target: &Target, options: &Options) -> Result<Self, SshError> {
+        let host = target.host.to_string();
+        let timeout = options.connect_timeout;
+        let fut = Self::connect_inner(target, options);
+        let mut session = tokio::time::timeout(timeout, fut).await.map_err(|_| SshError::Connect {
+            host: host.clone(),
+            port: target.port,
+            reason: format!("no answer within {} s", timeout.as_secs()),
+        })??;
+        // sudo can stall on its own (it looks up the hostname), so it gets its own limit.
+        let sudo_limit = Duration::from_secs(30);
+        session.privilege =
+            tokio::time::timeout(sudo_limit, session.find_privilege()).await.map_err(|_| SshError::Sudo {
+                host: host.clone(),
+                user: target.user.clone(),
+                reason: format!(
+                    "sudo did not answer within {} s; it may be waiting on a hostname lookup \
+                     (is the host's own name in its /etc/hosts?)",
+                    sudo_limit.as_secs()
+                ),
+            })??;
+        Ok(session)
+    }
+
+    async fn connect_inner(target: &Target, options: &Options) -> Result<Self, SshError> {
+        let host = target.host.to_string();
+        let connect_error = |reason: String| SshError::Connect { host: host.clone(), port: target.port, reason };
+        let (checker, problem) = known_hosts::Checker::new(&host, target.port, options.host_keys.clone());
+        let config = client_config();
+        let (handle, jump) = match &target.jump {
+            None => {
+                let handle = client::connect(config, (target.host, target.port), checker).await;
+                (handle, None)
+            }
+            Some(bastion) => {
+                let jump = Box::pin(Session::connect(bastion, options)).await?;
+                let channel = jump
+                    .handle
+                    .channel_open_direct_tcpip(host.clone(), u32::from(target.port), "127.0.0.1", 0)
+                    .await
+                    .map_err(|e| connect_error(format!("through bastion {}: {e}", bastion.host)))?;
+                let handle = client::connect_stream(config, channel.into_stream(), checker).await;
+                (handle, Some(Box::new(jump)))
+            }
+        };
+        let mut handle = match handle {
+            Ok(h) => h,
+            Err(e) => {
+                if let Some(problem) = problem.lock().await.take() {
+                    return Err(SshError::HostKey { host, problem });
+                }
+                return Err(connect_error(e.to_string()));
+            }
+        };
+        authenticate(&mut handle, target).await?;
+        Ok(Self {
+            handle,
+            target: target.clone(),
+            privilege: Privilege::Root,
+            options: options.clone(),
+            _jump: jump,
+            channels: Arc::new(tokio::sync::Semaphore::new(6)),
+        })
+    }
+
+    pub fn host(&self) -> IpAddr {
+        self.target.host
+    }
+
+    pub fn user(&self) -> &str {
+        &self.target.user
+    }
+
+    async fn find_privilege(&self) -> Result<Privilege, SshError> {
+        if self.target.user == "root" {
+            return Ok(Privilege::Root);
+        }
+        let sudo_error = |reason: String| SshError::Sudo {
+            host: self.target.host.to_string(),
+            user: self.target.user.clone(),
+            reason,
+        };
+        let probe = self.raw_exec("sudo -n true", None, None).await?;
+        if probe.status == 0 {
+            return Ok(Privilege::SudoNoPassword);
+        }
+        let Some(password) = self.target.auth.password.clone() else {
+            return Err(sudo_error(
+                "sudo asks for a password and none was given (set `ssh.passwd`, or allow NOPASSWD sudo)".into(),
+            ));
+        };
+        let with_password = Privilege::SudoPassword(password);
+        let check = self.raw_exec(&wrap("true", &with_password), Some(&with_password), None).await?;
+        if check.status == 0 {
+            Ok(with_password)
+        } else {
+            Err(sudo_error(format!("sudo refused the password: {}", check.tail(2))))
+        }
+    }
+
+    /// Runs `command` (a shell snippet) as root; a non-zero exit is not an error here.
+    pub async fn exec(&self, command: &str) -> Result<Output, SshError> {
+        self.exec_with(command, self.options.command_timeout).await
+    }
+
+    /// Like [`Self::exec`] with its own time limit.
+    pub async fn exec_with(&self, command: &str, timeout: Option<Duration>) -> Result<Output, SshError> {
+        let wrapped = wrap(command, &self.privilege);
+        let run = self.raw_exec(&wrapped, Some(&self.privilege), None);
+        match timeout {
+            None => run.await,
+            Some(limit) => tokio::time::timeout(limit, run).await.map_err(|_| SshError::Timeout {
+                host: self.target.host.to_string(),
+                command: first_line(command),
+                seconds: limit.as_secs(),
+            })?,
+        }
+    }
+
+    /// Runs `command` as root and fails, with the end of its output, unless it exits 0.
+    pub async fn run(&self, command: &str) -> Result<Output, SshError> {
+        let out = self.exec(command).await?;
+        if out.status != 0 {
+            return Err(SshError::Command {
+                host: self.target.host.to_string(),
+                command: first_line(command),
+                status: out.status,
+                output: out.tail(20),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Streams `source` to `remote` (as root, mode `mode`): written to `remote.kiln-part`,
+    /// checked by sha256 on the host, then renamed into place. Returns the hex sha256.
+    pub async fn upload<R: AsyncRead + Unpin>(
+        &self,
+        mut source: R,
+        remote: &str,
+        mode: u32,
+    ) -> Result<String, SshError> {
+        let part = format!("{remote}.kiln-part");
+        let dir = remote.rsplit_once('/').map_or(".", |(d, _)| if d.is_empty() { "/" } else { d });
+        let script = format!(
+            "set -e; mkdir -p {dir}; umask 077; cat > {part}; sha256sum {part} | cut -d' ' -f1",
+            dir = quote(dir),
+            part = quote(&part),
+        );
+        let mut hasher = Sha256::new();
+        let wrapped = wrap(&script, &self.privilege);
+        let host = self.target.host.to_string();
+        let lost = |e: russh::Error| SshError::Lost { host: host.clone(), reason: e.to_string() };
+        let _permit =
+            self.channels.acquire().await.map_err(|e| SshError::Lost { host: host.clone(), reason: e.to_string() })?;
+        let channel = self.handle.channel_open_session().await.map_err(lost)?;
+        channel.exec(true, wrapped.as_bytes()).await.map_err(lost)?;
+        let (mut read, write) = channel.split();
+        let collect = tokio::spawn(async move {
+            let mut out = Output::default();
+            while let Some(msg) = read.wait().await {
+                match msg {
+                    ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
+                    ChannelMsg::ExtendedData { data, .. } => out.stderr.extend_from_slice(&data),
+                    ChannelMsg::ExitStatus { exit_status } => out.status = exit_status,
+                    ChannelMsg::Close => break,
+                    _ => {}
+                }
+            }
+            out
+        });
+        let mut writer = write.make_writer();
+        if let Privilege::SudoPassword(p) = &self.privilege {
+            writer
+                .write_all(format!("{}\n", p.expose()).as_bytes())
+                .await
+                .map_err(|e| SshError::Lost { host: host.clone(), reason: e.to_string() })?;
+        }
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n =
+                source.read(&mut buf).await.map_err(|e| SshError::Local { path: PathBuf::from(remote), source: e })?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            writer
+                .write_all(&buf[..n])
+                .await
+                .map_err(|e| SshError::Lost { host: host.clone(), reason: e.to_string() })?;
+        }
+        writer.flush().await.map_err(|e| SshError::Lost { host: host.clone(), reason: e.to_string() })?;
+        drop(writer);
+        write.eof().await.map_err(lost)?;
+        let out = collect.await.map_err(|e| SshError::Lost { host: host.clone(), reason: e.to_string() })?;
+        let _ = write.close().await;
+        if out.status != 0 {
+            return Err(SshError::Command {
+                host,
+                command: format!("write {remote}"),
+                status: out.status,
+                output: out.tail(5),
+            });
+        }
+        let expected = hex::encode(hasher.finalize());
+        let actual = out.stdout_text().trim().to_owned();
+        if actual != expected {
+            let _ = self.exec(&format!("rm -f {}", quote(&part))).await;
+            return Err(SshError::UploadMismatch { host, path: remote.to_owned(), expected, actual });
+        }
+        self.run(&format!("chmod {mode:o} {p} && mv -f {p} {r}", p = quote(&part), r = quote(remote))).await?;
+        Ok(expected)
+    }
+
+    /// One exec channel: runs `command` as given, feeds the sudo password if asked, collects
+    /// the output, and always closes the channel.
+    async fn raw_exec(
+        &self,
+        command: &str,
+        privilege: Option<&Privilege>,
+        stdin: Option<&[u8]>,
+    ) -> Result<Output, SshError> {
+        let host = self.target.host.to_string();
+        let lost = |e: russh::Error| SshError::Lost { host: host.clone(), reason: e.to_string() };
+        let _permit =
+            self.channels.acquire().await.map_err(|e| SshError::Lost { host: host.clone(), reason: e.to_string() })?;
+        let mut channel = self.handle.channel_open_session().await.map_err(lost)?;
+        channel.exec(true, command.as_bytes()).await.map_err(lost)?;
+        if let Some(Privilege::SudoPassword(p)) = privilege {
+            channel.data_bytes(format!("{}\n", p.expose()).into_bytes()).await.map_err(lost)?;
+        }
+        if let Some(input) = stdin {
+            channel.data_bytes(input.to_vec()).await.map_err(lost)?;
+        }
+        channel.eof().await.map_err(lost)?;
+        let mut out = Output::default();
+        let mut exited = false;
+        while let Some(msg) = channel.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
+                ChannelMsg::ExtendedData { data, .. } => out.stderr.extend_from_slice(&data),
+                ChannelMsg::ExitStatus { exit_status } => {
+                    out.status = exit_status;
+                    exited = true;
+                }
+                ChannelMsg::ExitSignal { signal_name, .. } => {
+                    out.status = 128;
+                    out.stderr.extend_from_slice(format!("killed by signal {signal_name:?}").as_bytes());
+                    exited = true;
+                }
+                ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+        let _ = channel.close().await;
+        if !exited {
+            return Err(SshError::Lost {
+                host,
+                reason: format!("`{}` ended without an exit status", first_line(command)),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Closes the connection politely.
+    pub async fn close(self) {
+        let _ = self.handle.disconnect(russh::Disconnect::ByApplication, "", "en").await;
+    }
+}
+
+/// The command as sent: through sudo when not root, always under `sh -c` so env prefixes and
+/// `&&` chains behave the same everywhere.
+fn wrap(command: &str, privilege: &Privilege) -> String {
+    let script = format!("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; export PATH; {command}");
+    match privilege {
+        Privilege::Root => format!("sh -c {}", quote(&script)),
+        Privilege::SudoNoPassword => format!("sudo -n -- sh -c {}", quote(&script)),
+        // `-p ''`: no prompt text in the output; the password arrives on stdin.
+        Privilege::SudoPassword(_) => format!("sudo -S -p '' -- sh -c {}", quote(&script)),
+    }
+}
+
+fn first_line(command: &str) -> String {
+    let line = command.lines().next().unwrap_or_default();
+    if line.chars().count() > 120 {
+        format!("{}…", line.chars().take(120).collect::<String>())
+    } else {
+        line.to_owned()
+    }
+}
+
+async fn authenticate(handle: &mut Handle<known_hosts::Checker>, target: &Target) -> Result<(), SshError> {
+    let host = target.host.to_string();
+    let user = target.user.clone();
+    let lost = |e: russh::Error| SshError::Connect { host: host.clone(), port: target.port, reason: e.to_string() };
+    let mut tried = Vec::new();
+    let rsa_hash = handle.best_supported_rsa_hash().await.map_err(lost)?.flatten();
+
+    // Key files: the one given, else the usual defaults.
+    let keys: Vec<PathBuf> = match &target.auth.private_key {
+        Some(k) => vec![expand_home(k)],
+        None if target.auth.password.is_none() => ["id_ed25519", "id_ecdsa", "id_rsa"]
+            .iter()
+            .filter_map(|n| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".ssh").join(n)))
+            .filter(|p| p.is_file())
+            .collect(),
+        None => vec![],
+    };
+    for path in keys {
+        let passphrase = target.auth.key_passphrase.as_ref().map(|p| p.expose().to_owned());
+        let key = russh::keys::load_secret_key(&path, passphrase.as_deref())
+            .map_err(|e| SshError::Local { path: path.clone(), source: std::io::Error::other(e.to_string()) })?;
+        let hash = if key.algorithm().is_rsa() { rsa_hash } else { None };
+        let result = handle
+            .authenticate_publickey(&user, PrivateKeyWithHashAlg::new(Arc::new(key), hash))
+            .await
+            .map_err(lost)?;
+        if matches!(result, AuthResult::Success) {
+            return Ok(());
+        }
+        tried.push(format!("key {}", path.display()));
+    }
+    if target.auth.use_agent
+        && let Ok(mut agent) = russh::keys::agent::client::AgentClient::connect_env().await
+        && let Ok(identities) = agent.request_identities().await
+    {
+        for identity in identities {
+            let key = identity.public_key().into_owned();
+            let hash = if key.algorithm().is_rsa() { rsa_hash } else { None };
+            if let Ok(AuthResult::Success) = handle.authenticate_publickey_with(&user, key, hash, &mut agent).await {
+                return Ok(());
+            }
+        }
+        tried.push("agent".into());
+    }
+    if let Some(password) = &target.auth.password {
+        let result = handle.authenticate_password(&user, password.expose()).await.map_err(lost)?;
+        if matches!(result, AuthResult::Success) {
+            return Ok(());
+        }
+        tried.push("password".into());
+    }
+    if tried.is_empty() {
+        tried.push("no password, key or agent was available".into());
+    }
+    Err(SshError::Auth { host, user, tried: tried.join(", ") })
+}
+
+fn expand_home(path: &std::path::Path) -> PathBuf {
+    match (path.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => path.to_owned(),
+    }
+}
+
+/// SHA256 fingerprint in OpenSSH's form (`SHA256:…`).
+pub fn fingerprint(key: &russh::keys::PublicKey) -> String {
+    key.fingerprint(HashAlg::Sha256).to_string()
+}
