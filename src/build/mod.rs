@@ -233,6 +233,8 @@ struct PlatformBuild<'a> {
     labels: BTreeMap<String, String>,
     author: Option<String>,
     layers: Vec<LayerBlob>,
+    /// The `registry/` layer among `layers`, if any.
+    registry_layer: Option<Digest>,
     history: Vec<oci_spec::image::History>,
     extension: ImageExtension,
     launch_set: bool,
@@ -276,6 +278,7 @@ impl<'a> PlatformBuild<'a> {
             labels: BTreeMap::new(),
             author: None,
             layers: Vec::new(),
+            registry_layer: None,
             history: Vec::new(),
             extension: ImageExtension::new(request.image_type),
             launch_set: false,
@@ -342,6 +345,7 @@ impl<'a> PlatformBuild<'a> {
         {
             self.history.push(h);
         }
+        self.registry_layer = Some(layer.digest.clone());
         self.layers.push(layer);
     }
 
@@ -945,7 +949,16 @@ impl<'a> PlatformBuild<'a> {
         let layers = self
             .layers
             .iter()
-            .map(|l| Descriptor::new(MediaType::from(l.media_type.as_str()), l.size, l.digest.to_oci()))
+            .map(|l| {
+                let mut d = Descriptor::new(MediaType::from(l.media_type.as_str()), l.size, l.digest.to_oci());
+                // Lets `kiln run` send the registry content only to registry hosts.
+                if self.registry_layer.as_ref() == Some(&l.digest) {
+                    d.set_annotations(Some(
+                        [(media::ANNOTATION_LAYER_CONTENT.to_owned(), media::LAYER_CONTENT_REGISTRY.to_owned())].into(),
+                    ));
+                }
+                d
+            })
             .collect::<Vec<_>>();
         let manifest = ImageManifestBuilder::default()
             .schema_version(2u32)

@@ -224,6 +224,83 @@ pub enum ApplyError {
     Read(#[source] io::Error),
 }
 
+/// What a host must do around extracting a layer with GNU tar.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostScan {
+    pub entries: usize,
+    /// Paths (relative to the rootfs) an earlier layer wrote and this one deletes.
+    pub whiteouts: Vec<String>,
+    /// Directories whose earlier content this layer hides.
+    pub opaque_dirs: Vec<String>,
+}
+
+/// Reads a layer that another tool (GNU tar on a host) will extract and checks, without
+/// writing anything, that it stays inside its directory: no absolute or `..` paths, no hard
+/// link leaving the root, and no entry written through a symbolic link that may point outside.
+/// `symlinks` carries such links from earlier layers of the same rootfs. Also lists the layer's
+/// whiteouts, which tar does not understand.
+pub fn scan_for_host(
+    reader: impl Read,
+    symlinks: &mut std::collections::BTreeSet<std::path::PathBuf>,
+) -> Result<HostScan, ApplyError> {
+    let escapes = |p: &Path| {
+        p.components().any(|c| matches!(c, Component::ParentDir | Component::RootDir | Component::Prefix(_)))
+    };
+    let mut archive = tar::Archive::new(reader);
+    let mut scan = HostScan::default();
+    for entry in archive.entries().map_err(ApplyError::Read)? {
+        let entry = entry.map_err(ApplyError::Read)?;
+        let path = entry
+            .path()
+            .map_err(ApplyError::Read)?
+            .components()
+            .filter(|c| !matches!(c, Component::CurDir))
+            .collect::<std::path::PathBuf>();
+        let shown = path.to_string_lossy().into_owned();
+        if escapes(&path) {
+            return Err(ApplyError::Escapes(shown));
+        }
+        if path.ancestors().skip(1).any(|a| symlinks.contains(a)) {
+            return Err(ApplyError::Escapes(format!("{shown} (written through a symbolic link)")));
+        }
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let parent = path.parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+        let parent = if parent.is_empty() { ".".to_owned() } else { parent };
+        if name == ".wh..wh..opq" {
+            scan.opaque_dirs.push(parent);
+            continue;
+        }
+        if let Some(hidden) = name.strip_prefix(".wh.") {
+            scan.whiteouts.push(format!("{parent}/{hidden}"));
+            continue;
+        }
+        match entry.header().entry_type() {
+            // Relative links that stay below their directory resolve inside the root; others
+            // may point anywhere on the host, so nothing may be written through them.
+            tar::EntryType::Symlink => {
+                let target = entry.link_name().map_err(ApplyError::Read)?.unwrap_or_default().into_owned();
+                if escapes(&target) {
+                    symlinks.insert(path);
+                } else {
+                    symlinks.remove(&path);
+                }
+            }
+            tar::EntryType::Link => {
+                let target = entry.link_name().map_err(ApplyError::Read)?.unwrap_or_default().into_owned();
+                if escapes(&target) {
+                    return Err(ApplyError::Escapes(format!("{shown} (hard link to {})", target.display())));
+                }
+                symlinks.remove(&path);
+            }
+            _ => {
+                symlinks.remove(&path);
+            }
+        }
+        scan.entries += 1;
+    }
+    Ok(scan)
+}
+
 /// Applies an uncompressed layer tar stream onto `dest`, honouring whiteouts.
 /// Entries with absolute paths or `..` are refused, never written.
 pub fn apply_layer(reader: impl Read, dest: &Path) -> Result<usize, ApplyError> {
@@ -345,6 +422,70 @@ mod tests {
         let mut raw = Vec::new();
         open_layer(&store, &blob.digest, &blob.media_type).unwrap().read_to_end(&mut raw).unwrap();
         assert_eq!(Digest::of(&raw), blob.diff_id);
+    }
+
+    #[test]
+    fn entries_through_symlinks_or_outside_hard_links_are_not_contained() {
+        let layer = |build: &dyn Fn(&mut tar::Builder<&mut Vec<u8>>)| {
+            let mut data = Vec::new();
+            {
+                let mut b = tar::Builder::new(&mut data);
+                build(&mut b);
+                b.finish().unwrap();
+            }
+            data
+        };
+        let file = |b: &mut tar::Builder<&mut Vec<u8>>, path: &str| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(1);
+            h.set_mode(0o644);
+            h.set_entry_type(tar::EntryType::Regular);
+            b.append_data(&mut h, path, &b"x"[..]).unwrap();
+        };
+        let link = |b: &mut tar::Builder<&mut Vec<u8>>, kind: tar::EntryType, path: &str, target: &str| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(0);
+            h.set_mode(0o777);
+            h.set_entry_type(kind);
+            b.append_link(&mut h, path, target).unwrap();
+        };
+        let fine = layer(&|b| {
+            file(b, "etc/a");
+            link(b, tar::EntryType::Symlink, "lib", "usr/lib");
+            file(b, "lib/libc.so");
+            link(b, tar::EntryType::Symlink, "bin/sh", "/usr/bin/dash");
+            link(b, tar::EntryType::Link, "etc/b", "etc/a");
+        });
+        assert_eq!(scan_for_host(&fine[..], &mut Default::default()).unwrap().entries, 5);
+        let through = layer(&|b| {
+            link(b, tar::EntryType::Symlink, "etc", "/etc");
+            file(b, "etc/passwd");
+        });
+        assert!(matches!(scan_for_host(&through[..], &mut Default::default()), Err(ApplyError::Escapes(_))));
+        // A link from an earlier layer counts too.
+        let mut earlier = Default::default();
+        scan_for_host(&layer(&|b| link(b, tar::EntryType::Symlink, "opt", "/opt"))[..], &mut earlier).unwrap();
+        assert!(scan_for_host(&layer(&|b| file(b, "opt/x"))[..], &mut earlier).is_err());
+        let hard = layer(&|b| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(0);
+            h.set_entry_type(tar::EntryType::Link);
+            h.set_path("etc/shadow-copy").unwrap();
+            h.as_gnu_mut().unwrap().linkname[..14].copy_from_slice(b"../etc/shadow\0");
+            h.set_cksum();
+            b.append(&h, &[][..]).unwrap();
+        });
+        assert!(scan_for_host(&hard[..], &mut Default::default()).is_err());
+        let whiteouts = layer(&|b| {
+            file(b, "etc/.wh.gone");
+            file(b, ".wh.top");
+            file(b, "opt/.wh..wh..opq");
+            file(b, "opt/new");
+        });
+        let scan = scan_for_host(&whiteouts[..], &mut Default::default()).unwrap();
+        assert_eq!(scan.whiteouts, ["etc/gone", "./top"]);
+        assert_eq!(scan.opaque_dirs, ["opt"]);
+        assert_eq!(scan.entries, 1);
     }
 
     #[test]

@@ -18,6 +18,10 @@ pub const ANNOTATION_SEALER_EXTENSION: &str = "sealer.image.extension";
 /// Sealer's manifest annotation listing the container images an image carries.
 pub const ANNOTATION_SEALER_CONTAINER_IMAGES: &str = "sealer.image.container.images";
 pub const ANNOTATION_CREATED: &str = "org.opencontainers.image.created";
+/// On a layer descriptor: what the layer holds, when kiln must treat it apart.
+pub const ANNOTATION_LAYER_CONTENT: &str = "io.kiln.layer.content";
+/// The `registry/` content (docker-distribution layout), needed only on registry hosts.
+pub const LAYER_CONTENT_REGISTRY: &str = "registry";
 
 pub fn is_index(media_type: &str) -> bool {
     media_type == OCI_INDEX || media_type == DOCKER_MANIFEST_LIST
