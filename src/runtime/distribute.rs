@@ -48,11 +48,17 @@ pub enum DistributeError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Ssh(#[from] SshError),
+    Ssh(#[from] Box<SshError>),
     #[error(
         "{host}: the store's blob {digest} does not match its digest (sent {actual}); run `kiln rmi` and pull again"
     )]
     CorruptLocal { host: String, digest: Digest, actual: String },
+}
+
+impl From<SshError> for DistributeError {
+    fn from(e: SshError) -> Self {
+        Self::Ssh(Box::new(e))
+    }
 }
 
 /// One layer to place on hosts.
