@@ -58,9 +58,11 @@ test-hosts: deps
 	e2e/hosts.sh down >/dev/null 2>&1 || true
 	e2e/test-hosts.sh
 
-# Scenarios on the test hosts with the kiln binary: connect, host keys, facts, preflight.
+# Scenarios on the test hosts with the kiln binary: connect, host keys, facts, preflight; run,
+# failure, status, resume.
 test-e2e: deps build
 	e2e/test-check.sh $(KILN_DEBUG)
+	e2e/test-run.sh $(KILN_DEBUG)
 
 test-unit:
 	$(CARGO) test $(CARGO_FLAGS) --lib

@@ -12,20 +12,9 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 HOSTS=$ROOT/e2e/hosts.sh
 WORK=$(mktemp -d /tmp/kiln-e2e-check.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
-passed=0
-failed=0
-check() { # DESCRIPTION COMMAND...
-  local what=$1; shift
-  if "$@"; then passed=$((passed + 1)); printf 'ok     %s\n' "$what"
-  else failed=$((failed + 1)); printf 'FAILED %s\n' "$what"; fi
-}
-on() { "$HOSTS" ssh "$@"; }
+. "$ROOT/e2e/lib.sh"
 
-"$HOSTS" up --hosts 3 --arch amd64,amd64,arm64 >/dev/null || { echo "0 passed, 1 failed (hosts did not come up)"; exit 1; }
-INV=$("$HOSTS" inventory)
-KEY=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ssh_key"])' "$INV")
-ip_of() { python3 -c 'import json,sys; print([h["ip"] for h in json.load(open(sys.argv[1]))["hosts"] if h["name"]==sys.argv[2]][0])' "$INV" "$1"; }
-H1=$(ip_of kiln-h1); H2=$(ip_of kiln-h2); H3=$(ip_of kiln-h3)
+up_hosts
 
 # h1: root by password; h2: key-only user with passwordless sudo; h3 (arm64): sudo with password.
 cat > "$WORK/Clusterfile" <<EOF
@@ -122,6 +111,4 @@ check "secrets never appear in output" bash -c "! grep -rq -e kiln-e2e-root -e k
 
 # The hosts were changed by this test (hostname, a server, a date wrapper): start them afresh.
 "$HOSTS" down >/dev/null 2>&1
-echo
-echo "$passed passed, $failed failed"
-[ "$failed" = 0 ]
+finish

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::cli::HostArgs;
+use crate::cli::{HostArgs, PreflightArgs};
 use crate::clusterfile::{Clusterfile, FlagHosts, SshConfig, parse_ip_list};
 use crate::output::{Printer, UserError};
 use crate::runtime::ConnectOptions;
@@ -107,5 +107,22 @@ pub fn connect_options(args: &HostArgs, clusterfile: &Clusterfile) -> anyhow::Re
         command_timeout: Some(Duration::from_secs(600)),
         max_hosts: args.max_hosts.max(1),
         bastion,
+    })
+}
+
+/// Preflight options from flags; an unknown check name is an error, not silently ignored.
+pub fn preflight_options(args: &PreflightArgs) -> anyhow::Result<crate::runtime::preflight::PreflightOptions> {
+    use crate::runtime::preflight::{CHECKS, PreflightOptions};
+    if let Some(unknown) = args.skip_checks.iter().find(|c| !CHECKS.contains(&c.as_str())) {
+        return Err(UserError::new(format!(
+            "unknown check `{unknown}` in --skip-checks (checks: {})",
+            CHECKS.join(", ")
+        ))
+        .into());
+    }
+    Ok(PreflightOptions {
+        skip: args.skip_checks.iter().cloned().collect(),
+        max_clock_skew_s: args.max_clock_skew,
+        ..Default::default()
     })
 }

@@ -64,6 +64,10 @@ pub enum Command {
     Registry(RegistryCommand),
     /// Check the hosts of a cluster (preflight) without changing anything
     Check(CheckArgs),
+    /// Deliver a cluster image onto hosts and bring the cluster up (resumable)
+    Run(Box<RunArgs>),
+    /// Show a cluster's run state per host
+    Status(StatusArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -348,6 +352,17 @@ pub struct HostArgs {
     pub connect_timeout: u64,
 }
 
+/// Preflight settings shared by `check` and `run`.
+#[derive(Debug, Args, Clone)]
+pub struct PreflightArgs {
+    /// Checks to skip, comma-separated (see `kiln check` for names)
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub skip_checks: Vec<String>,
+    /// Largest clock difference allowed between a host and this machine
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    pub max_clock_skew: f64,
+}
+
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     #[command(flatten)]
@@ -355,13 +370,43 @@ pub struct CheckArgs {
     /// Cluster image whose platforms and size the hosts are checked against
     #[arg(long, value_name = "IMAGE")]
     pub image: Option<String>,
-    /// Checks to skip, comma-separated (see the table for names)
-    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
-    pub skip_checks: Vec<String>,
-    /// Largest clock difference allowed between a host and this machine
-    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
-    pub max_clock_skew: f64,
+    #[command(flatten)]
+    pub checks: PreflightArgs,
     /// Print the results as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Cluster image (else the Clusterfile's `spec.image`)
+    pub image: Option<String>,
+    #[command(flatten)]
+    pub hosts: HostArgs,
+    /// Env for scripts and apps, `K=V`; repeatable
+    #[arg(short = 'e', long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Commands to run on master0 instead of the image's (replaces CMDS and LAUNCH)
+    #[arg(long, value_delimiter = ',', value_name = "CMDS")]
+    pub cmds: Vec<String>,
+    /// Apps to launch instead of the image's LAUNCH list (`""`: none)
+    #[arg(long, value_delimiter = ',', value_name = "APPS")]
+    pub apps: Option<Vec<String>>,
+    /// Connect, check and print the plan per host; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub checks: PreflightArgs,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Cluster name (default: every cluster this machine ran)
+    pub cluster: Option<String>,
+    /// Print the state as JSON
     #[arg(long)]
     pub json: bool,
 }
@@ -376,6 +421,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pull(a) => a.json,
         Command::Load(a) => a.json,
         Command::Check(a) => a.json,
+        Command::Run(a) => a.json,
+        Command::Status(a) => a.json,
         _ => false,
     };
     let printer = settings.printer(json);
@@ -393,5 +440,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logout(args) => commands::login::logout(printer, args).await,
         Command::Registry(RegistryCommand::Serve(args)) => commands::serve::run(&settings, printer, args).await,
         Command::Check(args) => commands::check::run(&settings, printer, args).await,
+        Command::Run(args) => commands::run::run(&settings, printer, *args).await,
+        Command::Status(args) => commands::status::run(&settings, printer, args).await,
     }
 }

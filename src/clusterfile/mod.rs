@@ -45,7 +45,8 @@ pub struct Clusterfile {
     pub cluster: Cluster,
     pub configs: Vec<Config>,
     pub applications: Vec<Application>,
-    /// `Plugin` and kubeadm documents, as written.
+    /// Every document but the Cluster, as written (Plugin and kubeadm documents are parsed by
+    /// their own modules; Config and Application are also in the fields above).
     pub documents: Vec<RawDocument>,
 }
 
@@ -364,8 +365,18 @@ impl Parser<'_> {
                     }
                     cluster = Some(self.cluster(&doc, self.decode(&doc)?)?);
                 }
-                "Config" => configs.push(self.config(&doc, self.decode(&doc)?)?),
-                "Application" => applications.push(self.application(&doc, self.decode(&doc)?)?),
+                "Config" => {
+                    configs.push(self.config(&doc, self.decode(&doc)?)?);
+                    documents.push(RawDocument { kind: "Config".into(), text: doc.text.to_owned(), line: doc.line });
+                }
+                "Application" => {
+                    applications.push(self.application(&doc, self.decode(&doc)?)?);
+                    documents.push(RawDocument {
+                        kind: "Application".into(),
+                        text: doc.text.to_owned(),
+                        line: doc.line,
+                    });
+                }
                 k if PASSTHROUGH_KINDS.contains(&k) => {
                     documents.push(RawDocument { kind: k.to_owned(), text: doc.text.to_owned(), line: doc.line })
                 }
@@ -631,4 +642,123 @@ fn yaml_message(e: &serde_saphyr::Error) -> String {
     let text: String =
         DefaultMessageFormatter.format_message(e).chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     text.split(" at line ").next().unwrap_or(&text).to_owned()
+}
+
+impl Clusterfile {
+    /// The cluster as a Sealer v2 Clusterfile (the effective one a run saves, secrets included:
+    /// the caller writes it with mode 0600), followed by the kept documents.
+    pub fn to_yaml(&self) -> Result<String, String> {
+        use serde_json::json;
+        let c = &self.cluster;
+        let ssh = |s: &SshConfig| {
+            let mut v = json!({"user": s.user, "port": s.port.to_string()});
+            if let Some(p) = &s.password {
+                v["passwd"] = json!(p.expose());
+            }
+            if let Some(k) = &s.private_key {
+                v["pk"] = json!(k.display().to_string());
+            }
+            if let Some(p) = &s.key_passphrase {
+                v["pkPasswd"] = json!(p.expose());
+            }
+            v
+        };
+        let hosts: Vec<serde_json::Value> = c
+            .hosts
+            .iter()
+            .map(|h| {
+                let mut v = json!({
+                    "ips": [h.ip.to_string()],
+                    "roles": h.roles.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "ssh": ssh(&h.ssh),
+                });
+                if !h.env.is_empty() {
+                    v["env"] = json!(h.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>());
+                }
+                if !h.labels.is_empty() {
+                    v["labels"] = json!(h.labels);
+                }
+                if !h.taints.is_empty() {
+                    v["taints"] = json!(h.taints.iter().map(Taint::to_string).collect::<Vec<_>>());
+                }
+                v
+            })
+            .collect();
+        let mut spec = json!({
+            "hosts": hosts,
+            "env": c.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+            "dataRoot": c.data_root.display().to_string(),
+        });
+        if let Some(i) = &c.image {
+            spec["image"] = json!(i);
+        }
+        if !c.cmds.is_empty() {
+            spec["cmd"] = json!(c.cmds);
+        }
+        if let Some(a) = &c.app_names {
+            spec["appNames"] = json!(a);
+        }
+        if let Some(r) = &c.container_runtime {
+            spec["containerRuntime"] = json!({"type": r});
+        }
+        if !c.host_aliases.is_empty() {
+            spec["hostAliases"] = json!(
+                c.host_aliases
+                    .iter()
+                    .map(|a| json!({"ip": a.ip.to_string(), "hostnames": a.hostnames}))
+                    .collect::<Vec<_>>()
+            );
+        }
+        spec["registry"] = match &c.registry {
+            Registry::Local(r) => {
+                let mut l = json!({"domain": r.domain, "port": r.port, "ha": r.ha, "insecure": r.insecure});
+                if let Some(u) = &r.username {
+                    l["username"] = json!(u);
+                }
+                if let Some(p) = &r.password {
+                    l["password"] = json!(p.expose());
+                }
+                json!({"localRegistry": l})
+            }
+            Registry::External { domain, port, username, password } => {
+                let mut e = json!({"domain": domain});
+                if let Some(p) = port {
+                    e["port"] = json!(p);
+                }
+                if let Some(u) = username {
+                    e["username"] = json!(u);
+                }
+                if let Some(p) = password {
+                    e["password"] = json!(p.expose());
+                }
+                json!({"externalRegistry": e})
+            }
+        };
+        let doc = json!({"apiVersion": "sealer.io/v2", "kind": "Cluster", "metadata": {"name": c.name}, "spec": spec});
+        let mut out = serde_saphyr::to_string(&doc).map_err(|e| e.to_string())?;
+        for d in &self.documents {
+            out.push_str("---\n");
+            out.push_str(&d.text);
+            if !d.text.ends_with('\n') {
+                out.push('\n');
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl fmt::Display for Taint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.key)?;
+        if let Some(v) = &self.value {
+            write!(f, "={v}")?;
+        }
+        if let Some(e) = self.effect {
+            write!(f, ":{e:?}")?;
+        }
+        if self.remove {
+            f.write_str("-")?;
+        }
+        Ok(())
+    }
 }

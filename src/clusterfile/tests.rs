@@ -84,8 +84,11 @@ fn reads_sealer_v2() {
     let Registry::Local(reg) = &c.registry else { panic!() };
     assert_eq!((reg.domain.as_str(), reg.port, reg.ha), ("hub.example", 5001, false));
     assert_eq!(cf.configs[0].path, "etc/tigera-operator.yaml");
-    assert_eq!(cf.documents.iter().map(|d| d.kind.as_str()).collect::<Vec<_>>(), ["Plugin", "ClusterConfiguration"]);
-    assert_eq!(cf.documents[0].line, 42);
+    assert_eq!(
+        cf.documents.iter().map(|d| d.kind.as_str()).collect::<Vec<_>>(),
+        ["Config", "Plugin", "ClusterConfiguration"]
+    );
+    assert_eq!(cf.documents[1].line, 42);
     assert_eq!(c.data_root, PathBuf::from(DEFAULT_DATA_ROOT));
 }
 
@@ -183,4 +186,13 @@ fn flag_hosts_append_and_reject_duplicates() {
     assert_eq!(cf.cluster.hosts.len(), 3);
     let again = FlagHosts { masters: parse_ip_list("10.0.0.2").unwrap(), ..Default::default() };
     assert!(again.apply(&mut cf.cluster).unwrap_err().contains("10.0.0.2 is listed twice"));
+}
+
+#[test]
+fn effective_clusterfile_round_trips() {
+    let cf = parse(SEALER_EXAMPLE).unwrap();
+    let yaml = cf.to_yaml().unwrap();
+    let again = parse(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    assert_eq!(again.cluster, cf.cluster);
+    assert_eq!(again.documents.len(), cf.documents.len());
 }

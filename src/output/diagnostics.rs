@@ -53,6 +53,10 @@ fn classify(err: &anyhow::Error) -> ExitKind {
                 _ => ExitKind::User,
             };
         }
+        // A failed step is the host's or the image's to fix; the run resumes after.
+        if cause.is::<crate::runtime::run::RunError>() || cause.is::<crate::ssh::SshError>() {
+            return ExitKind::User;
+        }
         if let Some(s) = cause.downcast_ref::<StoreError>() {
             return store_kind(s);
         }

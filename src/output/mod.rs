@@ -3,10 +3,12 @@
 
 mod diagnostics;
 mod progress;
+mod run_progress;
 mod table;
 
 pub use diagnostics::{ExitKind, UserError, UserErrorExt, render_error};
 pub use progress::{BuildProgress, ByteProgress, TransferProgress};
+pub use run_progress::RunProgress;
 pub use table::Table;
 
 use std::io::Write;

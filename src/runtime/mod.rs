@@ -4,7 +4,9 @@
 
 pub mod distribute;
 pub mod facts;
+pub mod journal;
 pub mod preflight;
+pub mod run;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -1,25 +1,12 @@
 use crate::cli::CheckArgs;
 use crate::cli::settings::{Settings, parse_ref};
 use crate::output::{Printer, Table, UserError};
-use crate::runtime::preflight::{self, Outcome, PreflightOptions};
+use crate::runtime::preflight::Outcome;
 
 pub async fn run(settings: &Settings, printer: Printer, args: CheckArgs) -> anyhow::Result<()> {
     let clusterfile = crate::cli::cluster::resolve(&args.hosts, args.image.clone(), &printer)?;
     let connect = crate::cli::cluster::connect_options(&args.hosts, &clusterfile)?;
-    let unknown: Vec<&String> = args.skip_checks.iter().filter(|c| !preflight::CHECKS.contains(&c.as_str())).collect();
-    if !unknown.is_empty() {
-        return Err(UserError::new(format!(
-            "unknown check `{}` in --skip-checks (checks: {})",
-            unknown[0],
-            preflight::CHECKS.join(", ")
-        ))
-        .into());
-    }
-    let mut options = PreflightOptions {
-        skip: args.skip_checks.iter().cloned().collect(),
-        max_clock_skew_s: args.max_clock_skew,
-        ..Default::default()
-    };
+    let mut options = crate::cli::cluster::preflight_options(&args.checks)?;
     if let Some(name) = &clusterfile.cluster.image {
         let store = settings.store()?;
         let reference = parse_ref(name)?;

@@ -9,8 +9,10 @@ pub mod login;
 pub mod pull;
 pub mod push;
 pub mod rmi;
+pub mod run;
 pub mod save;
 pub mod serve;
+pub mod status;
 pub mod tag;
 
 use crate::image::{Image, ImageRef, Store};

@@ -1,0 +1,2 @@
+#!/bin/bash
+rm -rf /var/lib/kiln-e2e-shell

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# e2e: `kiln run` of a small multi-arch `shell`-runtime image (e2e/images/shell-e2e) onto the
+# test hosts (2 amd64 + 1 arm64; root by password, a key-only sudo user, a sudo-with-password
+# user): dry run changes nothing; each host gets its own architecture's rootfs; scripts run in
+# order with the cluster env (master0, then masters one at a time, then nodes); a failure stops
+# the run naming phase and host and `kiln status` shows it; the next run resumes without
+# re-sending or re-running finished steps; a run on the finished cluster sends nothing.
+# Prints `N passed, N failed`.
+#
+#   e2e/test-run.sh KILN_BINARY
+set -uo pipefail
+KILN=$(realpath "$1")
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+HOSTS=$ROOT/e2e/hosts.sh
+WORK=$(mktemp -d /tmp/kiln-e2e-run.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+. "$ROOT/e2e/lib.sh"
+kiln() { "$KILN" --root "$WORK/store" "$@"; }
+
+up_hosts
+
+kiln -q build --build-mode lite --platform linux/amd64,linux/arm64 -t e2e/shell:1 "$ROOT/e2e/images/shell-e2e" >/dev/null \
+  || { echo "0 passed, 1 failed (image build)"; exit 1; }
+cat > "$WORK/Clusterfile" <<EOF
+apiVersion: sealer.io/v2
+kind: Cluster
+metadata:
+  name: e2e-run
+spec:
+  image: e2e/shell:1
+  env: [Greeting=hello]
+  ssh:
+    user: root
+    passwd: kiln-e2e-root
+  hosts:
+    - ips: [$H1, $H2]
+      roles: [master]
+    - ips: [$H3]
+      roles: [node]
+      ssh:
+        user: ops
+        passwd: kiln-e2e-ops
+EOF
+RUN=(kiln run -f "$WORK/Clusterfile" --known-hosts "$WORK/known_hosts" --accept-new-host-keys)
+data_dirs_absent() { for h in kiln-h1 kiln-h2 kiln-h3; do on "$h" -- test ! -e /var/lib/kiln/data || return 1; done; }
+
+# --- dry run ----------------------------------------------------------------------------------
+"${RUN[@]}" --dry-run > "$WORK/dry.out" 2>&1
+check "dry run succeeds and prints a plan per host" bash -c "grep -q '$H3 .*node .*linux/arm64' '$WORK/dry.out' && grep -q '$H1 .*master .*linux/amd64' '$WORK/dry.out'"
+check "dry run changes nothing on any host" data_dirs_absent
+
+# --- a failing bring-up stops the run, status shows it -------------------------------------------
+on kiln-h1 -- touch /tmp/kiln-e2e-fail-init
+"${RUN[@]}" > "$WORK/fail.out" 2>&1; rc=$?
+check "a failing init-master0.sh stops the run (exit 1)" [ "$rc" = 1 ]
+check "the error names the phase and the host" grep -q "phase \`bring-up\` failed on $H1" "$WORK/fail.out"
+check "the script's output is shown" grep -q "init-master0: asked to fail" "$WORK/fail.out"
+kiln status e2e-run > "$WORK/status1.out" 2>&1
+check "kiln status shows distribution done and bring-up failed" bash -c "grep -q 'incomplete' '$WORK/status1.out' && grep -q '$H1 .*done .*FAILED' '$WORK/status1.out'"
+check "the effective Clusterfile was saved (mode 0600)" [ "$(stat -c %a "$WORK/store/clusters/e2e-run/Clusterfile")" = 600 ]
+
+# --- resume --------------------------------------------------------------------------------------
+on kiln-h1 -- rm -f /tmp/kiln-e2e-fail-init
+"${RUN[@]}" --json > "$WORK/resume.json" 2> "$WORK/resume.err"; rc=$?
+check "the next run completes" [ "$rc" = 0 ]
+sent() { python3 -c 'import json,sys; print(sum(h["bytes_sent"] for h in json.load(open(sys.argv[1]))["distributed"].values()))' "$1"; }
+check "resuming sends no rootfs bytes" [ "$(sent "$WORK/resume.json")" = 0 ]
+log() { on "$1" -- cat /var/lib/kiln-e2e-shell/log; }
+log kiln-h1 > "$WORK/h1.log"; log kiln-h2 > "$WORK/h2.log"; log kiln-h3 > "$WORK/h3.log"
+check "container runtime installed once per host (not repeated on resume)" bash -c "for f in h1 h2 h3; do [ \$(grep -c ' container-runtime ' '$WORK/'\$f.log) = 1 ] || exit 1; done"
+check "each host ran its own architecture's rootfs" bash -c "grep -q 'arch=amd64' '$WORK/h1.log' && grep -q 'arch=amd64' '$WORK/h2.log' && grep -q 'arch=arm64' '$WORK/h3.log' && ! grep -q arm64 '$WORK/h1.log'"
+check "master0 initialised, the other master joined, the node joined" bash -c "grep -q ' init-master0 host=$H1 role=master master0=$H1 masters=$H1,$H2 nodes=$H3 cluster=e2e-run' '$WORK/h1.log' && grep -q ' join-master host=$H2 role=master' '$WORK/h2.log' && grep -q ' join-node host=$H3 role=node' '$WORK/h3.log'"
+order_ok() {
+  local init join node
+  init=$(awk '/ init-master0 /{print $1}' "$WORK/h1.log"); join=$(awk '/ join-master /{print $1}' "$WORK/h2.log"); node=$(awk '/ join-node /{print $1}' "$WORK/h3.log")
+  python3 -c "import sys; a,b,c=map(float,sys.argv[1:]); sys.exit(0 if a < b < c else 1)" "$init" "$join" "$node"
+}
+check "order: master0, then masters, then nodes" order_ok
+check "the app ran once, on master0 only" bash -c "[ \$(grep -c ' app ' '$WORK/h1.log') = 1 ] && ! grep -q ' app ' '$WORK/h2.log' '$WORK/h3.log'"
+kiln status e2e-run > "$WORK/status2.out" 2>&1
+check "kiln status shows the cluster complete" grep -q "complete (" "$WORK/status2.out"
+check "master0 keeps a copy of the journal" on kiln-h1 -- test -s /var/lib/kiln/data/e2e-run/.kiln/journal.json
+
+# --- run again on the finished cluster -----------------------------------------------------------
+t0=$(date +%s.%N)
+"${RUN[@]}" --json > "$WORK/again.json" 2>/dev/null; rc=$?
+t1=$(date +%s.%N)
+check "running again on the finished cluster succeeds" [ "$rc" = 0 ]
+check "and sends no rootfs bytes" [ "$(sent "$WORK/again.json")" = 0 ]
+inits=$(on kiln-h1 -- grep -c ' init-master0 ' /var/lib/kiln-e2e-shell/log)
+check "and re-runs no finished script" [ "$inits" = 1 ]
+echo "  re-run on the finished cluster: $(echo "$t1 - $t0" | bc) s"
+check "secrets never appear in output or the run log" bash -c "! grep -rq -e kiln-e2e-root -e kiln-e2e-ops '$WORK'/*.out '$WORK'/*.err '$WORK/store/clusters/e2e-run/run.log'"
+
+"$HOSTS" down >/dev/null 2>&1
+finish

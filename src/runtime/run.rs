@@ -1,0 +1,562 @@
+//! `kiln run`: preflight, distribution, in-cluster registry, container runtime, bring-up (shell
+//! runtime) and apps, as phases over the hosts. Every finished (phase, host) step is journaled,
+//! so a failed run continues where it stopped.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use super::distribute::{self, DistributeError, DistributeOutcome, DistributeReporter, RootfsPlan};
+use super::journal::{self, Journal, JournalError};
+use super::preflight::{CheckResult, PreflightOptions};
+use super::{CheckReport, ConnectOptions, Fleet};
+use crate::clusterfile::{Clusterfile, Host, Registry, Role};
+use crate::image::{Image, ImageExtension, Platform, PlatformImage, Store};
+use crate::ssh::{Session, SshError, quote, with_env};
+
+/// Image label naming the cluster runtime (Sealer's).
+pub const RUNTIME_LABEL: &str = "cluster.alpha.sealer.io/cluster-runtime-type";
+/// Upstream registries whose pulls the in-cluster registry answers.
+pub const MIRRORED_UPSTREAMS: &[&str] = &["docker.io", "registry.k8s.io", "k8s.gcr.io", "quay.io", "ghcr.io"];
+
+pub const PHASES: &[(&str, &str)] = &[
+    ("preflight", "check every host"),
+    ("distribute", "copy each host its platform's rootfs"),
+    ("registry", "start the in-cluster registry and point every host at it"),
+    ("container-runtime", "install the container runtime"),
+    ("bring-up", "bring the cluster up"),
+    ("apps", "launch the apps on master0"),
+];
+
+pub trait RunReporter: DistributeReporter {
+    fn phase(&self, id: &str, title: &str);
+    fn step(&self, host: &str, message: &str);
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("preflight failed: {failed} checks; nothing was changed on any host")]
+    Preflight { failed: usize, results: Vec<CheckResult> },
+    #[error("phase `{phase}` failed on {host}")]
+    Step {
+        phase: &'static str,
+        host: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("the cluster image has no {platform} variant for host {host}")]
+    NoVariant { host: String, platform: Platform },
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("cluster runtime `{0}` is not supported yet (use `shell`; `kubernetes` is being built)")]
+    Runtime(String),
+}
+
+/// Everything a run needs, resolved.
+pub struct RunRequest<'a> {
+    pub store: &'a Store,
+    pub clusterfile: &'a Clusterfile,
+    pub image: Image,
+    pub connect: ConnectOptions,
+    pub preflight: PreflightOptions,
+    /// Operator-side state: journal and effective Clusterfile.
+    pub state_dir: PathBuf,
+    /// Connect, check and plan; change nothing.
+    pub dry_run: bool,
+}
+
+/// What a run would do on one host (`--dry-run`).
+#[derive(Debug, Serialize)]
+pub struct HostPlan {
+    pub host: IpAddr,
+    pub roles: Vec<String>,
+    pub platform: String,
+    pub registry_host: bool,
+    pub blobs_to_send: usize,
+    pub bytes_to_send: u64,
+    pub phases: Vec<&'static str>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct RunOutcome {
+    pub distributed: BTreeMap<IpAddr, DistributeOutcome>,
+    /// Filled by `--dry-run` instead of doing anything.
+    pub plan: Vec<HostPlan>,
+}
+
+struct Context<'a> {
+    request: &'a RunRequest<'a>,
+    fleet: Fleet,
+    platforms: BTreeMap<IpAddr, PlatformImage>,
+    dir: String,
+    rootfs: String,
+    registry_hosts: BTreeSet<IpAddr>,
+    master0: Host,
+    journal: std::sync::Mutex<Journal>,
+    journal_path: PathBuf,
+}
+
+impl Context<'_> {
+    fn hosts(&self) -> &[Host] {
+        &self.request.clusterfile.cluster.hosts
+    }
+
+    fn session(&self, ip: IpAddr) -> Result<&Arc<Session>, RunError> {
+        self.fleet.sessions.get(&ip).ok_or_else(|| RunError::Step {
+            phase: "connect",
+            host: ip.to_string(),
+            source: "no SSH session".into(),
+        })
+    }
+
+    fn done(&self, phase: &str, who: &str) -> bool {
+        self.journal.lock().is_ok_and(|j| j.is_done(phase, who))
+    }
+
+    fn record(&self, phase: &str, who: &str, result: Result<(), &str>) -> Result<(), RunError> {
+        let snapshot = {
+            let Ok(mut j) = self.journal.lock() else { return Ok(()) };
+            match result {
+                Ok(()) => j.mark_done(phase, who),
+                Err(e) => j.mark_failed(phase, who, e),
+            }
+            j.clone()
+        };
+        snapshot.save(&self.journal_path)?;
+        Ok(())
+    }
+
+    /// Env for a script on `host`: image env, cluster env, host env, then kiln's own.
+    fn env_for(&self, host: &Host) -> BTreeMap<String, String> {
+        let cluster = &self.request.clusterfile.cluster;
+        let platform = self.platforms.get(&host.ip);
+        let mut env: BTreeMap<String, String> =
+            platform.and_then(|p| p.extension().ok().flatten()).map(|e| e.env).unwrap_or_default();
+        env.extend(cluster.env.clone());
+        env.extend(host.env.clone());
+        let masters: Vec<String> = cluster.hosts.iter().filter(|h| h.is_master()).map(|h| h.ip.to_string()).collect();
+        let nodes: Vec<String> = cluster.hosts.iter().filter(|h| !h.is_master()).map(|h| h.ip.to_string()).collect();
+        let role = host.roles.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+        env.insert("HostIP".into(), host.ip.to_string());
+        env.insert("Master0IP".into(), self.master0.ip.to_string());
+        env.insert("MasterIPs".into(), masters.join(","));
+        env.insert("NodeIPs".into(), nodes.join(","));
+        env.insert("Role".into(), role);
+        env.insert("ClusterName".into(), cluster.name.clone());
+        env.insert("RootfsDir".into(), self.rootfs.clone());
+        if let Registry::Local(r) = &cluster.registry {
+            env.insert("RegistryDomain".into(), r.domain.clone());
+            env.insert("RegistryPort".into(), r.port.to_string());
+            env.insert("RegistryURL".into(), format!("{}:{}", r.domain, r.port));
+        }
+        env
+    }
+
+    /// Runs `command` in the rootfs on `host` with its env; the output goes to the reporter.
+    async fn script(&self, reporter: &dyn RunReporter, host: &Host, command: &str) -> Result<(), SshError> {
+        let session = self
+            .fleet
+            .sessions
+            .get(&host.ip)
+            .ok_or_else(|| SshError::Lost { host: host.ip.to_string(), reason: "no session".into() })?;
+        let full = with_env(&self.env_for(host), &format!("cd {} && {command}", quote(&self.rootfs)));
+        let out = session.run(&full).await?;
+        for line in out.stdout_text().lines().chain(String::from_utf8_lossy(&out.stderr).lines()) {
+            reporter.step(&host.ip.to_string(), line);
+        }
+        Ok(())
+    }
+}
+
+fn step_error(phase: &'static str, host: impl ToString, e: impl std::error::Error + Send + Sync + 'static) -> RunError {
+    RunError::Step { phase, host: host.to_string(), source: Box::new(e) }
+}
+
+/// Runs every phase; returns what was sent where.
+pub async fn run(request: &RunRequest<'_>, reporter: &dyn RunReporter) -> Result<RunOutcome, RunError> {
+    let cluster = &request.clusterfile.cluster;
+    let runtime = request
+        .image
+        .platforms
+        .first()
+        .and_then(|p| {
+            p.config.config().as_ref().and_then(|c| c.labels().as_ref()).and_then(|l| l.get(RUNTIME_LABEL)).cloned()
+        })
+        .unwrap_or_else(|| "shell".into());
+    if runtime != "shell" {
+        return Err(RunError::Runtime(runtime));
+    }
+    reporter.phase(PHASES[0].0, PHASES[0].1);
+    let (report, fleet): (CheckReport, Fleet) = super::check(cluster, &request.connect, &request.preflight).await;
+    if report.failed() > 0 {
+        fleet.close().await;
+        return Err(RunError::Preflight { failed: report.failed(), results: report.results });
+    }
+    let mut platforms = BTreeMap::new();
+    for host in &cluster.hosts {
+        let facts = &report.facts[&host.ip];
+        let variant = request
+            .image
+            .for_platform(&facts.platform())
+            .cloned()
+            .ok_or_else(|| RunError::NoVariant { host: host.ip.to_string(), platform: facts.platform() })?;
+        platforms.insert(host.ip, variant);
+    }
+    let master0 = request.clusterfile.master0().cloned().ok_or_else(|| RunError::Step {
+        phase: "preflight",
+        host: "-".into(),
+        source: "no master".into(),
+    })?;
+    let dir = distribute::cluster_dir(&cluster.data_root, &cluster.name);
+    let journal_path = request.state_dir.join("journal.json");
+    let journal = Journal::load_for(&journal_path, &cluster.name, &request.image.entry.digest.to_string())?;
+    let ctx = Context {
+        request,
+        fleet,
+        platforms,
+        rootfs: format!("{dir}/rootfs"),
+        dir,
+        registry_hosts: super::preflight::registry_hosts(cluster),
+        master0,
+        journal: std::sync::Mutex::new(journal),
+        journal_path,
+    };
+    let mut outcome = RunOutcome::default();
+    if request.dry_run {
+        outcome.plan = plan(&ctx).await;
+        ctx.fleet.close().await;
+        return Ok(outcome);
+    }
+    let result = phases(&ctx, reporter, &mut outcome).await;
+    if result.is_ok()
+        && let Ok(mut j) = ctx.journal.lock()
+    {
+        j.mark_completed();
+        j.save(&ctx.journal_path)?;
+    }
+    // master0 keeps a copy of the journal, so state survives the operator's laptop.
+    if let (Ok(bytes), Some(session)) = (std::fs::read(&ctx.journal_path), ctx.fleet.sessions.get(&ctx.master0.ip)) {
+        let _ = session.upload(&bytes[..], &format!("{}/.kiln/journal.json", ctx.dir), 0o600).await;
+    }
+    ctx.fleet.close().await;
+    result.map(|()| outcome)
+}
+
+/// Read-only: which blobs each host lacks, and which phases would touch it.
+async fn plan(ctx: &Context<'_>) -> Vec<HostPlan> {
+    let mut out = Vec::new();
+    for host in ctx.hosts() {
+        let image = &ctx.platforms[&host.ip];
+        let registry_host = ctx.registry_hosts.contains(&host.ip);
+        let present: BTreeSet<String> = match ctx.fleet.sessions.get(&host.ip) {
+            Some(s) => s
+                .exec(&format!("ls {}/.kiln/blobs 2>/dev/null", quote(&ctx.dir)))
+                .await
+                .map(|o| o.stdout_text().lines().map(str::to_owned).collect())
+                .unwrap_or_default(),
+            None => BTreeSet::new(),
+        };
+        let registry_digest = |d: &oci_spec::image::Descriptor| {
+            d.annotations()
+                .as_ref()
+                .and_then(|a| a.get(crate::image::media::ANNOTATION_LAYER_CONTENT))
+                .is_some_and(|v| v == crate::image::media::LAYER_CONTENT_REGISTRY)
+        };
+        let missing: Vec<&oci_spec::image::Descriptor> = image
+            .manifest
+            .layers()
+            .iter()
+            .filter(|l| registry_host || !registry_digest(l))
+            .filter(|l| !present.contains(l.digest().digest()))
+            .collect();
+        let mut phases = vec!["distribute"];
+        if registry_host {
+            phases.push("registry");
+        }
+        phases.extend(["registry-clients", "container-runtime", "bring-up"]);
+        if host.ip == ctx.master0.ip {
+            phases.push("apps");
+        }
+        out.push(HostPlan {
+            host: host.ip,
+            roles: host.roles.iter().map(ToString::to_string).collect(),
+            platform: image.platform.to_string(),
+            registry_host,
+            blobs_to_send: missing.len(),
+            bytes_to_send: missing.iter().map(|l| l.size()).sum(),
+            phases,
+        });
+    }
+    out
+}
+
+async fn phases(ctx: &Context<'_>, reporter: &dyn RunReporter, outcome: &mut RunOutcome) -> Result<(), RunError> {
+    distribute_phase(ctx, reporter, outcome).await?;
+    registry_phase(ctx, reporter).await?;
+    container_runtime_phase(ctx, reporter).await?;
+    bring_up_phase(ctx, reporter).await?;
+    apps_phase(ctx, reporter).await
+}
+
+async fn distribute_phase(
+    ctx: &Context<'_>,
+    reporter: &dyn RunReporter,
+    outcome: &mut RunOutcome,
+) -> Result<(), RunError> {
+    reporter.phase(PHASES[1].0, PHASES[1].1);
+    // One containment check per platform, shared by its hosts.
+    let mut plans: BTreeMap<String, RootfsPlan> = BTreeMap::new();
+    for image in ctx.platforms.values() {
+        if let std::collections::btree_map::Entry::Vacant(slot) = plans.entry(image.manifest_digest.to_string()) {
+            let store = ctx.request.store.clone();
+            let image = image.clone();
+            let plan = tokio::task::spawn_blocking(move || RootfsPlan::new(&store, &image))
+                .await
+                .map_err(|e| step_error("distribute", "-", std::io::Error::other(e)))?
+                .map_err(|e| step_error("distribute", "-", e))?;
+            slot.insert(plan);
+        }
+    }
+    // Always re-checked (cheap: a listing and an id compare), so a host that lost its
+    // rootfs since the last run gets it again.
+    let results: Vec<(IpAddr, Result<DistributeOutcome, DistributeError>)> =
+        futures_util::stream::iter(ctx.hosts().iter())
+            .map(|host| {
+                let plan = &plans[&ctx.platforms[&host.ip].manifest_digest.to_string()];
+                async move {
+                    let session = match ctx.session(host.ip) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            return (
+                                host.ip,
+                                Err(DistributeError::Ssh(Box::new(SshError::Lost {
+                                    host: host.ip.to_string(),
+                                    reason: e.to_string(),
+                                }))),
+                            );
+                        }
+                    };
+                    let registry_host = ctx.registry_hosts.contains(&host.ip);
+                    let r = distribute::distribute(ctx.request.store, session, &ctx.dir, plan, registry_host, reporter)
+                        .await;
+                    (host.ip, r)
+                }
+            })
+            .buffer_unordered(ctx.request.connect.max_hosts)
+            .collect()
+            .await;
+    let done = record_all(ctx, "distribute", results)?;
+    outcome.distributed.extend(done);
+    Ok(())
+}
+
+/// Journals each host's result; returns the successes, or the first failure once all are saved.
+fn record_all<T, E: std::error::Error + Send + Sync + 'static>(
+    ctx: &Context<'_>,
+    phase: &'static str,
+    results: Vec<(IpAddr, Result<T, E>)>,
+) -> Result<Vec<(IpAddr, T)>, RunError> {
+    let mut first_error = None;
+    let mut done = Vec::new();
+    for (ip, r) in results {
+        match r {
+            Ok(value) => {
+                ctx.record(phase, &ip.to_string(), Ok(()))?;
+                done.push((ip, value));
+            }
+            Err(e) => {
+                ctx.record(phase, &ip.to_string(), Err(&crate::error_chain(&e)))?;
+                first_error.get_or_insert(step_error(phase, ip, e));
+            }
+        }
+    }
+    first_error.map_or(Ok(done), Err)
+}
+
+/// Runs `f` on each of `hosts` not yet done for `phase`, in parallel (bounded), journaling each.
+async fn on_hosts<'h, F, Fut>(
+    ctx: &Context<'_>,
+    phase: &'static str,
+    hosts: impl IntoIterator<Item = &'h Host>,
+    f: F,
+) -> Result<(), RunError>
+where
+    F: Fn(&'h Host) -> Fut,
+    Fut: std::future::Future<Output = Result<(), SshError>>,
+{
+    let pending: Vec<&Host> = hosts.into_iter().filter(|h| !ctx.done(phase, &h.ip.to_string())).collect();
+    let results: Vec<(IpAddr, Result<(), SshError>)> = futures_util::stream::iter(pending)
+        .map(|h| {
+            let fut = f(h);
+            async move { (h.ip, fut.await) }
+        })
+        .buffer_unordered(ctx.request.connect.max_hosts)
+        .collect()
+        .await;
+    record_all(ctx, phase, results).map(|_| ())
+}
+
+async fn registry_phase(ctx: &Context<'_>, reporter: &dyn RunReporter) -> Result<(), RunError> {
+    reporter.phase(PHASES[2].0, PHASES[2].1);
+    let Registry::Local(registry) = &ctx.request.clusterfile.cluster.registry else { return Ok(()) };
+    let has_registry_content = ctx.platforms.values().any(|p| {
+        p.manifest.layers().iter().any(|l| {
+            l.annotations()
+                .as_ref()
+                .and_then(|a| a.get(crate::image::media::ANNOTATION_LAYER_CONTENT))
+                .is_some_and(|v| v == crate::image::media::LAYER_CONTENT_REGISTRY)
+        })
+    });
+    if !has_registry_content {
+        reporter.step("cluster", "the image carries no registry content (built with --build-mode lite): skipped");
+        return Ok(());
+    }
+    let registry_hosts: Vec<&Host> = ctx.hosts().iter().filter(|h| ctx.registry_hosts.contains(&h.ip)).collect();
+    on_hosts(ctx, "registry", registry_hosts, |host| async move {
+        let command = format!(
+            "if [ -f scripts/init-registry.sh ]; then cd scripts && bash init-registry.sh {} {} {}; \
+             else echo 'the image has no scripts/init-registry.sh' >&2; exit 1; fi",
+            registry.port,
+            quote(&format!("{}/registry", ctx.rootfs)),
+            quote(&registry.domain)
+        );
+        ctx.script(reporter, host, &command).await
+    })
+    .await?;
+    // Every host resolves the registry domain to a registry host (its own when it is one) and
+    // pulls from it for the mirrored upstreams, with no manifest rewriting.
+    let endpoint_for =
+        |host: &Host| -> IpAddr { if ctx.registry_hosts.contains(&host.ip) { host.ip } else { ctx.master0.ip } };
+    on_hosts(ctx, "registry-clients", ctx.hosts(), |host| {
+        let script = client_config_script(&registry.domain, registry.port, endpoint_for(host));
+        async move {
+            ctx.session(host.ip)
+                .map_err(|e| SshError::Lost { host: host.ip.to_string(), reason: e.to_string() })?
+                .run(&script)
+                .await
+                .map(|_| ())
+        }
+    })
+    .await
+}
+
+/// `/etc/hosts` entry (tagged so `delete` can remove it) and containerd `hosts.toml` mirrors.
+pub fn client_config_script(domain: &str, port: u16, registry_ip: IpAddr) -> String {
+    let endpoint = format!("http://{domain}:{port}");
+    let mut s = format!(
+        "set -e\nsed -i '/# kiln-registry$/d' /etc/hosts\necho {} >> /etc/hosts\n",
+        quote(&format!("{registry_ip} {domain} # kiln-registry"))
+    );
+    let mut mirrors: Vec<(String, String)> = MIRRORED_UPSTREAMS
+        .iter()
+        .map(|u| {
+            // docker.io images keep Sealer's paths; other registries live under their host name.
+            let (server, host_block) = if *u == "docker.io" {
+                ("https://registry-1.docker.io".to_owned(), format!("[host.\"{endpoint}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"))
+            } else {
+                (
+                    format!("https://{u}"),
+                    format!("[host.\"{endpoint}/v2/{u}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  override_path = true\n"),
+                )
+            };
+            (u.to_string(), format!("server = \"{server}\"\n\n{host_block}"))
+        })
+        .collect();
+    mirrors.push((
+        format!("{domain}:{port}"),
+        format!("server = \"{endpoint}\"\n\n[host.\"{endpoint}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"),
+    ));
+    for (upstream, toml) in mirrors {
+        let d = format!("/etc/containerd/certs.d/{upstream}");
+        s.push_str(&format!("mkdir -p {d}\nprintf %s {} > {d}/hosts.toml\n", quote(&toml), d = quote(&d)));
+    }
+    s
+}
+
+async fn container_runtime_phase(ctx: &Context<'_>, reporter: &dyn RunReporter) -> Result<(), RunError> {
+    reporter.phase(PHASES[3].0, PHASES[3].1);
+    let cri = ctx.request.clusterfile.cluster.container_runtime.clone().unwrap_or_else(|| "containerd".into());
+    let script = format!("scripts/{cri}.sh");
+    on_hosts(ctx, "container-runtime", ctx.hosts(), |host| {
+        let command = format!("if [ -f {s} ]; then bash {s}; fi", s = quote(&script));
+        async move { ctx.script(reporter, host, &command).await }
+    })
+    .await
+}
+
+async fn bring_up_phase(ctx: &Context<'_>, reporter: &dyn RunReporter) -> Result<(), RunError> {
+    reporter.phase(PHASES[4].0, PHASES[4].1);
+    let masters: Vec<&Host> = ctx.hosts().iter().filter(|h| h.is_master() && h.ip != ctx.master0.ip).collect();
+    let nodes: Vec<&Host> = ctx.hosts().iter().filter(|h| h.roles.contains(&Role::Node) || !h.is_master()).collect();
+    on_hosts(ctx, "bring-up", [&ctx.master0], |host| async move {
+        ctx.script(reporter, host, "bash scripts/init-master0.sh").await
+    })
+    .await?;
+    // Masters join one at a time (quorum changes one member at a time), nodes in parallel.
+    for m in masters {
+        on_hosts(ctx, "bring-up", [m], |host| async move {
+            ctx.script(reporter, host, "if [ -f scripts/join-master.sh ]; then bash scripts/join-master.sh; fi").await
+        })
+        .await?;
+    }
+    on_hosts(ctx, "bring-up", nodes, |host| async move {
+        ctx.script(reporter, host, "if [ -f scripts/join-node.sh ]; then bash scripts/join-node.sh; fi").await
+    })
+    .await
+}
+
+/// What runs on master0, by Sealer's precedence: global cmds (flags, `spec.cmd`, Application
+/// `cmds`) > the image's CMDS > app cmds for the chosen apps > the image's LAUNCH apps.
+pub fn launch_commands(ext: &ImageExtension, clusterfile: &Clusterfile) -> Vec<String> {
+    let cluster = &clusterfile.cluster;
+    let app_override = clusterfile.applications.last();
+    if !cluster.cmds.is_empty() {
+        return cluster.cmds.clone();
+    }
+    if let Some(cmds) = app_override.and_then(|a| a.cmds.clone()).filter(|c| !c.is_empty()) {
+        return cmds;
+    }
+    if !ext.launch.cmds.is_empty() {
+        return ext.launch.cmds.clone();
+    }
+    let names: Vec<String> = cluster
+        .app_names
+        .clone()
+        .or_else(|| app_override.and_then(|a| a.launch_apps.clone()))
+        .unwrap_or_else(|| ext.launch.app_names.clone());
+    names
+        .iter()
+        .filter(|n| !n.is_empty())
+        .filter_map(|name| {
+            let configured = app_override.and_then(|a| a.configs.iter().find(|c| &c.name == name));
+            if let Some(cmds) = configured.and_then(|c| c.launch_cmds.clone()).filter(|c| !c.is_empty()) {
+                let dir = ext.app(name).map(|a| a.dir()).unwrap_or_default();
+                return Some(format!("cd {} && {}", quote(&dir), cmds.join(" && ")));
+            }
+            ext.app(name).and_then(|a| a.launch_command())
+        })
+        .collect()
+}
+
+async fn apps_phase(ctx: &Context<'_>, reporter: &dyn RunReporter) -> Result<(), RunError> {
+    reporter.phase(PHASES[5].0, PHASES[5].1);
+    let ext = ctx.platforms[&ctx.master0.ip].extension().ok().flatten().unwrap_or_default();
+    for (i, command) in launch_commands(&ext, ctx.request.clusterfile).iter().enumerate() {
+        let step = format!("{}#{i}", journal::CLUSTER);
+        if ctx.done("apps", &step) {
+            continue;
+        }
+        match ctx.script(reporter, &ctx.master0, command).await {
+            Ok(()) => ctx.record("apps", &step, Ok(()))?,
+            Err(e) => {
+                ctx.record("apps", &step, Err(&crate::error_chain(&e)))?;
+                return Err(step_error("apps", ctx.master0.ip, e));
+            }
+        }
+    }
+    Ok(())
+}
