@@ -251,8 +251,11 @@ boot() { # NAME
   local name=$1 d ns
   d=$(host_dir "$name")
   ns=$(host_ns "$name")
+  # /proc/sys/net writable and CAP_NET_ADMIN, as root has on a real server (each host has its
+  # own network namespace, so this reaches nothing outside it).
+  SYSTEMD_NSPAWN_API_VFS_WRITABLE=network \
   setsid systemd-nspawn --quiet -b -D "$d/merged" --register=no --keep-unit \
-    --network-namespace-path="/run/netns/$ns" --hostname="$name" --machine="$name" \
+    --network-namespace-path="/run/netns/$ns" --capability=CAP_NET_ADMIN --hostname="$name" --machine="$name" \
     --resolv-conf=off --timezone=off --link-journal=no --console=passive \
     >"$d/console.log" 2>&1 </dev/null &
   echo $! > "$d/pid"

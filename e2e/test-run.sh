@@ -41,6 +41,7 @@ spec:
         user: ops
         passwd: kiln-e2e-ops
 EOF
+BEFORE=$(snapshot kiln-h1 kiln-h2 kiln-h3)
 RUN=(kiln run -f "$WORK/Clusterfile" --known-hosts "$WORK/known_hosts" --accept-new-host-keys)
 data_dirs_absent() { for h in kiln-h1 kiln-h2 kiln-h3; do on "$h" -- test ! -e /var/lib/kiln/data || return 1; done; }
 
@@ -91,6 +92,15 @@ inits=$(on kiln-h1 -- grep -c ' init-master0 ' /var/lib/kiln-e2e-shell/log)
 check "and re-runs no finished script" [ "$inits" = 1 ]
 echo "  re-run on the finished cluster: $(echo "$t1 - $t0" | bc) s"
 check "secrets never appear in output or the run log" bash -c "! grep -rq -e kiln-e2e-root -e kiln-e2e-ops '$WORK'/*.out '$WORK'/*.err '$WORK/store/clusters/e2e-run/run.log'"
+
+# --- tuning was applied, and delete puts everything back ----------------------------------------
+check "the image's sysctls were applied" bash -c "[ \"\$('$HOSTS' ssh kiln-h3 -- sysctl -n net.core.somaxconn)\" = 1234 ]"
+kiln delete -f "$WORK/Clusterfile" --known-hosts "$WORK/known_hosts" > "$WORK/delete.out" 2>&1; rc=$?
+check "kiln delete succeeds" [ "$rc" = 0 ]
+check "delete ran the image's clean.sh" bash -c "! '$HOSTS' ssh kiln-h1 -- test -e /var/lib/kiln-e2e-shell"
+AFTER=$(snapshot kiln-h1 kiln-h2 kiln-h3)
+check "hosts are as before run (paths, contents, sysctls)" [ "$BEFORE" = "$AFTER" ]
+check "the cluster's state on this machine is gone" [ ! -e "$WORK/store/clusters/e2e-run/journal.json" ]
 
 "$HOSTS" down >/dev/null 2>&1
 finish

@@ -68,6 +68,8 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Show a cluster's run state per host
     Status(StatusArgs),
+    /// Remove a cluster from its hosts, leaving them as they were before `kiln run`
+    Delete(Box<DeleteArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -403,6 +405,27 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct DeleteArgs {
+    #[command(flatten)]
+    pub hosts: HostArgs,
+    /// A cluster run from this machine (its saved Clusterfile is used)
+    #[arg(long, value_name = "NAME", conflicts_with = "all")]
+    pub cluster: Option<String>,
+    /// Every cluster run from this machine
+    #[arg(long)]
+    pub all: bool,
+    /// Delete from the reachable hosts even if some cannot be reached (they are reported)
+    #[arg(long)]
+    pub force: bool,
+    /// Also remove this machine's run log for the cluster
+    #[arg(long)]
+    pub prune: bool,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Cluster name (default: every cluster this machine ran)
     pub cluster: Option<String>,
@@ -423,6 +446,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Check(a) => a.json,
         Command::Run(a) => a.json,
         Command::Status(a) => a.json,
+        Command::Delete(a) => a.json,
         _ => false,
     };
     let printer = settings.printer(json);
@@ -442,5 +466,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Check(args) => commands::check::run(&settings, printer, args).await,
         Command::Run(args) => commands::run::run(&settings, printer, *args).await,
         Command::Status(args) => commands::status::run(&settings, printer, args).await,
+        Command::Delete(args) => commands::delete::run(&settings, printer, *args).await,
     }
 }

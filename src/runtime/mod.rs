@@ -2,11 +2,13 @@
 //! gathers facts and runs preflight. Later phases (tuning, distribution, registry, bring-up)
 //! build on [`Fleet`].
 
+pub mod delete;
 pub mod distribute;
 pub mod facts;
 pub mod journal;
 pub mod preflight;
 pub mod run;
+pub mod tune;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -26,6 +26,7 @@ pub const MIRRORED_UPSTREAMS: &[&str] = &["docker.io", "registry.k8s.io", "k8s.g
 pub const PHASES: &[(&str, &str)] = &[
     ("preflight", "check every host"),
     ("distribute", "copy each host its platform's rootfs"),
+    ("os-tune", "apply the image's sysctl, modules and limits; swap, SELinux and firewall off"),
     ("registry", "start the in-cluster registry and point every host at it"),
     ("container-runtime", "install the container runtime"),
     ("bring-up", "bring the cluster up"),
@@ -113,6 +114,14 @@ impl Context<'_> {
         })
     }
 
+    #[allow(clippy::result_large_err)] // the same error the session's own calls return
+    fn session_for(&self, host: &Host) -> Result<&Arc<Session>, SshError> {
+        self.fleet
+            .sessions
+            .get(&host.ip)
+            .ok_or_else(|| SshError::Lost { host: host.ip.to_string(), reason: "no session".into() })
+    }
+
     fn done(&self, phase: &str, who: &str) -> bool {
         self.journal.lock().is_ok_and(|j| j.is_done(phase, who))
     }
@@ -130,30 +139,11 @@ impl Context<'_> {
         Ok(())
     }
 
-    /// Env for a script on `host`: image env, cluster env, host env, then kiln's own.
+    /// Env for a script on `host`.
     fn env_for(&self, host: &Host) -> BTreeMap<String, String> {
-        let cluster = &self.request.clusterfile.cluster;
-        let platform = self.platforms.get(&host.ip);
-        let mut env: BTreeMap<String, String> =
-            platform.and_then(|p| p.extension().ok().flatten()).map(|e| e.env).unwrap_or_default();
-        env.extend(cluster.env.clone());
-        env.extend(host.env.clone());
-        let masters: Vec<String> = cluster.hosts.iter().filter(|h| h.is_master()).map(|h| h.ip.to_string()).collect();
-        let nodes: Vec<String> = cluster.hosts.iter().filter(|h| !h.is_master()).map(|h| h.ip.to_string()).collect();
-        let role = host.roles.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
-        env.insert("HostIP".into(), host.ip.to_string());
-        env.insert("Master0IP".into(), self.master0.ip.to_string());
-        env.insert("MasterIPs".into(), masters.join(","));
-        env.insert("NodeIPs".into(), nodes.join(","));
-        env.insert("Role".into(), role);
-        env.insert("ClusterName".into(), cluster.name.clone());
-        env.insert("RootfsDir".into(), self.rootfs.clone());
-        if let Registry::Local(r) = &cluster.registry {
-            env.insert("RegistryDomain".into(), r.domain.clone());
-            env.insert("RegistryPort".into(), r.port.to_string());
-            env.insert("RegistryURL".into(), format!("{}:{}", r.domain, r.port));
-        }
-        env
+        let image_env =
+            self.platforms.get(&host.ip).and_then(|p| p.extension().ok().flatten()).map(|e| e.env).unwrap_or_default();
+        script_env(&self.request.clusterfile.cluster, host, &self.master0, &self.rootfs, &image_env)
     }
 
     /// Runs `command` in the rootfs on `host` with its env; the output goes to the reporter.
@@ -170,6 +160,37 @@ impl Context<'_> {
         }
         Ok(())
     }
+}
+
+/// Env for the image's scripts on `host`: image env, cluster env, host env, then kiln's own
+/// (Sealer's names: `HostIP`, `Master0IP`, `MasterIPs`, `NodeIPs`, `Role`, `ClusterName`, plus
+/// `RootfsDir` and the registry's `RegistryDomain`, `RegistryPort`, `RegistryURL`).
+pub fn script_env(
+    cluster: &crate::clusterfile::Cluster,
+    host: &Host,
+    master0: &Host,
+    rootfs: &str,
+    image_env: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut env = image_env.clone();
+    env.extend(cluster.env.clone());
+    env.extend(host.env.clone());
+    let masters: Vec<String> = cluster.hosts.iter().filter(|h| h.is_master()).map(|h| h.ip.to_string()).collect();
+    let nodes: Vec<String> = cluster.hosts.iter().filter(|h| !h.is_master()).map(|h| h.ip.to_string()).collect();
+    let role = host.roles.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+    env.insert("HostIP".into(), host.ip.to_string());
+    env.insert("Master0IP".into(), master0.ip.to_string());
+    env.insert("MasterIPs".into(), masters.join(","));
+    env.insert("NodeIPs".into(), nodes.join(","));
+    env.insert("Role".into(), role);
+    env.insert("ClusterName".into(), cluster.name.clone());
+    env.insert("RootfsDir".into(), rootfs.to_owned());
+    if let Registry::Local(r) = &cluster.registry {
+        env.insert("RegistryDomain".into(), r.domain.clone());
+        env.insert("RegistryPort".into(), r.port.to_string());
+        env.insert("RegistryURL".into(), format!("{}:{}", r.domain, r.port));
+    }
+    env
 }
 
 fn step_error(phase: &'static str, host: impl ToString, e: impl std::error::Error + Send + Sync + 'static) -> RunError {
@@ -273,7 +294,7 @@ async fn plan(ctx: &Context<'_>) -> Vec<HostPlan> {
             .filter(|l| registry_host || !registry_digest(l))
             .filter(|l| !present.contains(l.digest().digest()))
             .collect();
-        let mut phases = vec!["distribute"];
+        let mut phases = vec!["distribute", "os-tune"];
         if registry_host {
             phases.push("registry");
         }
@@ -296,6 +317,7 @@ async fn plan(ctx: &Context<'_>) -> Vec<HostPlan> {
 
 async fn phases(ctx: &Context<'_>, reporter: &dyn RunReporter, outcome: &mut RunOutcome) -> Result<(), RunError> {
     distribute_phase(ctx, reporter, outcome).await?;
+    tune_phase(ctx, reporter).await?;
     registry_phase(ctx, reporter).await?;
     container_runtime_phase(ctx, reporter).await?;
     bring_up_phase(ctx, reporter).await?;
@@ -400,8 +422,18 @@ where
     record_all(ctx, phase, results).map(|_| ())
 }
 
-async fn registry_phase(ctx: &Context<'_>, reporter: &dyn RunReporter) -> Result<(), RunError> {
+async fn tune_phase(ctx: &Context<'_>, reporter: &dyn RunReporter) -> Result<(), RunError> {
     reporter.phase(PHASES[2].0, PHASES[2].1);
+    let script = super::tune::apply_script(&ctx.dir, &ctx.rootfs);
+    on_hosts(ctx, "os-tune", ctx.hosts(), |host| {
+        let script = script.clone();
+        async move { ctx.session_for(host)?.run(&script).await.map(|_| ()) }
+    })
+    .await
+}
+
+async fn registry_phase(ctx: &Context<'_>, reporter: &dyn RunReporter) -> Result<(), RunError> {
+    reporter.phase(PHASES[3].0, PHASES[3].1);
     let Registry::Local(registry) = &ctx.request.clusterfile.cluster.registry else { return Ok(()) };
     let has_registry_content = ctx.platforms.values().any(|p| {
         p.manifest.layers().iter().any(|l| {
@@ -432,24 +464,22 @@ async fn registry_phase(ctx: &Context<'_>, reporter: &dyn RunReporter) -> Result
     let endpoint_for =
         |host: &Host| -> IpAddr { if ctx.registry_hosts.contains(&host.ip) { host.ip } else { ctx.master0.ip } };
     on_hosts(ctx, "registry-clients", ctx.hosts(), |host| {
-        let script = client_config_script(&registry.domain, registry.port, endpoint_for(host));
-        async move {
-            ctx.session(host.ip)
-                .map_err(|e| SshError::Lost { host: host.ip.to_string(), reason: e.to_string() })?
-                .run(&script)
-                .await
-                .map(|_| ())
-        }
+        let script = client_config_script(&ctx.dir, &registry.domain, registry.port, endpoint_for(host));
+        async move { ctx.session_for(host)?.run(&script).await.map(|_| ()) }
     })
     .await
 }
 
-/// `/etc/hosts` entry (tagged so `delete` can remove it) and containerd `hosts.toml` mirrors.
-pub fn client_config_script(domain: &str, port: u16, registry_ip: IpAddr) -> String {
+/// `/etc/hosts` entry (tagged so `delete` can remove it) and containerd `hosts.toml` mirrors;
+/// directories it creates are listed in `<dir>/.kiln/created` for `delete`.
+pub fn client_config_script(dir: &str, domain: &str, port: u16, registry_ip: IpAddr) -> String {
     let endpoint = format!("http://{domain}:{port}");
     let mut s = format!(
-        "set -e\nsed -i '/# kiln-registry$/d' /etc/hosts\necho {} >> /etc/hosts\n",
-        quote(&format!("{registry_ip} {domain} # kiln-registry"))
+        "set -e\nsed -i '/# kiln-registry$/d' /etc/hosts\necho {} >> /etc/hosts\n\
+         mk() {{ [ -d \"$1\" ] || {{ mkdir \"$1\" && echo \"$1\" >> {created}; }}; }}\n\
+         mk /etc/containerd; mk /etc/containerd/certs.d\n",
+        quote(&format!("{registry_ip} {domain} # kiln-registry")),
+        created = quote(&format!("{dir}/.kiln/created")),
     );
     let mut mirrors: Vec<(String, String)> = MIRRORED_UPSTREAMS
         .iter()
@@ -472,13 +502,13 @@ pub fn client_config_script(domain: &str, port: u16, registry_ip: IpAddr) -> Str
     ));
     for (upstream, toml) in mirrors {
         let d = format!("/etc/containerd/certs.d/{upstream}");
-        s.push_str(&format!("mkdir -p {d}\nprintf %s {} > {d}/hosts.toml\n", quote(&toml), d = quote(&d)));
+        s.push_str(&format!("mk {d}\nprintf %s {} > {d}/hosts.toml\n", quote(&toml), d = quote(&d)));
     }
     s
 }
 
 async fn container_runtime_phase(ctx: &Context<'_>, reporter: &dyn RunReporter) -> Result<(), RunError> {
-    reporter.phase(PHASES[3].0, PHASES[3].1);
+    reporter.phase(PHASES[4].0, PHASES[4].1);
     let cri = ctx.request.clusterfile.cluster.container_runtime.clone().unwrap_or_else(|| "containerd".into());
     let script = format!("scripts/{cri}.sh");
     on_hosts(ctx, "container-runtime", ctx.hosts(), |host| {
@@ -489,7 +519,7 @@ async fn container_runtime_phase(ctx: &Context<'_>, reporter: &dyn RunReporter) 
 }
 
 async fn bring_up_phase(ctx: &Context<'_>, reporter: &dyn RunReporter) -> Result<(), RunError> {
-    reporter.phase(PHASES[4].0, PHASES[4].1);
+    reporter.phase(PHASES[5].0, PHASES[5].1);
     let masters: Vec<&Host> = ctx.hosts().iter().filter(|h| h.is_master() && h.ip != ctx.master0.ip).collect();
     let nodes: Vec<&Host> = ctx.hosts().iter().filter(|h| h.roles.contains(&Role::Node) || !h.is_master()).collect();
     on_hosts(ctx, "bring-up", [&ctx.master0], |host| async move {
@@ -543,7 +573,7 @@ pub fn launch_commands(ext: &ImageExtension, clusterfile: &Clusterfile) -> Vec<S
 }
 
 async fn apps_phase(ctx: &Context<'_>, reporter: &dyn RunReporter) -> Result<(), RunError> {
-    reporter.phase(PHASES[5].0, PHASES[5].1);
+    reporter.phase(PHASES[6].0, PHASES[6].1);
     let ext = ctx.platforms[&ctx.master0.ip].extension().ok().flatten().unwrap_or_default();
     for (i, command) in launch_commands(&ext, ctx.request.clusterfile).iter().enumerate() {
         let step = format!("{}#{i}", journal::CLUSTER);

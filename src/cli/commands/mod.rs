@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod check;
+pub mod delete;
 pub mod images;
 pub mod inspect;
 pub mod load;

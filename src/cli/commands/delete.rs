@@ -1,0 +1,58 @@
+use crate::cli::DeleteArgs;
+use crate::cli::settings::Settings;
+use crate::clusterfile::Clusterfile;
+use crate::output::{Printer, RunProgress, UserError};
+
+pub async fn run(settings: &Settings, printer: Printer, args: DeleteArgs) -> anyhow::Result<()> {
+    let clusters_dir = settings.root.join("clusters");
+    let saved = |name: &str| -> anyhow::Result<Clusterfile> {
+        let path = clusters_dir.join(name).join("Clusterfile");
+        let text = std::fs::read_to_string(&path)
+            .map_err(|_| UserError::new(format!("no cluster `{name}` was run from this machine")))?;
+        Clusterfile::parse(&path.display().to_string(), &text).map_err(|e| anyhow::Error::new(*e))
+    };
+    let targets: Vec<Clusterfile> = if args.all {
+        let mut names: Vec<String> = std::fs::read_dir(&clusters_dir)
+            .map(|d| d.flatten().filter_map(|e| e.file_name().to_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        names.sort();
+        names.iter().map(|n| saved(n)).collect::<anyhow::Result<_>>()?
+    } else if let Some(name) = &args.cluster {
+        vec![saved(name)?]
+    } else {
+        vec![crate::cli::cluster::resolve(&args.hosts, None, &printer)?]
+    };
+    if targets.is_empty() {
+        printer.status("No clusters to delete");
+        return Ok(());
+    }
+    let mut outcomes = Vec::new();
+    for clusterfile in &targets {
+        let name = &clusterfile.cluster.name;
+        let connect = crate::cli::cluster::connect_options(&args.hosts, clusterfile)?;
+        let reporter = RunProgress::new(printer, None);
+        let outcome = crate::runtime::delete::delete(clusterfile, &connect, args.force, &reporter)
+            .await
+            .map_err(|e| anyhow::Error::new(e).context(format!("deleting cluster `{name}`")))?;
+        for (ip, why) in &outcome.not_cleaned {
+            printer.warn(&format!("{ip} was not cleaned (unreachable: {why}); clean it when it is back"));
+        }
+        // The state goes once every host is clean; a forced delete keeps it for the skipped ones.
+        let state = clusters_dir.join(name);
+        if outcome.not_cleaned.is_empty() {
+            for file in ["journal.json", "Clusterfile"] {
+                let _ = std::fs::remove_file(state.join(file));
+            }
+            if args.prune {
+                let _ = std::fs::remove_file(state.join("run.log"));
+            }
+            let _ = std::fs::remove_dir(&state);
+        }
+        printer.status(&format!("Deleted cluster `{name}` from {} hosts", outcome.cleaned.len()));
+        outcomes.push(serde_json::json!({"cluster": name, "outcome": outcome}));
+    }
+    if printer.json {
+        printer.json(&outcomes)?;
+    }
+    Ok(())
+}

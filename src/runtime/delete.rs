@@ -1,0 +1,130 @@
+//! `kiln delete`: leaves the hosts as they were before `kiln run`. On every host: the image's
+//! `scripts/clean.sh` (and `uninstall-<cri>.sh`), the registry's `/etc/hosts` entry and the
+//! directories kiln created (mirror config), the OS tuning reverted from its record, and the
+//! cluster directory. Unreachable hosts stop the delete unless `--force`, and are reported.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use super::run::{RunReporter, script_env};
+use super::{ConnectOptions, Fleet, distribute, tune};
+use crate::clusterfile::{Clusterfile, Host};
+use crate::ssh::{Session, SshError, quote, with_env};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteError {
+    #[error("cannot reach {}; nothing was deleted (use --force to delete the others and skip these)", hosts.join(", "))]
+    Unreachable { hosts: Vec<String>, reasons: Vec<String> },
+    #[error("cleaning {host} failed")]
+    Clean {
+        host: String,
+        #[source]
+        source: SshError,
+    },
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct DeleteOutcome {
+    pub cleaned: Vec<IpAddr>,
+    /// Skipped with `--force`: host → why it could not be reached.
+    pub not_cleaned: BTreeMap<IpAddr, String>,
+}
+
+/// The script that cleans one host, after the image's own clean scripts.
+pub fn clean_script(dir: &str, data_root: &str) -> String {
+    format!(
+        "set -e\nsed -i '/# kiln-registry$/d' /etc/hosts\n\
+         if [ -f {created} ]; then tac {created} | while read -r p; do rm -rf \"$p\"; done; fi\n\
+         {restore}\nrm -rf {dir}\nrmdir -p --ignore-fail-on-non-empty {root} 2>/dev/null || true\n",
+        created = quote(&format!("{dir}/.kiln/created")),
+        restore = tune::restore_script(dir),
+        dir = quote(dir),
+        root = quote(data_root),
+    )
+}
+
+pub async fn delete(
+    clusterfile: &Clusterfile,
+    connect: &ConnectOptions,
+    force: bool,
+    reporter: &dyn RunReporter,
+) -> Result<DeleteOutcome, DeleteError> {
+    let cluster = &clusterfile.cluster;
+    reporter.phase("connect", "reach every host");
+    let fleet = Fleet::connect(&cluster.hosts, connect).await;
+    let mut outcome = DeleteOutcome::default();
+    if !fleet.failed.is_empty() {
+        let hosts: Vec<String> = fleet.failed.keys().map(ToString::to_string).collect();
+        let reasons: Vec<String> =
+            fleet.failed.iter().map(|(ip, e)| format!("{ip}: {}", crate::error_chain(e))).collect();
+        if !force {
+            fleet.close().await;
+            return Err(DeleteError::Unreachable { hosts, reasons });
+        }
+        for (ip, e) in &fleet.failed {
+            outcome.not_cleaned.insert(*ip, crate::error_chain(e));
+        }
+    }
+    let dir = distribute::cluster_dir(&cluster.data_root, &cluster.name);
+    let rootfs = format!("{dir}/rootfs");
+    let master0 = clusterfile.master0().cloned();
+    reporter.phase("clean", "run the image's clean scripts and undo kiln's changes");
+    let cri = cluster.container_runtime.clone().unwrap_or_else(|| "containerd".into());
+    let results: Vec<(IpAddr, Result<(), SshError>)> = futures_util::stream::iter(cluster.hosts.iter())
+        .filter_map(|h| {
+            let session = fleet.sessions.get(&h.ip).cloned();
+            async move { session.map(|s| (h, s)) }
+        })
+        .map(|(host, session)| {
+            let (dir, rootfs, cri, master0) = (&dir, &rootfs, &cri, master0.as_ref().unwrap_or(host));
+            async move {
+                let r = clean_host(&session, clusterfile, host, master0, dir, rootfs, cri, reporter).await;
+                (host.ip, r)
+            }
+        })
+        .buffer_unordered(connect.max_hosts)
+        .collect()
+        .await;
+    fleet.close().await;
+    let mut first_error = None;
+    for (ip, r) in results {
+        match r {
+            Ok(()) => outcome.cleaned.push(ip),
+            Err(source) => {
+                first_error.get_or_insert(DeleteError::Clean { host: ip.to_string(), source });
+            }
+        }
+    }
+    outcome.cleaned.sort();
+    first_error.map_or(Ok(outcome), Err)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn clean_host(
+    session: &Session,
+    clusterfile: &Clusterfile,
+    host: &Host,
+    master0: &Host,
+    dir: &str,
+    rootfs: &str,
+    cri: &str,
+    reporter: &dyn RunReporter,
+) -> Result<(), SshError> {
+    let env = script_env(&clusterfile.cluster, host, master0, rootfs, &Default::default());
+    let image_scripts = format!(
+        "if [ -d {r} ]; then cd {r}; [ ! -f scripts/clean.sh ] || bash scripts/clean.sh; \
+         [ ! -f scripts/uninstall-{cri}.sh ] || bash scripts/uninstall-{cri}.sh; fi",
+        r = quote(rootfs),
+        cri = cri,
+    );
+    let out = session.run(&with_env(&env, &image_scripts)).await?;
+    for line in out.stdout_text().lines() {
+        reporter.step(&host.ip.to_string(), line);
+    }
+    session.run(&clean_script(dir, &clusterfile.cluster.data_root.display().to_string())).await?;
+    reporter.step(&host.ip.to_string(), "cleaned");
+    Ok(())
+}
