@@ -59,10 +59,11 @@ test-hosts: deps
 	e2e/test-hosts.sh
 
 # Scenarios on the test hosts with the kiln binary: connect, host keys, facts, preflight; run,
-# failure, status, resume.
+# failure, status, resume, delete; the etcd demo on mixed architectures.
 test-e2e: deps build
 	e2e/test-check.sh $(KILN_DEBUG)
 	e2e/test-run.sh $(KILN_DEBUG)
+	e2e/test-demo.sh $(KILN_DEBUG)
 
 test-unit:
 	$(CARGO) test $(CARGO_FLAGS) --lib
@@ -72,8 +73,9 @@ lint: deps
 	$(CARGO) clippy $(CARGO_FLAGS) --all-targets -- -D warnings
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
-# The demo: builds kiln and the multi-arch demo cluster image, shows what it holds, and starts
-# the test hosts it will be delivered to.
+# The demo: fetches Debian's etcd/containerd/runc/registry binaries for amd64 and arm64, builds
+# the base and etcd cluster images, starts 2 amd64 + 1 arm64 test hosts, runs the image onto
+# them and shows etcd's health and `kiln status`.
 demo: deps build
 	@e2e/demo.sh $(KILN_DEBUG)
 

@@ -35,3 +35,38 @@ snapshot() {
       sysctl -a 2>/dev/null | grep -v -e random -e ns_last_pid -e stat -e dentry -e inode-nr -e file-nr -e inode-state | sort" 2>/dev/null
   done | sha256sum
 }
+
+# build_demo_images KILN: fetches the demo's Debian binaries (cached) and builds the base and
+# the etcd cluster images (both architectures) into $KILN_ROOT.
+build_demo_images() {
+  local kiln=$1 root
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  "$root/kubefiles/prepare.sh" >/dev/null
+  "$kiln" build -q -t kiln-demo/base:1 --build-mode lite --platform linux/amd64,linux/arm64 \
+    -f "$root/kubefiles/base/Kubefile" "$root/rootfs" >/dev/null
+  "$kiln" build -q -t kiln-demo/etcd:1 --platform linux/amd64,linux/arm64 \
+    --image-source "$root/kubefiles/etcd/app-image.tar" "$root/kubefiles/etcd" >/dev/null
+}
+
+# demo_clusterfile FILE: the demo's 3 masters: h1 root by password, h2 root by key, h3 (arm64)
+# the sudo user `ops` by key, with its sudo password.
+demo_clusterfile() {
+  cat > "$1" <<CF
+apiVersion: sealer.io/v2
+kind: Cluster
+metadata:
+  name: demo
+spec:
+  image: kiln-demo/etcd:1
+  hosts:
+    - ips: [$H1]
+      roles: [master]
+      ssh: {user: root, passwd: kiln-e2e-root}
+    - ips: [$H2]
+      roles: [master]
+      ssh: {user: root, pk: $KEY}
+    - ips: [$H3]
+      roles: [master]
+      ssh: {user: ops, pk: $KEY, passwd: kiln-e2e-ops}
+CF
+}

@@ -81,28 +81,46 @@ pub struct RootfsPlan {
 }
 
 impl RootfsPlan {
-    /// Reads every layer once: containment checks and the whiteouts to apply on the host.
+    /// Reads every layer once: containment checks and the whiteouts to apply on the host. The
+    /// result is cached by manifest digest (layers never change), so a re-run reads nothing.
     pub fn new(store: &Store, image: &PlatformImage) -> Result<Self, DistributeError> {
-        let mut symlinks = BTreeSet::new();
+        let cache = store.cache_dir().join("host-scan").join(format!("{}.json", image.manifest_digest.hex()));
+        let scans: Vec<(Vec<String>, Vec<String>)> = match std::fs::read(&cache)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Vec<(Vec<String>, Vec<String>)>>(&b).ok())
+            .filter(|s| s.len() == image.manifest.layers().len())
+        {
+            Some(cached) => cached,
+            None => {
+                let mut symlinks = BTreeSet::new();
+                let mut scans = Vec::new();
+                for descriptor in image.manifest.layers() {
+                    let digest = layer_digest(image, descriptor)?;
+                    let media_type = descriptor.media_type().to_string();
+                    let scan = layer::scan_for_host(layer::open_layer(store, &digest, &media_type)?, &mut symlinks)
+                        .map_err(|source| DistributeError::UnsafeLayer { digest: digest.clone(), source })?;
+                    scans.push((scan.whiteouts, scan.opaque_dirs));
+                }
+                if let Ok(bytes) = serde_json::to_vec(&scans) {
+                    let _ = crate::image::store::write_atomic(&cache, &bytes);
+                }
+                scans
+            }
+        };
         let mut layers = Vec::new();
-        for descriptor in image.manifest.layers() {
-            let digest = Digest::from_oci(descriptor.digest())
-                .map_err(|e| StoreError::BadJson { digest: image.manifest_digest.clone(), reason: e.to_string() })?;
-            let media_type = descriptor.media_type().to_string();
+        for (descriptor, (whiteouts, opaque_dirs)) in image.manifest.layers().iter().zip(scans) {
             let registry = descriptor
                 .annotations()
                 .as_ref()
                 .and_then(|a| a.get(media::ANNOTATION_LAYER_CONTENT))
                 .is_some_and(|v| v == media::LAYER_CONTENT_REGISTRY);
-            let scan = layer::scan_for_host(layer::open_layer(store, &digest, &media_type)?, &mut symlinks)
-                .map_err(|source| DistributeError::UnsafeLayer { digest: digest.clone(), source })?;
             layers.push(LayerToSend {
-                digest,
-                media_type,
+                digest: layer_digest(image, descriptor)?,
+                media_type: descriptor.media_type().to_string(),
                 size: descriptor.size(),
                 registry,
-                whiteouts: scan.whiteouts,
-                opaque_dirs: scan.opaque_dirs,
+                whiteouts,
+                opaque_dirs,
             });
         }
         Ok(Self { layers })
@@ -111,6 +129,11 @@ impl RootfsPlan {
     fn for_host(&self, registry_host: bool) -> Vec<&LayerToSend> {
         self.layers.iter().filter(|l| registry_host || !l.registry).collect()
     }
+}
+
+fn layer_digest(image: &PlatformImage, descriptor: &oci_spec::image::Descriptor) -> Result<Digest, StoreError> {
+    Digest::from_oci(descriptor.digest())
+        .map_err(|e| StoreError::BadJson { digest: image.manifest_digest.clone(), reason: e.to_string() })
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

@@ -127,11 +127,11 @@ pub async fn check(cluster: &Cluster, connect: &ConnectOptions, options: &Prefli
             let others: Vec<(IpAddr, u16)> = peers.iter().copied().filter(|(p, _)| p != ip).collect();
             let data_root = cluster.data_root.clone();
             async move {
-                let facts = facts::gather(session, &data_root).await.map_err(|e| crate::error_chain(&e));
-                let unreachable = match &facts {
-                    Ok(_) => unreachable_peers(session, &others).await,
-                    Err(_) => vec![],
-                };
+                // Two channels at once: on slow (emulated) hosts every process costs.
+                let (facts, unreachable) =
+                    tokio::join!(facts::gather(session, &data_root), unreachable_peers(session, &others));
+                let facts = facts.map_err(|e| crate::error_chain(&e));
+                let unreachable = if facts.is_ok() { unreachable } else { vec![] };
                 (*ip, Observed { facts, unreachable_peers: unreachable })
             }
         })

@@ -65,6 +65,9 @@ pub struct PreflightOptions {
     /// Ports that must be free: on every host, and on registry hosts only.
     pub ports_everywhere: Vec<u16>,
     pub ports_on_registry_hosts: Vec<u16>,
+    /// Ports a host may already use because an earlier run of this cluster started the service
+    /// on them (a re-run or an image update must not fail on its own registry).
+    pub ports_held_by_cluster: BTreeMap<IpAddr, BTreeSet<u16>>,
     pub min_kernel: (u32, u32),
 }
 
@@ -80,6 +83,7 @@ impl Default for PreflightOptions {
             node: Minimums { cpus: 1, memory_mib: 450 },
             ports_everywhere: vec![],
             ports_on_registry_hosts: vec![],
+            ports_held_by_cluster: BTreeMap::new(),
             min_kernel: (3, 10),
         }
     }
@@ -191,8 +195,12 @@ pub fn evaluate(
         if registry_host {
             wanted.extend(&options.ports_on_registry_hosts);
         }
-        let busy: Vec<String> =
-            wanted.iter().filter(|p| facts.listening_ports.contains(p)).map(ToString::to_string).collect();
+        let ours = options.ports_held_by_cluster.get(&host.ip);
+        let busy: Vec<String> = wanted
+            .iter()
+            .filter(|p| facts.listening_ports.contains(p) && !ours.is_some_and(|o| o.contains(p)))
+            .map(ToString::to_string)
+            .collect();
         push(
             "ports",
             pass_fail(busy.is_empty()),

@@ -154,7 +154,13 @@ impl Context<'_> {
             .get(&host.ip)
             .ok_or_else(|| SshError::Lost { host: host.ip.to_string(), reason: "no session".into() })?;
         let full = with_env(&self.env_for(host), &format!("cd {} && {command}", quote(&self.rootfs)));
-        let out = session.run(&full).await?;
+        // Errors show the script, not the env prefix.
+        let out = session.run(&full).await.map_err(|e| match e {
+            SshError::Command { host, status, output, .. } => {
+                SshError::Command { host, command: command.to_owned(), status, output }
+            }
+            other => other,
+        })?;
         for line in out.stdout_text().lines().chain(String::from_utf8_lossy(&out.stderr).lines()) {
             reporter.step(&host.ip.to_string(), line);
         }
@@ -212,7 +218,17 @@ pub async fn run(request: &RunRequest<'_>, reporter: &dyn RunReporter) -> Result
         return Err(RunError::Runtime(runtime));
     }
     reporter.phase(PHASES[0].0, PHASES[0].1);
-    let (report, fleet): (CheckReport, Fleet) = super::check(cluster, &request.connect, &request.preflight).await;
+    let journal_path = request.state_dir.join("journal.json");
+    let mut preflight = request.preflight.clone();
+    // The registry an earlier run of this cluster started holds its port: not a conflict.
+    if let (Some(previous), Registry::Local(r)) = (Journal::load(&journal_path)?, &cluster.registry) {
+        for host in &cluster.hosts {
+            if previous.is_done("registry", &host.ip.to_string()) {
+                preflight.ports_held_by_cluster.entry(host.ip).or_default().insert(r.port);
+            }
+        }
+    }
+    let (report, fleet): (CheckReport, Fleet) = super::check(cluster, &request.connect, &preflight).await;
     if report.failed() > 0 {
         fleet.close().await;
         return Err(RunError::Preflight { failed: report.failed(), results: report.results });
@@ -233,7 +249,6 @@ pub async fn run(request: &RunRequest<'_>, reporter: &dyn RunReporter) -> Result
         source: "no master".into(),
     })?;
     let dir = distribute::cluster_dir(&cluster.data_root, &cluster.name);
-    let journal_path = request.state_dir.join("journal.json");
     let journal = Journal::load_for(&journal_path, &cluster.name, &request.image.entry.digest.to_string())?;
     let ctx = Context {
         request,

@@ -1,0 +1,25 @@
+#!/bin/bash
+# Installs containerd and runc from the rootfs (kiln runs it on every host, in parallel).
+set -euo pipefail
+ROOTFS=$(cd "$(dirname "$0")/.." && pwd)
+# containerd's CRI plugin creates /etc/cni/net.d; remember whether it was there, for uninstall.
+[ -e /etc/cni ] || [ -e "$ROOTFS/.kiln-created-etc-cni" ] || touch "$ROOTFS/.kiln-created-etc-cni"
+install -m 0755 "$ROOTFS/bin/containerd" "$ROOTFS/bin/containerd-shim-runc-v2" "$ROOTFS/bin/ctr" "$ROOTFS/bin/runc" /usr/local/bin/
+mkdir -p /etc/containerd
+install -m 0644 "$ROOTFS/etc/containerd/config.toml" /etc/containerd/config.toml
+cat > /etc/systemd/system/containerd.service <<UNIT
+[Unit]
+Description=containerd (installed by kiln)
+After=network.target
+[Service]
+ExecStart=/usr/local/bin/containerd
+Restart=always
+Delegate=yes
+KillMode=process
+[Install]
+WantedBy=multi-user.target
+UNIT
+systemctl daemon-reload
+systemctl enable --now containerd >/dev/null 2>&1
+for _ in $(seq 50); do /usr/local/bin/ctr version >/dev/null 2>&1 && exit 0; sleep 0.2; done
+echo "containerd did not start" >&2; exit 1

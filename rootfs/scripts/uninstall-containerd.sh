@@ -1,0 +1,10 @@
+#!/bin/bash
+# Undoes containerd.sh.
+systemctl disable --now containerd >/dev/null 2>&1 || true
+rm -f /etc/systemd/system/containerd.service
+systemctl daemon-reload
+rm -f /usr/local/bin/containerd /usr/local/bin/containerd-shim-runc-v2 /usr/local/bin/ctr /usr/local/bin/runc
+rm -f /etc/containerd/config.toml
+rm -rf /var/lib/containerd /run/containerd
+ROOTFS=$(cd "$(dirname "$0")/.." && pwd)
+if [ -e "$ROOTFS/.kiln-created-etc-cni" ]; then rm -rf /etc/cni; rm -f "$ROOTFS/.kiln-created-etc-cni"; fi
