@@ -59,10 +59,11 @@ test-hosts: deps
 	e2e/test-hosts.sh
 
 # Scenarios on the test hosts with the kiln binary: connect, host keys, facts, preflight; run,
-# failure, status, resume, delete; the etcd demo on mixed architectures.
+# failure, status, resume, delete; power loss and partition; the etcd demo on mixed architectures.
 test-e2e: deps build
 	e2e/test-check.sh $(KILN_DEBUG)
 	e2e/test-run.sh $(KILN_DEBUG)
+	e2e/test-faults.sh $(KILN_DEBUG)
 	e2e/test-demo.sh $(KILN_DEBUG)
 
 test-unit:

@@ -165,7 +165,8 @@ pub async fn distribute(
     let wanted_id = rootfs_id(&layers);
     let listing = session
         .run(&format!(
-            "mkdir -p {b} && chmod 700 {d}/.kiln && ls {b}; echo \"id=$(cat {d}/.kiln/rootfs.id 2>/dev/null)\"; \
+            "mkdir -p {b} && chmod 700 {d}/.kiln && rm -f {b}/*.kiln-part && ls {b}; \
+             echo \"id=$(cat {d}/.kiln/rootfs.id 2>/dev/null)\"; \
              [ -d {d}/rootfs ] && echo has-rootfs || true",
             b = quote(&blobs_dir),
             d = quote(dir)

@@ -66,8 +66,14 @@ fn now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
-pub async fn gather(session: &Session, data_root: &Path) -> Result<Facts, SshError> {
-    let commands = REQUIRED_COMMANDS.join(" ");
+/// `extra_commands`: what this image needs beyond [`REQUIRED_COMMANDS`] (e.g. `zstd`).
+pub async fn gather(session: &Session, data_root: &Path, extra_commands: &[String]) -> Result<Facts, SshError> {
+    let commands = REQUIRED_COMMANDS
+        .iter()
+        .map(|c| quote(c))
+        .chain(extra_commands.iter().map(|c| quote(c)))
+        .collect::<Vec<_>>()
+        .join(" ");
     let script = format!(
         r#"echo "clock=$(date +%s.%N)"
 echo "arch=$(uname -m)"

@@ -128,8 +128,10 @@ pub async fn check(cluster: &Cluster, connect: &ConnectOptions, options: &Prefli
             let data_root = cluster.data_root.clone();
             async move {
                 // Two channels at once: on slow (emulated) hosts every process costs.
-                let (facts, unreachable) =
-                    tokio::join!(facts::gather(session, &data_root), unreachable_peers(session, &others));
+                let (facts, unreachable) = tokio::join!(
+                    facts::gather(session, &data_root, &options.extra_commands),
+                    unreachable_peers(session, &others)
+                );
                 let facts = facts.map_err(|e| crate::error_chain(&e));
                 let unreachable = if facts.is_ok() { unreachable } else { vec![] };
                 (*ip, Observed { facts, unreachable_peers: unreachable })

@@ -69,6 +69,8 @@ pub struct PreflightOptions {
     /// on them (a re-run or an image update must not fail on its own registry).
     pub ports_held_by_cluster: BTreeMap<IpAddr, BTreeSet<u16>>,
     pub min_kernel: (u32, u32),
+    /// Commands the image needs on hosts beyond kiln's own (`zstd` for zstd layers).
+    pub extra_commands: Vec<String>,
 }
 
 impl Default for PreflightOptions {
@@ -85,6 +87,7 @@ impl Default for PreflightOptions {
             ports_on_registry_hosts: vec![],
             ports_held_by_cluster: BTreeMap::new(),
             min_kernel: (3, 10),
+            extra_commands: vec![],
         }
     }
 }

@@ -130,8 +130,9 @@ fn client_config() -> Arc<client::Config> {
     Arc::new(client::Config {
         // Dead peers are found by keepalives, not by idle time: commands may be silent for long.
         inactivity_timeout: None,
-        keepalive_interval: Some(Duration::from_secs(15)),
-        keepalive_max: 4,
+        // A host that vanished (power loss, partition) is noticed in about 15 s.
+        keepalive_interval: Some(Duration::from_secs(5)),
+        keepalive_max: 3,
         nodelay: true,
         ..Default::default()
     })

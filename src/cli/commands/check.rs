@@ -14,6 +14,14 @@ pub async fn run(settings: &Settings, printer: Printer, args: CheckArgs) -> anyh
         if let Some(image) = image {
             options.image_platforms = Some(image.platforms.iter().map(|p| p.platform.clone()).collect());
             options.rootfs_bytes = image.platforms.iter().map(|p| p.layers_size()).max().unwrap_or(0);
+            if image
+                .platforms
+                .iter()
+                .flat_map(|p| p.manifest.layers())
+                .any(|l| l.media_type().to_string().ends_with("+zstd"))
+            {
+                options.extra_commands.push("zstd".into());
+            }
         }
     }
     if let crate::clusterfile::Registry::Local(r) = &clusterfile.cluster.registry {

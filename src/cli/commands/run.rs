@@ -37,6 +37,10 @@ pub async fn run(settings: &Settings, printer: Printer, args: RunArgs) -> anyhow
     if let crate::clusterfile::Registry::Local(r) = &clusterfile.cluster.registry {
         preflight.ports_on_registry_hosts.push(r.port);
     }
+    // Hosts extract layers with their own tar: zstd layers need `zstd` there.
+    if image.platforms.iter().flat_map(|p| p.manifest.layers()).any(|l| l.media_type().to_string().ends_with("+zstd")) {
+        preflight.extra_commands.push("zstd".into());
+    }
     let state_dir = settings.root.join("clusters").join(&clusterfile.cluster.name);
     std::fs::create_dir_all(&state_dir)?;
     // The effective Clusterfile is saved before anything runs, so a failed run can be resumed
