@@ -128,3 +128,18 @@ async fn clean_host(
     reporter.step(&host.ip.to_string(), "cleaned");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_script_is_valid_shell_and_undoes_kiln_changes() {
+        let script = clean_script("/var/lib/kiln/data/my cluster", "/var/lib/kiln/data");
+        let out = std::process::Command::new("sh").arg("-n").arg("-c").arg(&script).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(script.contains("/# kiln-registry$/d"));
+        assert!(script.contains("rm -rf '/var/lib/kiln/data/my cluster'"));
+        assert!(script.contains("90-kiln-"), "tuning is restored");
+    }
+}

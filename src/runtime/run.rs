@@ -605,3 +605,55 @@ async fn apps_phase(ctx: &Context<'_>, reporter: &dyn RunReporter) -> Result<(),
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::{AppType, Application};
+
+    fn ext() -> ImageExtension {
+        let mut ext = ImageExtension::default();
+        for (name, cmds) in [("a", vec![]), ("b", vec!["run-b".to_owned()])] {
+            ext.applications.push(Application {
+                name: name.into(),
+                app_type: AppType::Shell,
+                files: vec![format!("{name}.sh")],
+                cmds,
+                ..Default::default()
+            });
+        }
+        ext.launch.app_names = vec!["a".into()];
+        ext
+    }
+
+    fn clusterfile(extra: &str) -> Clusterfile {
+        Clusterfile::parse(
+            "C",
+            &format!("kind: Cluster\nspec:\n{extra}  hosts:\n  - ips: [10.0.0.1]\n    roles: [master]\n"),
+        )
+        .unwrap()
+    }
+
+    /// Sealer's precedence: global cmds > image CMDS > chosen apps' cmds > image LAUNCH.
+    #[test]
+    fn launch_precedence_follows_sealer() {
+        let mut e = ext();
+        assert_eq!(launch_commands(&e, &clusterfile("")), ["bash application/apps/a/a.sh"]);
+        assert_eq!(launch_commands(&e, &clusterfile("  appNames: [b]\n")), ["cd application/apps/b/ && run-b"]);
+        assert!(launch_commands(&e, &clusterfile("  appNames: [\"\"]\n")).is_empty(), "[\"\"] launches nothing");
+        e.launch.cmds = vec!["image-cmd".into()];
+        assert_eq!(launch_commands(&e, &clusterfile("  appNames: [b]\n")), ["image-cmd"]);
+        assert_eq!(launch_commands(&e, &clusterfile("  cmd: [global]\n")), ["global"]);
+    }
+
+    #[test]
+    fn registry_client_script_is_valid_shell_and_tags_its_changes() {
+        let script = client_config_script("/var/lib/kiln/data/c", "sea.hub", 5000, "10.0.0.1".parse().unwrap());
+        let out = std::process::Command::new("sh").arg("-n").arg("-c").arg(&script).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(script.contains("10.0.0.1 sea.hub # kiln-registry"));
+        assert!(script.contains("http://sea.hub:5000/v2/quay.io"), "non-docker.io upstreams live under their host");
+        assert!(script.contains("override_path = true"));
+        assert!(script.contains(".kiln/created"));
+    }
+}
