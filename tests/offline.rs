@@ -9,7 +9,7 @@ use std::fs;
 use std::process::Command;
 use std::sync::atomic::Ordering;
 
-use common::registry::{Auth, CountingProxy, TestRegistry, make_tls, random_image};
+use common::registry::{Auth, CountingProxy, TestRegistry, make_tls, random_image, random_image_files};
 use common::{Env, require_tool};
 
 fn peers() -> bool {
@@ -131,6 +131,17 @@ impl Containerd {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// `skopeo copy` of an OCI archive into a `docker save` tar whose image is called `name`.
+fn to_docker_archive(oci_archive: &std::path::Path, name: &str, dest: &std::path::Path) {
+    let out = Command::new("skopeo")
+        .arg("copy")
+        .arg(format!("oci-archive:{}", oci_archive.display()))
+        .arg(format!("docker-archive:{}:{name}", dest.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// `docker-registry` serving an extracted `registry/` directory; returns it and its address.
@@ -507,17 +518,10 @@ fn image_sources_pack_local_archives_and_layouts_without_a_registry() {
     random_image(&env, one, &[3000]);
     random_image(&env, two, &[4000, 5000]);
     random_image(&env, three, &[6000]);
-    let layout = env.dir.path().join(format!("layout-{}", one.replace(['/', ':'], "_")));
-    let archive = env.dir.path().join(format!("{}.tar", two.replace(['/', ':'], "_")));
+    let layout = random_image_files(&env, one).0;
+    let archive = random_image_files(&env, two).1;
     let docker_tar = env.dir.path().join("three-docker.tar");
-    let three_oci = env.dir.path().join(format!("{}.tar", three.replace(['/', ':'], "_")));
-    let out = Command::new("skopeo")
-        .arg("copy")
-        .arg(format!("oci-archive:{}", three_oci.display()))
-        .arg(format!("docker-archive:{}:{three}", docker_tar.display()))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    to_docker_archive(&random_image_files(&env, three).1, three, &docker_tar);
     let layout_before = common::snapshot_dir(&layout);
 
     let build = Env::new();
@@ -630,14 +634,7 @@ fn containerd_content_store_is_an_image_source() {
     let name = "127.0.0.1:9/local/built:7";
     random_image(&env, name, &[7000, 8000]);
     let docker_tar = env.dir.path().join("built-docker.tar");
-    let oci = env.dir.path().join(format!("{}.tar", name.replace(['/', ':'], "_")));
-    let out = Command::new("skopeo")
-        .arg("copy")
-        .arg(format!("oci-archive:{}", oci.display()))
-        .arg(format!("docker-archive:{}:{name}", docker_tar.display()))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    to_docker_archive(&random_image_files(&env, name).1, name, &docker_tar);
     let out = ctrd.ctr(&["-n", "builds", "images", "import", "--no-unpack", docker_tar.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 

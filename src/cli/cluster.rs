@@ -126,3 +126,12 @@ pub fn preflight_options(args: &PreflightArgs) -> anyhow::Result<crate::runtime:
         ..Default::default()
     })
 }
+
+/// Names of the clusters run from this machine (`<root>/clusters/*`), sorted.
+pub fn saved_clusters(clusters_dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(clusters_dir)
+        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}

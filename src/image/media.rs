@@ -60,3 +60,13 @@ impl Compression {
         }
     }
 }
+
+/// Whether a layer descriptor is marked as the `registry/` content
+/// ([`ANNOTATION_LAYER_CONTENT`] = [`LAYER_CONTENT_REGISTRY`]).
+pub fn is_registry_layer(layer: &oci_spec::image::Descriptor) -> bool {
+    layer
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_LAYER_CONTENT))
+        .is_some_and(|v| v == LAYER_CONTENT_REGISTRY)
+}

@@ -69,7 +69,7 @@ pub async fn delete(
         }
     }
     let dir = distribute::cluster_dir(&cluster.data_root, &cluster.name);
-    let rootfs = format!("{dir}/rootfs");
+    let rootfs = distribute::rootfs_dir(&dir);
     let master0 = clusterfile.master0().cloned();
     reporter.phase("clean", "run the image's clean scripts and undo kiln's changes");
     let cri = cluster.container_runtime.clone().unwrap_or_else(|| "containerd".into());

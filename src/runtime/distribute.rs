@@ -109,11 +109,7 @@ impl RootfsPlan {
         };
         let mut layers = Vec::new();
         for (descriptor, (whiteouts, opaque_dirs)) in image.manifest.layers().iter().zip(scans) {
-            let registry = descriptor
-                .annotations()
-                .as_ref()
-                .and_then(|a| a.get(media::ANNOTATION_LAYER_CONTENT))
-                .is_some_and(|v| v == media::LAYER_CONTENT_REGISTRY);
+            let registry = media::is_registry_layer(descriptor);
             layers.push(LayerToSend {
                 digest: layer_digest(image, descriptor)?,
                 media_type: descriptor.media_type().to_string(),
@@ -148,6 +144,11 @@ pub struct DistributeOutcome {
 /// Where a cluster's files live on a host.
 pub fn cluster_dir(data_root: &std::path::Path, cluster: &str) -> String {
     data_root.join(cluster).display().to_string()
+}
+
+/// The rootfs inside a cluster directory.
+pub fn rootfs_dir(cluster_dir: &str) -> String {
+    format!("{cluster_dir}/rootfs")
 }
 
 /// Places the rootfs for `plan` on one host.
@@ -249,7 +250,7 @@ fn extract_script(dir: &str, layers: &[&LayerToSend], id: &str) -> String {
         "cd /\nrm -rf {old}\nif [ -d {cur} ]; then mv {cur} {old}; fi\nmv {n} {cur}\nrm -rf {old}\n\
          echo {id} > {d}/.kiln/rootfs.id.tmp && mv {d}/.kiln/rootfs.id.tmp {d}/.kiln/rootfs.id\n",
         old = quote(&format!("{dir}/rootfs.kiln-old")),
-        cur = quote(&format!("{dir}/rootfs")),
+        cur = quote(&rootfs_dir(dir)),
         n = quote(&new),
         d = quote(dir),
     ));

@@ -92,6 +92,30 @@ impl Default for PreflightOptions {
     }
 }
 
+impl PreflightOptions {
+    /// Adds what `cluster` and its image (when known here) require of hosts: the image's
+    /// platforms, disk for its rootfs (blobs are kept beside the extracted files: about twice
+    /// the compressed size), the registry port on registry hosts, and `zstd` for zstd layers
+    /// (hosts extract with their own tar).
+    pub fn for_cluster(mut self, cluster: &Cluster, image: Option<&crate::image::Image>) -> Self {
+        if let crate::clusterfile::Registry::Local(r) = &cluster.registry {
+            self.ports_on_registry_hosts.push(r.port);
+        }
+        if let Some(image) = image {
+            self.image_platforms = Some(image.platforms.iter().map(|p| p.platform.clone()).collect());
+            self.rootfs_bytes = image.platforms.iter().map(|p| p.layers_size()).max().unwrap_or(0) * 2;
+            let zstd = image.platforms.iter().flat_map(|p| p.manifest.layers()).any(|l| {
+                crate::image::media::Compression::of_media_type(l.media_type().as_ref())
+                    == Some(crate::image::media::Compression::Zstd)
+            });
+            if zstd {
+                self.extra_commands.push("zstd".into());
+            }
+        }
+        self
+    }
+}
+
 /// What was learnt about one host: its facts, or why there are none, and which peers it
 /// could not reach.
 #[derive(Debug, Clone)]

@@ -15,7 +15,7 @@ use super::journal::{self, Journal, JournalError};
 use super::preflight::{CheckResult, PreflightOptions};
 use super::{CheckReport, ConnectOptions, Fleet};
 use crate::clusterfile::{Clusterfile, Host, Registry, Role};
-use crate::image::{Image, ImageExtension, Platform, PlatformImage, Store};
+use crate::image::{Image, ImageExtension, Platform, PlatformImage, Store, media};
 use crate::ssh::{Session, SshError, quote, with_env};
 
 /// Image label naming the cluster runtime (Sealer's).
@@ -106,20 +106,17 @@ impl Context<'_> {
         &self.request.clusterfile.cluster.hosts
     }
 
-    fn session(&self, ip: IpAddr) -> Result<&Arc<Session>, RunError> {
-        self.fleet.sessions.get(&ip).ok_or_else(|| RunError::Step {
-            phase: "connect",
-            host: ip.to_string(),
-            source: "no SSH session".into(),
-        })
-    }
-
     #[allow(clippy::result_large_err)] // the same error the session's own calls return
     fn session_for(&self, host: &Host) -> Result<&Arc<Session>, SshError> {
         self.fleet
             .sessions
             .get(&host.ip)
             .ok_or_else(|| SshError::Lost { host: host.ip.to_string(), reason: "no session".into() })
+    }
+
+    /// The image carries `registry/` content (not built with `--build-mode lite`).
+    fn has_registry_content(&self) -> bool {
+        self.platforms.values().any(|p| p.manifest.layers().iter().any(media::is_registry_layer))
     }
 
     fn done(&self, phase: &str, who: &str) -> bool {
@@ -148,11 +145,7 @@ impl Context<'_> {
 
     /// Runs `command` in the rootfs on `host` with its env; the output goes to the reporter.
     async fn script(&self, reporter: &dyn RunReporter, host: &Host, command: &str) -> Result<(), SshError> {
-        let session = self
-            .fleet
-            .sessions
-            .get(&host.ip)
-            .ok_or_else(|| SshError::Lost { host: host.ip.to_string(), reason: "no session".into() })?;
+        let session = self.session_for(host)?;
         let full = with_env(&self.env_for(host), &format!("cd {} && {command}", quote(&self.rootfs)));
         // Errors show the script, not the env prefix.
         let out = session.run(&full).await.map_err(|e| match e {
@@ -254,7 +247,7 @@ pub async fn run(request: &RunRequest<'_>, reporter: &dyn RunReporter) -> Result
         request,
         fleet,
         platforms,
-        rootfs: format!("{dir}/rootfs"),
+        rootfs: distribute::rootfs_dir(&dir),
         dir,
         registry_hosts: super::preflight::registry_hosts(cluster),
         master0,
@@ -296,24 +289,21 @@ async fn plan(ctx: &Context<'_>) -> Vec<HostPlan> {
                 .unwrap_or_default(),
             None => BTreeSet::new(),
         };
-        let registry_digest = |d: &oci_spec::image::Descriptor| {
-            d.annotations()
-                .as_ref()
-                .and_then(|a| a.get(crate::image::media::ANNOTATION_LAYER_CONTENT))
-                .is_some_and(|v| v == crate::image::media::LAYER_CONTENT_REGISTRY)
-        };
         let missing: Vec<&oci_spec::image::Descriptor> = image
             .manifest
             .layers()
             .iter()
-            .filter(|l| registry_host || !registry_digest(l))
+            .filter(|l| registry_host || !media::is_registry_layer(l))
             .filter(|l| !present.contains(l.digest().digest()))
             .collect();
         let mut phases = vec!["distribute", "os-tune"];
-        if registry_host {
-            phases.push("registry");
+        if ctx.has_registry_content() {
+            if registry_host {
+                phases.push("registry");
+            }
+            phases.push("registry-clients");
         }
-        phases.extend(["registry-clients", "container-runtime", "bring-up"]);
+        phases.extend(["container-runtime", "bring-up"]);
         if host.ip == ctx.master0.ip {
             phases.push("apps");
         }
@@ -365,17 +355,9 @@ async fn distribute_phase(
             .map(|host| {
                 let plan = &plans[&ctx.platforms[&host.ip].manifest_digest.to_string()];
                 async move {
-                    let session = match ctx.session(host.ip) {
+                    let session = match ctx.session_for(host) {
                         Ok(s) => s,
-                        Err(e) => {
-                            return (
-                                host.ip,
-                                Err(DistributeError::Ssh(Box::new(SshError::Lost {
-                                    host: host.ip.to_string(),
-                                    reason: e.to_string(),
-                                }))),
-                            );
-                        }
+                        Err(e) => return (host.ip, Err(e.into())),
                     };
                     let registry_host = ctx.registry_hosts.contains(&host.ip);
                     let r = distribute::distribute(ctx.request.store, session, &ctx.dir, plan, registry_host, reporter)
@@ -450,15 +432,7 @@ async fn tune_phase(ctx: &Context<'_>, reporter: &dyn RunReporter) -> Result<(),
 async fn registry_phase(ctx: &Context<'_>, reporter: &dyn RunReporter) -> Result<(), RunError> {
     reporter.phase(PHASES[3].0, PHASES[3].1);
     let Registry::Local(registry) = &ctx.request.clusterfile.cluster.registry else { return Ok(()) };
-    let has_registry_content = ctx.platforms.values().any(|p| {
-        p.manifest.layers().iter().any(|l| {
-            l.annotations()
-                .as_ref()
-                .and_then(|a| a.get(crate::image::media::ANNOTATION_LAYER_CONTENT))
-                .is_some_and(|v| v == crate::image::media::LAYER_CONTENT_REGISTRY)
-        })
-    });
-    if !has_registry_content {
+    if !ctx.has_registry_content() {
         reporter.step("cluster", "the image carries no registry content (built with --build-mode lite): skipped");
         return Ok(());
     }

@@ -69,6 +69,12 @@ pub enum SshError {
     Timeout { host: String, command: String, seconds: u64 },
     #[error("{host}: upload of `{path}` arrived corrupted (sha256 {expected} sent, {actual} written)")]
     UploadMismatch { host: String, path: String, expected: String, actual: String },
+    #[error("{host}: cannot read the data to send")]
+    Input {
+        host: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{host}: connection lost: {reason}")]
     Lost { host: String, reason: String },
     #[error("cannot read `{}`", path.display())]
@@ -209,10 +215,6 @@ impl Session {
         self.target.host
     }
 
-    pub fn user(&self) -> &str {
-        &self.target.user
-    }
-
     async fn find_privilege(&self) -> Result<Privilege, SshError> {
         if self.target.user == "root" {
             return Ok(Privilege::Root);
@@ -222,7 +224,7 @@ impl Session {
             user: self.target.user.clone(),
             reason,
         };
-        let probe = self.raw_exec("sudo -n true", None, None).await?;
+        let probe = self.raw_exec("sudo -n true", None, &b""[..], |_| {}).await?;
         if probe.status == 0 {
             return Ok(Privilege::SudoNoPassword);
         }
@@ -232,7 +234,7 @@ impl Session {
             ));
         };
         let with_password = Privilege::SudoPassword(password);
-        let check = self.raw_exec(&wrap("true", &with_password), Some(&with_password), None).await?;
+        let check = self.raw_exec(&wrap("true", &with_password), Some(&with_password), &b""[..], |_| {}).await?;
         if check.status == 0 {
             Ok(with_password)
         } else {
@@ -240,16 +242,12 @@ impl Session {
         }
     }
 
-    /// Runs `command` (a shell snippet) as root; a non-zero exit is not an error here.
+    /// Runs `command` (a shell snippet) as root within the command time limit; a non-zero exit
+    /// is not an error here.
     pub async fn exec(&self, command: &str) -> Result<Output, SshError> {
-        self.exec_with(command, self.options.command_timeout).await
-    }
-
-    /// Like [`Self::exec`] with its own time limit.
-    pub async fn exec_with(&self, command: &str, timeout: Option<Duration>) -> Result<Output, SshError> {
         let wrapped = wrap(command, &self.privilege);
-        let run = self.raw_exec(&wrapped, Some(&self.privilege), None);
-        match timeout {
+        let run = self.raw_exec(&wrapped, Some(&self.privilege), &b""[..], |_| {});
+        match self.options.command_timeout {
             None => run.await,
             Some(limit) => tokio::time::timeout(limit, run).await.map_err(|_| SshError::Timeout {
                 host: self.target.host.to_string(),
@@ -275,12 +273,7 @@ impl Session {
 
     /// Streams `source` to `remote` (as root, mode `mode`): written to `remote.kiln-part`,
     /// checked by sha256 on the host, then renamed into place. Returns the hex sha256.
-    pub async fn upload<R: AsyncRead + Unpin>(
-        &self,
-        mut source: R,
-        remote: &str,
-        mode: u32,
-    ) -> Result<String, SshError> {
+    pub async fn upload<R: AsyncRead + Unpin>(&self, source: R, remote: &str, mode: u32) -> Result<String, SshError> {
         let part = format!("{remote}.kiln-part");
         let dir = remote.rsplit_once('/').map_or(".", |(d, _)| if d.is_empty() { "/" } else { d });
         let script = format!(
@@ -291,50 +284,7 @@ impl Session {
         let mut hasher = Sha256::new();
         let wrapped = wrap(&script, &self.privilege);
         let host = self.target.host.to_string();
-        let lost = |e: russh::Error| SshError::Lost { host: host.clone(), reason: e.to_string() };
-        let _permit =
-            self.channels.acquire().await.map_err(|e| SshError::Lost { host: host.clone(), reason: e.to_string() })?;
-        let channel = self.handle.channel_open_session().await.map_err(lost)?;
-        channel.exec(true, wrapped.as_bytes()).await.map_err(lost)?;
-        let (mut read, write) = channel.split();
-        let collect = tokio::spawn(async move {
-            let mut out = Output::default();
-            while let Some(msg) = read.wait().await {
-                match msg {
-                    ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
-                    ChannelMsg::ExtendedData { data, .. } => out.stderr.extend_from_slice(&data),
-                    ChannelMsg::ExitStatus { exit_status } => out.status = exit_status,
-                    ChannelMsg::Close => break,
-                    _ => {}
-                }
-            }
-            out
-        });
-        let mut writer = write.make_writer();
-        if let Privilege::SudoPassword(p) = &self.privilege {
-            writer
-                .write_all(format!("{}\n", p.expose()).as_bytes())
-                .await
-                .map_err(|e| SshError::Lost { host: host.clone(), reason: e.to_string() })?;
-        }
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n =
-                source.read(&mut buf).await.map_err(|e| SshError::Local { path: PathBuf::from(remote), source: e })?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            writer
-                .write_all(&buf[..n])
-                .await
-                .map_err(|e| SshError::Lost { host: host.clone(), reason: e.to_string() })?;
-        }
-        writer.flush().await.map_err(|e| SshError::Lost { host: host.clone(), reason: e.to_string() })?;
-        drop(writer);
-        write.eof().await.map_err(lost)?;
-        let out = collect.await.map_err(|e| SshError::Lost { host: host.clone(), reason: e.to_string() })?;
-        let _ = write.close().await;
+        let out = self.raw_exec(&wrapped, Some(&self.privilege), source, |chunk| hasher.update(chunk)).await?;
         if out.status != 0 {
             return Err(SshError::Command {
                 host,
@@ -353,52 +303,66 @@ impl Session {
         Ok(expected)
     }
 
-    /// One exec channel: runs `command` as given, feeds the sudo password if asked, collects
-    /// the output, and always closes the channel.
-    async fn raw_exec(
+    /// One exec channel: runs `command` as given, feeds the sudo password if asked and then
+    /// `stdin` (each chunk shown to `sent` on its way), collects the output while writing, and
+    /// always closes the channel. A channel that ends without an exit status means the
+    /// connection was lost.
+    async fn raw_exec<R: AsyncRead + Unpin>(
         &self,
         command: &str,
         privilege: Option<&Privilege>,
-        stdin: Option<&[u8]>,
+        mut stdin: R,
+        mut sent: impl FnMut(&[u8]),
     ) -> Result<Output, SshError> {
         let host = self.target.host.to_string();
-        let lost = |e: russh::Error| SshError::Lost { host: host.clone(), reason: e.to_string() };
-        let _permit =
-            self.channels.acquire().await.map_err(|e| SshError::Lost { host: host.clone(), reason: e.to_string() })?;
-        let mut channel = self.handle.channel_open_session().await.map_err(lost)?;
-        channel.exec(true, command.as_bytes()).await.map_err(lost)?;
-        if let Some(Privilege::SudoPassword(p)) = privilege {
-            channel.data_bytes(format!("{}\n", p.expose()).into_bytes()).await.map_err(lost)?;
-        }
-        if let Some(input) = stdin {
-            channel.data_bytes(input.to_vec()).await.map_err(lost)?;
-        }
-        channel.eof().await.map_err(lost)?;
-        let mut out = Output::default();
-        let mut exited = false;
-        while let Some(msg) = channel.wait().await {
-            match msg {
-                ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
-                ChannelMsg::ExtendedData { data, .. } => out.stderr.extend_from_slice(&data),
-                ChannelMsg::ExitStatus { exit_status } => {
-                    out.status = exit_status;
-                    exited = true;
+        let lost = |reason: String| SshError::Lost { host: host.clone(), reason };
+        let _permit = self.channels.acquire().await.map_err(|e| lost(e.to_string()))?;
+        let channel = self.handle.channel_open_session().await.map_err(|e| lost(e.to_string()))?;
+        channel.exec(true, command.as_bytes()).await.map_err(|e| lost(e.to_string()))?;
+        let (mut read, write) = channel.split();
+        // Output is read while input is written, so neither side's window can stall the other.
+        let collect = tokio::spawn(async move {
+            let mut out = Output::default();
+            let mut exited = false;
+            while let Some(msg) = read.wait().await {
+                match msg {
+                    ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
+                    ChannelMsg::ExtendedData { data, .. } => out.stderr.extend_from_slice(&data),
+                    ChannelMsg::ExitStatus { exit_status } => {
+                        out.status = exit_status;
+                        exited = true;
+                    }
+                    ChannelMsg::ExitSignal { signal_name, .. } => {
+                        out.status = 128;
+                        out.stderr.extend_from_slice(format!("killed by signal {signal_name:?}").as_bytes());
+                        exited = true;
+                    }
+                    ChannelMsg::Close => break,
+                    _ => {}
                 }
-                ChannelMsg::ExitSignal { signal_name, .. } => {
-                    out.status = 128;
-                    out.stderr.extend_from_slice(format!("killed by signal {signal_name:?}").as_bytes());
-                    exited = true;
-                }
-                ChannelMsg::Close => break,
-                _ => {}
             }
+            (out, exited)
+        });
+        let mut writer = write.make_writer();
+        if let Some(Privilege::SudoPassword(p)) = privilege {
+            writer.write_all(format!("{}\n", p.expose()).as_bytes()).await.map_err(|e| lost(e.to_string()))?;
         }
-        let _ = channel.close().await;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = stdin.read(&mut buf).await.map_err(|source| SshError::Input { host: host.clone(), source })?;
+            if n == 0 {
+                break;
+            }
+            sent(&buf[..n]);
+            writer.write_all(&buf[..n]).await.map_err(|e| lost(e.to_string()))?;
+        }
+        writer.flush().await.map_err(|e| lost(e.to_string()))?;
+        drop(writer);
+        write.eof().await.map_err(|e| lost(e.to_string()))?;
+        let (out, exited) = collect.await.map_err(|e| lost(e.to_string()))?;
+        let _ = write.close().await;
         if !exited {
-            return Err(SshError::Lost {
-                host,
-                reason: format!("`{}` ended without an exit status", first_line(command)),
-            });
+            return Err(lost(format!("`{}` ended without an exit status", first_line(command))));
         }
         Ok(out)
     }

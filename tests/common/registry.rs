@@ -360,11 +360,17 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Where [`random_image`] leaves the OCI layout directory and the OCI archive it makes for `name`.
+pub fn random_image_files(env: &super::Env, name: &str) -> (PathBuf, PathBuf) {
+    let safe = name.replace(['/', ':'], "_");
+    (env.dir.path().join(format!("layout-{safe}")), env.dir.path().join(format!("{safe}.tar")))
+}
+
 /// Writes an OCI archive with one image of uncompressed random layers (fast to make in a
 /// debug build) and loads it.
 pub fn random_image(env: &super::Env, name: &str, layer_sizes: &[usize]) -> Vec<String> {
     use kiln::image::Digest;
-    let dir = env.dir.path().join(format!("layout-{}", name.replace(['/', ':'], "_")));
+    let (dir, archive) = random_image_files(env, name);
     let blobs = dir.join("blobs/sha256");
     fs::create_dir_all(&blobs).unwrap();
     let mut layers = Vec::new();
@@ -406,7 +412,6 @@ pub fn random_image(env: &super::Env, name: &str, layer_sizes: &[usize]) -> Vec<
     let index = serde_json::json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md.to_string(), "size": mb.len(),
         "annotations": {"org.opencontainers.image.ref.name": name}}]});
     fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
-    let archive = env.dir.path().join(format!("{}.tar", name.replace(['/', ':'], "_")));
     let mut t = tar::Builder::new(fs::File::create(&archive).unwrap());
     t.append_dir_all(".", &dir).unwrap();
     t.finish().unwrap();

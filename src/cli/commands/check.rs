@@ -6,27 +6,16 @@ use crate::runtime::preflight::Outcome;
 pub async fn run(settings: &Settings, printer: Printer, args: CheckArgs) -> anyhow::Result<()> {
     let clusterfile = crate::cli::cluster::resolve(&args.hosts, args.image.clone(), &printer)?;
     let connect = crate::cli::cluster::connect_options(&args.hosts, &clusterfile)?;
-    let mut options = crate::cli::cluster::preflight_options(&args.checks)?;
-    if let Some(name) = &clusterfile.cluster.image {
-        let store = settings.store()?;
-        let reference = parse_ref(name)?;
-        let image = super::blocking(move || Ok(store.image(&reference)?)).await?;
-        if let Some(image) = image {
-            options.image_platforms = Some(image.platforms.iter().map(|p| p.platform.clone()).collect());
-            options.rootfs_bytes = image.platforms.iter().map(|p| p.layers_size()).max().unwrap_or(0);
-            if image
-                .platforms
-                .iter()
-                .flat_map(|p| p.manifest.layers())
-                .any(|l| l.media_type().to_string().ends_with("+zstd"))
-            {
-                options.extra_commands.push("zstd".into());
-            }
+    let image = match &clusterfile.cluster.image {
+        Some(name) => {
+            let store = settings.store()?;
+            let reference = parse_ref(name)?;
+            super::blocking(move || Ok(store.image(&reference)?)).await?
         }
-    }
-    if let crate::clusterfile::Registry::Local(r) = &clusterfile.cluster.registry {
-        options.ports_on_registry_hosts.push(r.port);
-    }
+        None => None,
+    };
+    let options =
+        crate::cli::cluster::preflight_options(&args.checks)?.for_cluster(&clusterfile.cluster, image.as_ref());
     printer.status(&format!("Checking {} hosts", clusterfile.cluster.hosts.len()));
     let (report, fleet) = crate::runtime::check(&clusterfile.cluster, &connect, &options).await;
     fleet.close().await;

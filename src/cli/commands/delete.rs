@@ -12,11 +12,7 @@ pub async fn run(settings: &Settings, printer: Printer, args: DeleteArgs) -> any
         Clusterfile::parse(&path.display().to_string(), &text).map_err(|e| anyhow::Error::new(*e))
     };
     let targets: Vec<Clusterfile> = if args.all {
-        let mut names: Vec<String> = std::fs::read_dir(&clusters_dir)
-            .map(|d| d.flatten().filter_map(|e| e.file_name().to_str().map(str::to_owned)).collect())
-            .unwrap_or_default();
-        names.sort();
-        names.iter().map(|n| saved(n)).collect::<anyhow::Result<_>>()?
+        crate::cli::cluster::saved_clusters(&clusters_dir).iter().map(|n| saved(n)).collect::<anyhow::Result<_>>()?
     } else if let Some(name) = &args.cluster {
         vec![saved(name)?]
     } else {

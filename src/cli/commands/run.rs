@@ -3,7 +3,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use crate::cli::RunArgs;
 use crate::cli::settings::{Settings, parse_ref};
 use crate::output::{Printer, RunProgress, Table, UserError};
-use crate::runtime::preflight::{Outcome, PreflightOptions};
+use crate::runtime::preflight::Outcome;
 use crate::runtime::run::{RunError, RunRequest};
 
 pub async fn run(settings: &Settings, printer: Printer, args: RunArgs) -> anyhow::Result<()> {
@@ -28,19 +28,8 @@ pub async fn run(settings: &Settings, printer: Printer, args: RunArgs) -> anyhow
         let store = store.clone();
         super::blocking(move || super::require_image(&store, &reference)).await?
     };
-    let mut preflight = PreflightOptions {
-        image_platforms: Some(image.platforms.iter().map(|p| p.platform.clone()).collect()),
-        // Blobs are kept beside the extracted rootfs: about twice the compressed size.
-        rootfs_bytes: image.platforms.iter().map(|p| p.layers_size()).max().unwrap_or(0) * 2,
-        ..crate::cli::cluster::preflight_options(&args.checks)?
-    };
-    if let crate::clusterfile::Registry::Local(r) = &clusterfile.cluster.registry {
-        preflight.ports_on_registry_hosts.push(r.port);
-    }
-    // Hosts extract layers with their own tar: zstd layers need `zstd` there.
-    if image.platforms.iter().flat_map(|p| p.manifest.layers()).any(|l| l.media_type().to_string().ends_with("+zstd")) {
-        preflight.extra_commands.push("zstd".into());
-    }
+    let preflight =
+        crate::cli::cluster::preflight_options(&args.checks)?.for_cluster(&clusterfile.cluster, Some(&image));
     let state_dir = settings.root.join("clusters").join(&clusterfile.cluster.name);
     std::fs::create_dir_all(&state_dir)?;
     // The effective Clusterfile is saved before anything runs, so a failed run can be resumed

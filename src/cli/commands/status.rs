@@ -8,9 +8,7 @@ pub async fn run(settings: &Settings, printer: Printer, args: StatusArgs) -> any
     let clusters_dir = settings.root.join("clusters");
     let names: Vec<String> = match &args.cluster {
         Some(n) => vec![n.clone()],
-        None => std::fs::read_dir(&clusters_dir)
-            .map(|d| d.flatten().filter_map(|e| e.file_name().to_str().map(str::to_owned)).collect())
-            .unwrap_or_default(),
+        None => crate::cli::cluster::saved_clusters(&clusters_dir),
     };
     let mut journals = Vec::new();
     for name in names {
