@@ -3,7 +3,8 @@
 # arm64), runs them onto 3 mixed-arch test hosts (root by password, root by key, a sudo user by
 # key), and checks: a healthy 3-member etcd cluster; each host runs its own architecture's
 # binaries; every host pulls the cached app image for its arch through the mirror config (the
-# hosts have no other registry); a second run sends no rootfs bytes (its time is printed beside
+# hosts have no other registry) from a registry that serves TLS with kiln's CA and requires the
+# generated credentials; a second run sends no rootfs bytes (its time is printed beside
 # the first's); `kiln delete` leaves the hosts as before. Prints `N passed, N failed`.
 #
 #   e2e/test-demo.sh KILN_BINARY
@@ -43,6 +44,14 @@ pulls() {
 }
 check "every host pulls the app image through the in-cluster registry" pulls
 check "the arm64 host got the arm64 app image" bash -c "'$HOSTS' ssh kiln-h3 -- 'ctr content ls' | grep -q . && '$HOSTS' ssh kiln-h3 -- 'CONTAINERD_SNAPSHOTTER=native ctr images pull --platform linux/arm64 --hosts-dir /etc/containerd/certs.d docker.io/kiln-demo/hello:1' 2>&1 | grep -q 'linux/arm64'"
+STATE=$KILN_ROOT/clusters/demo/registry
+PASSWORD=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["password"])' "$STATE/credentials.json" 2>/dev/null)
+v2() { curl -s -o /dev/null -w '%{http_code}' --cacert "$STATE/ca.crt" --resolve "sea.hub:5000:$1" "${@:2}" https://sea.hub:5000/v2/; }
+check "the registry serves TLS with kiln's CA and refuses requests without credentials" [ "$(v2 "$H1")" = 401 ]
+check "and answers with the generated credentials" [ "$(v2 "$H1" -u "kiln:$PASSWORD")" = 200 ]
+check "keys and password on the operator are 0600" bash -c "[ \"\$(stat -c %a '$STATE/ca.key' '$STATE/server.key' '$STATE/credentials.json' | sort -u)\" = 600 ]"
+check "hosts.toml (it holds the credentials) is 0600 on every host" bash -c "for h in kiln-h1 kiln-h2 kiln-h3; do [ \"\$('$HOSTS' ssh \$h -- stat -c %a /etc/containerd/certs.d/docker.io/hosts.toml)\" = 600 ] || exit 1; done"
+check "the password appears in no log or output" bash -c "! grep -rqF -- '$PASSWORD' '$WORK/first.json' '$WORK/first.err' '$KILN_ROOT/clusters/demo/run.log'"
 
 t0=$(date +%s.%N)
 "${RUN[@]}" > "$WORK/second.json" 2>/dev/null; rc=$?

@@ -1,9 +1,24 @@
 #!/bin/bash
 # init-registry.sh PORT DATADIR DOMAIN (Sealer's contract): serves DATADIR (the image's
 # registry/ content, docker-distribution layout) on PORT with Debian's docker-registry.
+# TLS when kiln put certs/DOMAIN.{crt,key} in the rootfs (not `insecure`), basic auth when it
+# put etc/registry_htpasswd there: Sealer's places for both.
 set -euo pipefail
 PORT=$1 DATADIR=$2 DOMAIN=$3
 ROOTFS=$(cd "$(dirname "$0")/.." && pwd)
+CERT=$ROOTFS/certs/$DOMAIN.crt KEY=$ROOTFS/certs/$DOMAIN.key HTPASSWD=$ROOTFS/etc/registry_htpasswd
+TLS="" AUTH=""
+if [ -f "$CERT" ] && [ -f "$KEY" ]; then
+  TLS="  tls:
+    certificate: $CERT
+    key: $KEY"
+fi
+if [ -f "$HTPASSWD" ]; then
+  AUTH="auth:
+  htpasswd:
+    realm: $DOMAIN
+    path: $HTPASSWD"
+fi
 install -m 0755 "$ROOTFS/bin/registry" /usr/local/bin/kiln-registry
 mkdir -p /etc/kiln-registry
 cat > /etc/kiln-registry/config.yml <<CONFIG
@@ -18,6 +33,8 @@ storage:
       enabled: true
 http:
   addr: :$PORT
+$TLS
+$AUTH
 CONFIG
 cat > /etc/systemd/system/kiln-registry.service <<UNIT
 [Unit]

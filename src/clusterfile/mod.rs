@@ -557,6 +557,17 @@ impl Parser<'_> {
         }
         let local = r.local_registry.as_ref();
         let defaults = LocalRegistry::default();
+        if let Some(l) = local {
+            let has_user = l.username.as_deref().is_some_and(|u| !u.is_empty());
+            let has_password = l.password.as_ref().is_some_and(|p| !p.expose().is_empty());
+            if has_user != has_password {
+                return Err(self.error_at(
+                    doc.offset,
+                    "`registry.localRegistry` needs both `username` and `password`, or neither (kiln then generates them)",
+                    "in this document",
+                ));
+            }
+        }
         let mut extra_ips = Vec::new();
         for ip in local.and_then(|l| l.cert.as_ref()).map(|c| c.subject_alt_name.ips.clone()).unwrap_or_default() {
             extra_ips.push(ip.parse().map_err(|_| {

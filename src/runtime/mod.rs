@@ -7,6 +7,7 @@ pub mod distribute;
 pub mod facts;
 pub mod journal;
 pub mod preflight;
+pub mod registry_access;
 pub mod run;
 pub mod tune;
 

@@ -13,13 +13,18 @@ use serde::Serialize;
 use super::distribute::{self, DistributeError, DistributeOutcome, DistributeReporter, RootfsPlan};
 use super::journal::{self, Journal, JournalError};
 use super::preflight::{CheckResult, PreflightOptions};
+use super::registry_access::{self, RegistryAccess};
 use super::{CheckReport, ConnectOptions, Fleet};
-use crate::clusterfile::{Clusterfile, Host, Registry, Role};
+use crate::clusterfile::{Clusterfile, Host, LocalRegistry, Registry, Role};
 use crate::image::{Image, ImageExtension, Platform, PlatformImage, Store, media};
+use crate::secret::Secret;
 use crate::ssh::{Session, SshError, quote, with_env};
 
 /// Image label naming the cluster runtime (Sealer's).
 pub const RUNTIME_LABEL: &str = "cluster.alpha.sealer.io/cluster-runtime-type";
+/// Where containerd (1.5+) looks for per-registry `hosts.toml`.
+pub const CONTAINERD_CERTS_DIR: &str = "/etc/containerd/certs.d";
+
 /// Upstream registries whose pulls the in-cluster registry answers.
 pub const MIRRORED_UPSTREAMS: &[&str] = &["docker.io", "registry.k8s.io", "k8s.gcr.io", "quay.io", "ghcr.io"];
 
@@ -53,6 +58,8 @@ pub enum RunError {
     NoVariant { host: String, platform: Platform },
     #[error(transparent)]
     Journal(#[from] JournalError),
+    #[error(transparent)]
+    RegistryAccess(#[from] super::registry_access::RegistryAccessError),
     #[error("cluster runtime `{0}` is not supported yet (use `shell`; `kubernetes` is being built)")]
     Runtime(String),
 }
@@ -436,64 +443,156 @@ async fn registry_phase(ctx: &Context<'_>, reporter: &dyn RunReporter) -> Result
         reporter.step("cluster", "the image carries no registry content (built with --build-mode lite): skipped");
         return Ok(());
     }
+    let access = registry_access::load_or_create(
+        &ctx.request.state_dir,
+        &ctx.request.clusterfile.cluster.name,
+        registry,
+        ctx.registry_hosts.iter().copied(),
+    )?;
+    let htpasswd = access.credentials.htpasswd()?;
     let registry_hosts: Vec<&Host> = ctx.hosts().iter().filter(|h| ctx.registry_hosts.contains(&h.ip)).collect();
-    on_hosts(ctx, "registry", registry_hosts, |host| async move {
-        let command = format!(
-            "if [ -f scripts/init-registry.sh ]; then cd scripts && bash init-registry.sh {} {} {}; \
-             else echo 'the image has no scripts/init-registry.sh' >&2; exit 1; fi",
-            registry.port,
-            quote(&format!("{}/registry", ctx.rootfs)),
-            quote(&registry.domain)
-        );
-        ctx.script(reporter, host, &command).await
+    on_hosts(ctx, "registry", registry_hosts, |host| {
+        let (access, htpasswd) = (&access, &htpasswd);
+        async move {
+            // Sealer's places, which its images' init-registry.sh read: `certs/<domain>.{crt,key}`
+            // and `etc/registry_htpasswd`. Secrets go over stdin, never on a command line.
+            let session = ctx.session_for(host)?;
+            let certs = format!("{}/certs/{}", ctx.rootfs, registry.domain);
+            match &access.tls {
+                Some(tls) => {
+                    session.upload(tls.chain_pem.as_bytes(), &format!("{certs}.crt"), 0o644).await?;
+                    session.upload(tls.key_pem.expose().as_bytes(), &format!("{certs}.key"), 0o600).await?;
+                }
+                None => {
+                    session
+                        .run(&format!("rm -f {} {}", quote(&format!("{certs}.crt")), quote(&format!("{certs}.key"))))
+                        .await?;
+                }
+            }
+            let htpasswd_path = format!("{}/etc/registry_htpasswd", ctx.rootfs);
+            session.upload(htpasswd.expose().as_bytes(), &htpasswd_path, 0o600).await?;
+            let command = format!(
+                "if [ -f scripts/init-registry.sh ]; then cd scripts && bash init-registry.sh {} {} {}; \
+                 else echo 'the image has no scripts/init-registry.sh' >&2; exit 1; fi",
+                registry.port,
+                quote(&format!("{}/registry", ctx.rootfs)),
+                quote(&registry.domain)
+            );
+            ctx.script(reporter, host, &command).await
+        }
     })
     .await?;
     // Every host resolves the registry domain to a registry host (its own when it is one) and
     // pulls from it for the mirrored upstreams, with no manifest rewriting.
     let endpoint_for =
         |host: &Host| -> IpAddr { if ctx.registry_hosts.contains(&host.ip) { host.ip } else { ctx.master0.ip } };
+    let client = RegistryClientConfig::new(registry, &access);
     on_hosts(ctx, "registry-clients", ctx.hosts(), |host| {
-        let script = client_config_script(&ctx.dir, &registry.domain, registry.port, endpoint_for(host));
-        async move { ctx.session_for(host)?.run(&script).await.map(|_| ()) }
+        let client = &client;
+        async move {
+            let session = ctx.session_for(host)?;
+            session.run(&client.prepare_script(&ctx.dir, endpoint_for(host))).await?;
+            for file in client.files() {
+                session.upload(file.content.expose().as_bytes(), &file.path, file.mode).await?;
+            }
+            Ok(())
+        }
     })
     .await
 }
 
-/// `/etc/hosts` entry (tagged so `delete` can remove it) and containerd `hosts.toml` mirrors;
-/// directories it creates are listed in `<dir>/.kiln/created` for `delete`.
-pub fn client_config_script(dir: &str, domain: &str, port: u16, registry_ip: IpAddr) -> String {
-    let endpoint = format!("http://{domain}:{port}");
-    let mut s = format!(
-        "set -e\nsed -i '/# kiln-registry$/d' /etc/hosts\necho {} >> /etc/hosts\n\
-         mk() {{ [ -d \"$1\" ] || {{ mkdir \"$1\" && echo \"$1\" >> {created}; }}; }}\n\
-         mk /etc/containerd; mk /etc/containerd/certs.d\n",
-        quote(&format!("{registry_ip} {domain} # kiln-registry")),
-        created = quote(&format!("{dir}/.kiln/created")),
-    );
-    let mut mirrors: Vec<(String, String)> = MIRRORED_UPSTREAMS
-        .iter()
-        .map(|u| {
-            // docker.io images keep Sealer's paths; other registries live under their host name.
-            let (server, host_block) = if *u == "docker.io" {
-                ("https://registry-1.docker.io".to_owned(), format!("[host.\"{endpoint}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"))
-            } else {
-                (
-                    format!("https://{u}"),
-                    format!("[host.\"{endpoint}/v2/{u}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  override_path = true\n"),
-                )
-            };
-            (u.to_string(), format!("server = \"{server}\"\n\n{host_block}"))
-        })
-        .collect();
-    mirrors.push((
-        format!("{domain}:{port}"),
-        format!("server = \"{endpoint}\"\n\n[host.\"{endpoint}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"),
-    ));
-    for (upstream, toml) in mirrors {
-        let d = format!("/etc/containerd/certs.d/{upstream}");
-        s.push_str(&format!("mk {d}\nprintf %s {} > {d}/hosts.toml\n", quote(&toml), d = quote(&d)));
+/// How every host reaches the in-cluster registry: containerd `hosts.toml` mirrors for each
+/// upstream (pointing at the registry with its CA and credentials) and the CA itself.
+pub struct RegistryClientConfig {
+    domain: String,
+    port: u16,
+    files: Vec<ClientFile>,
+}
+
+/// One file written on every host. `hosts.toml` carries the registry credentials, so it is
+/// 0600 and sent over stdin like every secret.
+pub struct ClientFile {
+    pub path: String,
+    pub content: Secret,
+    pub mode: u32,
+}
+
+impl RegistryClientConfig {
+    pub fn new(registry: &LocalRegistry, access: &RegistryAccess) -> Self {
+        let (domain, port) = (registry.domain.clone(), registry.port);
+        let registry_dir = format!("{CONTAINERD_CERTS_DIR}/{domain}:{port}");
+        let scheme = if access.tls.is_some() { "https" } else { "http" };
+        let endpoint = format!("{scheme}://{domain}:{port}");
+        let ca_path = format!("{registry_dir}/ca.crt");
+        let host_block = |url: &str, override_path: bool| {
+            let mut block = format!("[host.\"{url}\"]\n  capabilities = [\"pull\", \"resolve\"]\n");
+            if override_path {
+                block.push_str("  override_path = true\n");
+            }
+            if access.tls.is_some() {
+                block.push_str(&format!("  ca = \"{ca_path}\"\n"));
+            }
+            block.push_str(&format!(
+                "  [host.\"{url}\".header]\n    Authorization = \"{}\"\n",
+                access.credentials.basic_auth().expose()
+            ));
+            block
+        };
+        let mut files: Vec<ClientFile> = MIRRORED_UPSTREAMS
+            .iter()
+            .map(|upstream| {
+                // docker.io images keep Sealer's paths; other registries live under their host name.
+                let toml = if *upstream == "docker.io" {
+                    format!("server = \"https://registry-1.docker.io\"\n\n{}", host_block(&endpoint, false))
+                } else {
+                    format!(
+                        "server = \"https://{upstream}\"\n\n{}",
+                        host_block(&format!("{endpoint}/v2/{upstream}"), true)
+                    )
+                };
+                ClientFile {
+                    path: format!("{CONTAINERD_CERTS_DIR}/{upstream}/hosts.toml"),
+                    content: Secret::new(toml),
+                    mode: 0o600,
+                }
+            })
+            .collect();
+        files.push(ClientFile {
+            path: format!("{registry_dir}/hosts.toml"),
+            content: Secret::new(format!("server = \"{endpoint}\"\n\n{}", host_block(&endpoint, false))),
+            mode: 0o600,
+        });
+        if let Some(tls) = &access.tls {
+            files.push(ClientFile { path: ca_path, content: Secret::new(tls.ca_pem.clone()), mode: 0o644 });
+        }
+        Self { domain, port, files }
     }
-    s
+
+    /// `/etc/hosts` entry (tagged so `delete` can remove it) and the directories the files go
+    /// in; the ones it creates are listed in `<dir>/.kiln/created` for `delete`. No secrets.
+    pub fn prepare_script(&self, dir: &str, registry_ip: IpAddr) -> String {
+        let mut s = format!(
+            "set -e\nsed -i '/# kiln-registry$/d' /etc/hosts\necho {} >> /etc/hosts\n\
+             mk() {{ [ -d \"$1\" ] || {{ mkdir \"$1\" && echo \"$1\" >> {created}; }}; }}\n\
+             mk /etc/containerd; mk {CONTAINERD_CERTS_DIR}\n",
+            quote(&format!("{registry_ip} {} # kiln-registry", self.domain)),
+            created = quote(&format!("{dir}/.kiln/created")),
+        );
+        let dirs: BTreeSet<&str> = self.files.iter().filter_map(|f| f.path.rsplit_once('/').map(|(d, _)| d)).collect();
+        for d in dirs {
+            s.push_str(&format!("mk {}\n", quote(d)));
+        }
+        s
+    }
+
+    pub fn files(&self) -> &[ClientFile] {
+        &self.files
+    }
+
+    /// `domain:port`, the name images are pulled by when not through a mirror.
+    pub fn registry(&self) -> String {
+        format!("{}:{}", self.domain, self.port)
+    }
 }
 
 async fn container_runtime_phase(ctx: &Context<'_>, reporter: &dyn RunReporter) -> Result<(), RunError> {
@@ -621,13 +720,47 @@ mod tests {
     }
 
     #[test]
-    fn registry_client_script_is_valid_shell_and_tags_its_changes() {
-        let script = client_config_script("/var/lib/kiln/data/c", "sea.hub", 5000, "10.0.0.1".parse().unwrap());
+    fn registry_client_config_is_valid_shell_and_toml_with_secrets_only_in_private_files() {
+        let state = tempfile::tempdir().unwrap();
+        let registry = LocalRegistry::default();
+        let access =
+            registry_access::load_or_create(state.path(), "c", &registry, ["10.0.0.1".parse().unwrap()]).unwrap();
+        let config = RegistryClientConfig::new(&registry, &access);
+        let script = config.prepare_script("/var/lib/kiln/data/c", "10.0.0.1".parse().unwrap());
         let out = std::process::Command::new("sh").arg("-n").arg("-c").arg(&script).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert!(script.contains("10.0.0.1 sea.hub # kiln-registry"));
-        assert!(script.contains("http://sea.hub:5000/v2/quay.io"), "non-docker.io upstreams live under their host");
-        assert!(script.contains("override_path = true"));
         assert!(script.contains(".kiln/created"));
+        assert!(script.contains("mk /etc/containerd/certs.d/quay.io"));
+        let password = access.credentials.password.expose();
+        let auth = access.credentials.basic_auth();
+        assert!(!script.contains(password) && !script.contains(auth.expose()), "no secret on a command line");
+
+        let quay = config.files().iter().find(|f| f.path == "/etc/containerd/certs.d/quay.io/hosts.toml").unwrap();
+        assert_eq!(quay.mode, 0o600);
+        let parsed: toml::Table = toml::from_str(quay.content.expose()).unwrap();
+        assert_eq!(parsed["server"].as_str(), Some("https://quay.io"));
+        let host = parsed["host"]["https://sea.hub:5000/v2/quay.io"].as_table().unwrap();
+        assert_eq!(host["override_path"].as_bool(), Some(true));
+        assert_eq!(host["ca"].as_str(), Some("/etc/containerd/certs.d/sea.hub:5000/ca.crt"));
+        assert_eq!(host["header"]["Authorization"].as_str(), Some(auth.expose()));
+        let docker: toml::Table = toml::from_str(
+            config.files().iter().find(|f| f.path.ends_with("/docker.io/hosts.toml")).unwrap().content.expose(),
+        )
+        .unwrap();
+        assert!(docker["host"].get("https://sea.hub:5000").is_some(), "docker.io keeps Sealer's paths");
+        let ca = config.files().iter().find(|f| f.path.ends_with("sea.hub:5000/ca.crt")).unwrap();
+        assert_eq!((ca.mode, ca.content.expose()), (0o644, access.tls.as_ref().unwrap().ca_pem.as_str()));
+
+        let insecure = LocalRegistry { insecure: true, ..LocalRegistry::default() };
+        let access = registry_access::load_or_create(state.path(), "c", &insecure, []).unwrap();
+        let config = RegistryClientConfig::new(&insecure, &access);
+        assert!(
+            config
+                .files()
+                .iter()
+                .all(|f| !f.path.ends_with("ca.crt") && !f.content.expose().contains("https://sea.hub"))
+        );
+        assert_eq!(config.registry(), "sea.hub:5000");
     }
 }
