@@ -196,3 +196,13 @@ fn effective_clusterfile_round_trips() {
     assert_eq!(again.cluster, cf.cluster);
     assert_eq!(again.documents.len(), cf.documents.len());
 }
+
+#[test]
+fn registry_credentials_come_in_pairs() {
+    let base = "kind: Cluster\nspec:\n  hosts:\n  - ips: [10.0.0.1]\n    roles: [master]\n  registry:\n    localRegistry:\n";
+    let e = error(&format!("{base}      username: admin\n"));
+    assert!(e.starts_with("Clusterfile:1:1: `registry.localRegistry` needs both `username` and `password`"), "{e}");
+    let cf = parse(&format!("{base}      username: admin\n      password: pw\n")).unwrap();
+    let Registry::Local(local) = &cf.cluster.registry else { panic!("local registry") };
+    assert_eq!((local.username.as_deref(), local.password.as_ref().map(Secret::expose)), (Some("admin"), Some("pw")));
+}
