@@ -3,7 +3,8 @@
 # key-only sudo user, a sudo-with-password user, one arm64 host. Host keys: unknown keys are
 # refused with their fingerprint, `--accept-new-host-keys` records them, a changed key is refused.
 # Preflight: a duplicate hostname, a skewed clock, a port in use and an image without the host's
-# arch are all reported in one table, and no host is changed. Prints `N passed, N failed`.
+# arch are all reported in one table, and no host is changed. A connection refused while sshd
+# restarts is retried. Prints `N passed, N failed`.
 #
 #   e2e/test-check.sh KILN_BINARY
 set -uo pipefail
@@ -73,6 +74,13 @@ grep -v "^$H2 " "$WORK/known_hosts.good" > "$KH"; echo "$H2 $other_key" >> "$KH"
 kiln_check --accept-new-host-keys > "$WORK/changed.out" 2>&1; rc=$?
 check "a changed host key is refused even with --accept-new-host-keys" bash -c "[ $rc = 1 ] && grep -q 'host key CHANGED' '$WORK/changed.out'"
 cp "$WORK/known_hosts.good" "$KH"
+
+# --- a refused connection is retried (sshd restarting) -----------------------------------------
+on kiln-h2 -- "systemd-run --quiet --on-active=2 --timer-property=AccuracySec=100ms systemctl start ssh.service && systemctl stop ssh.service"
+refused() { ! (exec 3<>"/dev/tcp/$H2/22") 2>/dev/null; }
+check "h2's sshd is down for a moment" refused
+kiln_check > "$WORK/retry.out" 2>&1
+check "kiln connects once it is back (retried, no error)" [ $? = 0 ]
 
 # --- preflight failures, all in one table, nothing changed ------------------------------------
 on kiln-h1 -- hostname kiln-h2

@@ -78,6 +78,19 @@ order_ok() {
 }
 check "order: master0, then masters, then nodes" order_ok
 check "the app ran once, on master0 only" bash -c "[ \$(grep -c ' app ' '$WORK/h1.log') = 1 ] && ! grep -q ' app ' '$WORK/h2.log' '$WORK/h3.log'"
+live() {
+  python3 - "$WORK/store/clusters/e2e-run/run.log" <<'PY'
+import sys, datetime
+seen = {}
+for line in open(sys.argv[1]):
+    for mark in ("join-node: started", "join-node: finished"):
+        if mark in line:
+            seen[mark] = datetime.datetime.strptime(line.split()[0], "%H:%M:%S")
+gap = (seen["join-node: finished"] - seen["join-node: started"]).total_seconds()
+sys.exit(0 if gap >= 2 else 1)
+PY
+}
+check "script output is shown line by line as it is printed (run log times 3 s apart)" live
 kiln status e2e-run > "$WORK/status2.out" 2>&1
 check "kiln status shows the cluster complete" grep -q "complete (" "$WORK/status2.out"
 check "master0 keeps a copy of the journal" on kiln-h1 -- test -s /var/lib/kiln/data/e2e-run/.kiln/journal.json

@@ -199,7 +199,8 @@ fn effective_clusterfile_round_trips() {
 
 #[test]
 fn registry_credentials_come_in_pairs() {
-    let base = "kind: Cluster\nspec:\n  hosts:\n  - ips: [10.0.0.1]\n    roles: [master]\n  registry:\n    localRegistry:\n";
+    let base =
+        "kind: Cluster\nspec:\n  hosts:\n  - ips: [10.0.0.1]\n    roles: [master]\n  registry:\n    localRegistry:\n";
     let e = error(&format!("{base}      username: admin\n"));
     assert!(e.starts_with("Clusterfile:1:1: `registry.localRegistry` needs both `username` and `password`"), "{e}");
     let cf = parse(&format!("{base}      username: admin\n      password: pw\n")).unwrap();

@@ -154,16 +154,15 @@ impl Context<'_> {
     async fn script(&self, reporter: &dyn RunReporter, host: &Host, command: &str) -> Result<(), SshError> {
         let session = self.session_for(host)?;
         let full = with_env(&self.env_for(host), &format!("cd {} && {command}", quote(&self.rootfs)));
-        // Errors show the script, not the env prefix.
-        let out = session.run(&full).await.map_err(|e| match e {
+        let who = host.ip.to_string();
+        // Each line is shown (and logged) as the script prints it; errors show the script, not
+        // the env prefix.
+        session.run_live(&full, |line| reporter.step(&who, line)).await.map_err(|e| match e {
             SshError::Command { host, status, output, .. } => {
                 SshError::Command { host, command: command.to_owned(), status, output }
             }
             other => other,
         })?;
-        for line in out.stdout_text().lines().chain(String::from_utf8_lossy(&out.stderr).lines()) {
-            reporter.step(&host.ip.to_string(), line);
-        }
         Ok(())
     }
 }

@@ -106,6 +106,66 @@ impl Output {
     }
 }
 
+/// Where [`Session::run_live`] sends complete lines of output.
+type LineSink = tokio::sync::mpsc::UnboundedSender<String>;
+
+/// Cuts a byte stream into lines (without their `\n` or `\r\n`), keeping a partial line until
+/// its end arrives.
+#[derive(Default)]
+struct LineSplitter {
+    partial: Vec<u8>,
+}
+
+impl LineSplitter {
+    fn push(&mut self, data: &[u8], sink: Option<&LineSink>) {
+        let Some(sink) = sink else { return };
+        self.partial.extend_from_slice(data);
+        while let Some(end) = self.partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=end).collect();
+            let text = String::from_utf8_lossy(&line);
+            // A closed receiver only means nobody watches any more.
+            let _ = sink.send(text.trim_end_matches(['\n', '\r']).to_owned());
+        }
+    }
+
+    fn finish(&mut self, sink: Option<&LineSink>) {
+        if let Some(sink) = sink
+            && !self.partial.is_empty()
+        {
+            let _ = sink.send(String::from_utf8_lossy(&self.partial).into_owned());
+            self.partial.clear();
+        }
+    }
+}
+
+/// Waits before each further connection attempt (7 s in all).
+const RETRY_DELAYS: [Duration; 3] = [Duration::from_secs(1), Duration::from_secs(2), Duration::from_secs(4)];
+
+/// A failed connection attempt, and whether trying again may help.
+struct ConnectFailure {
+    error: SshError,
+    transient: bool,
+}
+
+impl From<SshError> for ConnectFailure {
+    fn from(error: SshError) -> Self {
+        Self { error, transient: false }
+    }
+}
+
+/// The connection was refused or dropped before authentication: the host is there but its sshd
+/// is restarting or throttling new connections. Key, auth and protocol errors are final.
+fn is_transient(error: &russh::Error) -> bool {
+    use std::io::ErrorKind::*;
+    match error {
+        russh::Error::IO(io) => {
+            matches!(io.kind(), ConnectionRefused | ConnectionReset | ConnectionAborted | UnexpectedEof | BrokenPipe)
+        }
+        russh::Error::Disconnect | russh::Error::HUP => true,
+        _ => false,
+    }
+}
+
 /// How commands get root.
 #[derive(Debug, Clone)]
 enum Privilege {
@@ -149,12 +209,33 @@ impl Session {
     pub async fn connect(target: &Target, options: &Options) -> Result<Self, SshError> {
         let host = target.host.to_string();
         let timeout = options.connect_timeout;
-        let fut = Self::connect_inner(target, options);
-        let mut session = tokio::time::timeout(timeout, fut).await.map_err(|_| SshError::Connect {
-            host: host.clone(),
-            port: target.port,
-            reason: format!("no answer within {} s", timeout.as_secs()),
-        })??;
+        let mut attempt = 0;
+        let mut session = loop {
+            attempt += 1;
+            let fut = Self::connect_inner(target, options);
+            let failure = match tokio::time::timeout(timeout, fut).await {
+                Ok(Ok(session)) => break session,
+                Ok(Err(failure)) => failure,
+                // A host that does not answer at all is down or cut off: waiting again would
+                // only delay the report.
+                Err(_) => {
+                    return Err(SshError::Connect {
+                        host,
+                        port: target.port,
+                        reason: format!("no answer within {} s", timeout.as_secs()),
+                    });
+                }
+            };
+            // Connecting changes nothing on the host, so a refused or dropped connection (sshd
+            // restarting, its MaxStartups limit) is worth another try.
+            match RETRY_DELAYS.get(attempt - 1) {
+                Some(delay) if failure.transient => {
+                    tracing::debug!(host = %host, attempt, "connection failed, retrying: {}", failure.error);
+                    tokio::time::sleep(*delay).await;
+                }
+                _ => return Err(failure.error),
+            }
+        };
         // sudo can stall on its own (it looks up the hostname), so it gets its own limit.
         let sudo_limit = Duration::from_secs(30);
         session.privilege =
@@ -170,7 +251,7 @@ impl Session {
         Ok(session)
     }
 
-    async fn connect_inner(target: &Target, options: &Options) -> Result<Self, SshError> {
+    async fn connect_inner(target: &Target, options: &Options) -> Result<Self, ConnectFailure> {
         let host = target.host.to_string();
         let connect_error = |reason: String| SshError::Connect { host: host.clone(), port: target.port, reason };
         let (checker, problem) = known_hosts::Checker::new(&host, target.port, options.host_keys.clone());
@@ -195,9 +276,9 @@ impl Session {
             Ok(h) => h,
             Err(e) => {
                 if let Some(problem) = problem.lock().await.take() {
-                    return Err(SshError::HostKey { host, problem });
+                    return Err(SshError::HostKey { host, problem }.into());
                 }
-                return Err(connect_error(e.to_string()));
+                return Err(ConnectFailure { transient: is_transient(&e), error: connect_error(e.to_string()) });
             }
         };
         authenticate(&mut handle, target).await?;
@@ -224,7 +305,7 @@ impl Session {
             user: self.target.user.clone(),
             reason,
         };
-        let probe = self.raw_exec("sudo -n true", None, &b""[..], |_| {}).await?;
+        let probe = self.raw_exec("sudo -n true", None, &b""[..], |_| {}, None).await?;
         if probe.status == 0 {
             return Ok(Privilege::SudoNoPassword);
         }
@@ -234,7 +315,7 @@ impl Session {
             ));
         };
         let with_password = Privilege::SudoPassword(password);
-        let check = self.raw_exec(&wrap("true", &with_password), Some(&with_password), &b""[..], |_| {}).await?;
+        let check = self.raw_exec(&wrap("true", &with_password), Some(&with_password), &b""[..], |_| {}, None).await?;
         if check.status == 0 {
             Ok(with_password)
         } else {
@@ -245,8 +326,26 @@ impl Session {
     /// Runs `command` (a shell snippet) as root within the command time limit; a non-zero exit
     /// is not an error here.
     pub async fn exec(&self, command: &str) -> Result<Output, SshError> {
+        self.exec_to(command, None).await
+    }
+
+    /// [`Session::run`], handing each line of output (stdout and stderr) to `on_line` as it
+    /// arrives, so a long script is watched live rather than reported when it ends.
+    pub async fn run_live(&self, command: &str, mut on_line: impl FnMut(&str)) -> Result<Output, SshError> {
+        let (sink, mut received) = tokio::sync::mpsc::unbounded_channel();
+        let run = self.exec_to(command, Some(sink));
+        let show = async {
+            while let Some(line) = received.recv().await {
+                on_line(&line);
+            }
+        };
+        let (out, ()) = tokio::join!(run, show);
+        self.check_status(command, out?)
+    }
+
+    async fn exec_to(&self, command: &str, lines: Option<LineSink>) -> Result<Output, SshError> {
         let wrapped = wrap(command, &self.privilege);
-        let run = self.raw_exec(&wrapped, Some(&self.privilege), &b""[..], |_| {});
+        let run = self.raw_exec(&wrapped, Some(&self.privilege), &b""[..], |_| {}, lines);
         match self.options.command_timeout {
             None => run.await,
             Some(limit) => tokio::time::timeout(limit, run).await.map_err(|_| SshError::Timeout {
@@ -260,6 +359,11 @@ impl Session {
     /// Runs `command` as root and fails, with the end of its output, unless it exits 0.
     pub async fn run(&self, command: &str) -> Result<Output, SshError> {
         let out = self.exec(command).await?;
+        self.check_status(command, out)
+    }
+
+    #[allow(clippy::result_large_err)] // the error every command of a session returns
+    fn check_status(&self, command: &str, out: Output) -> Result<Output, SshError> {
         if out.status != 0 {
             return Err(SshError::Command {
                 host: self.target.host.to_string(),
@@ -284,7 +388,7 @@ impl Session {
         let mut hasher = Sha256::new();
         let wrapped = wrap(&script, &self.privilege);
         let host = self.target.host.to_string();
-        let out = self.raw_exec(&wrapped, Some(&self.privilege), source, |chunk| hasher.update(chunk)).await?;
+        let out = self.raw_exec(&wrapped, Some(&self.privilege), source, |chunk| hasher.update(chunk), None).await?;
         if out.status != 0 {
             return Err(SshError::Command {
                 host,
@@ -313,6 +417,7 @@ impl Session {
         privilege: Option<&Privilege>,
         mut stdin: R,
         mut sent: impl FnMut(&[u8]),
+        lines: Option<LineSink>,
     ) -> Result<Output, SshError> {
         let host = self.target.host.to_string();
         let lost = |reason: String| SshError::Lost { host: host.clone(), reason };
@@ -324,10 +429,17 @@ impl Session {
         let collect = tokio::spawn(async move {
             let mut out = Output::default();
             let mut exited = false;
+            let (mut stdout_lines, mut stderr_lines) = (LineSplitter::default(), LineSplitter::default());
             while let Some(msg) = read.wait().await {
                 match msg {
-                    ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
-                    ChannelMsg::ExtendedData { data, .. } => out.stderr.extend_from_slice(&data),
+                    ChannelMsg::Data { data } => {
+                        out.stdout.extend_from_slice(&data);
+                        stdout_lines.push(&data, lines.as_ref());
+                    }
+                    ChannelMsg::ExtendedData { data, .. } => {
+                        out.stderr.extend_from_slice(&data);
+                        stderr_lines.push(&data, lines.as_ref());
+                    }
                     ChannelMsg::ExitStatus { exit_status } => {
                         out.status = exit_status;
                         exited = true;
@@ -341,6 +453,8 @@ impl Session {
                     _ => {}
                 }
             }
+            stdout_lines.finish(lines.as_ref());
+            stderr_lines.finish(lines.as_ref());
             (out, exited)
         });
         let mut writer = write.make_writer();
@@ -461,4 +575,33 @@ fn expand_home(path: &std::path::Path) -> PathBuf {
 /// SHA256 fingerprint in OpenSSH's form (`SHA256:…`).
 pub fn fingerprint(key: &russh::keys::PublicKey) -> String {
     key.fingerprint(HashAlg::Sha256).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_is_cut_into_lines_across_chunks() {
+        let (sink, mut received) = tokio::sync::mpsc::unbounded_channel();
+        let mut splitter = LineSplitter::default();
+        for chunk in [&b"first li"[..], b"ne\r\nsecond\nthi", b"rd \xff", b""] {
+            splitter.push(chunk, Some(&sink));
+        }
+        splitter.finish(Some(&sink));
+        drop(sink);
+        let mut lines = Vec::new();
+        while let Ok(line) = received.try_recv() {
+            lines.push(line);
+        }
+        assert_eq!(lines, ["first line", "second", "third \u{fffd}"]);
+    }
+
+    #[test]
+    fn commands_run_under_sh_and_sudo_without_a_prompt() {
+        assert!(wrap("echo hi", &Privilege::Root).starts_with("sh -c 'PATH="));
+        assert!(wrap("echo hi", &Privilege::SudoNoPassword).starts_with("sudo -n -- sh -c "));
+        assert!(wrap("echo hi", &Privilege::SudoPassword(Secret::new("pw"))).starts_with("sudo -S -p '' -- sh -c "));
+        assert!(!wrap("echo hi", &Privilege::SudoPassword(Secret::new("pw"))).contains("pw'"));
+    }
 }
