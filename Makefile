@@ -17,7 +17,7 @@ TEST_PACKAGES := skopeo docker-registry containerd apache2-utils openssl jq time
   debootstrap qemu-user-static binfmt-support systemd-container iproute2 openssh-client sshpass procps \
   protobuf-compiler
 
-.PHONY: all build release test test-unit test-hosts test-e2e deps demo bench-build bench-share bench-offline fuzz lint clean help
+.PHONY: all build release test test-unit test-hosts test-e2e deps demo bench-build bench-share bench-offline bench-run fuzz lint clean help
 
 all: build
 
@@ -29,6 +29,7 @@ help:
 	@echo "make bench-build  build benchmark: kiln vs tar|gzip|sha256sum floor"
 	@echo "make bench-share  push/pull benchmark: kiln vs skopeo against docker-registry"
 	@echo "make bench-offline image caching and serving: kiln vs skopeo sync and docker-registry"
+	@echo "make bench-run    rootfs distribution to 1, 2, 4 test hosts: kiln run vs parallel scp -r"
 	@echo "make fuzz         fuzz the Kubefile parser (FUZZ_SECONDS, default 600)"
 
 # Installs missing Debian packages; quiet when all are present.
@@ -88,6 +89,9 @@ bench-share: deps release
 
 bench-offline: deps release
 	@e2e/bench/offline.sh $(KILN_RELEASE)
+
+bench-run: deps release
+	@e2e/bench/run.sh $(KILN_RELEASE)
 
 FUZZ_SECONDS ?= 600
 fuzz:

@@ -1,11 +1,12 @@
 //! Distribution: each host gets its platform's rootfs under `<dataRoot>/<cluster>/rootfs`, the
 //! `registry/` content only on registry hosts.
 //!
-//! Layer blobs travel as they are stored (compressed), at most two at a time per host, into
-//! `<cluster>/.kiln/blobs/<sha256>`, each checked by sha256 on the host before it is renamed
-//! into place, so a blob on a host is never sent again. The rootfs is then extracted from those
-//! blobs into `rootfs.kiln-new` and swapped into place; `.kiln/rootfs.id` records which layers
-//! it was built from, so a re-run with nothing new sends nothing and extracts nothing. Every
+//! Layer blobs travel as they are stored (compressed) into `<cluster>/.kiln/blobs/<sha256>`,
+//! each checked by sha256 on the host before it is renamed into place, so a blob on a host is
+//! never sent again. Layers are extracted in order into `rootfs.kiln-new` (a blob the host lacks
+//! is unpacked while it arrives), which is swapped into place once all are whole;
+//! `.kiln/rootfs.id` records which layers it was built from, so a re-run with nothing new sends
+//! nothing and extracts nothing. Every
 //! layer is checked on this machine first: an entry that could land outside the rootfs (an
 //! absolute or `..` path, a hard link out, a write through an escaping symbolic link) is refused.
 
@@ -166,7 +167,7 @@ pub async fn distribute(
     let wanted_id = rootfs_id(&layers);
     let listing = session
         .run(&format!(
-            "mkdir -p {b} && chmod 700 {d}/.kiln && rm -f {b}/*.kiln-part && ls {b}; \
+            "mkdir -p {b} && chmod 700 {d}/.kiln && rm -f {b}/*.kiln-part {b}/*.kiln-part.* && ls {b}; \
              echo \"id=$(cat {d}/.kiln/rootfs.id 2>/dev/null)\"; \
              [ -d {d}/rootfs ] && echo has-rootfs || true",
             b = quote(&blobs_dir),
@@ -181,36 +182,58 @@ pub async fn distribute(
     let mut outcome = DistributeOutcome { blobs_present: layers.len() - missing.len(), ..Default::default() };
     reporter.host_started(&host, missing.iter().map(|l| l.size).sum());
     let sent = Arc::new(AtomicU64::new(0));
-    let uploads: Vec<Result<(), DistributeError>> = futures_util::stream::iter(missing.iter())
-        .map(|l| {
-            let (blobs_dir, host, sent) = (&blobs_dir, &host, Arc::clone(&sent));
-            async move {
-                let path = store.blob_path(&l.digest);
-                let file = tokio::fs::File::open(&path).await.map_err(|e| StoreError::io("open blob", &path, e))?;
-                let reader = Counting { inner: file, host, sent, reporter };
-                let remote = format!("{blobs_dir}/{}", l.digest.hex());
-                match session.upload(reader, &remote, 0o600).await {
-                    Ok(actual) if actual == l.digest.hex() => Ok(()),
-                    Ok(actual) => {
-                        let _ = session.exec(&format!("rm -f {}", quote(&remote))).await;
-                        Err(DistributeError::CorruptLocal { host: host.clone(), digest: l.digest.clone(), actual })
-                    }
-                    Err(e) => Err(e.into()),
+    let send = |l: &LayerToSend, unpack: Option<String>| {
+        let (blobs_dir, host, sent) = (&blobs_dir, &host, Arc::clone(&sent));
+        let (digest, media_type) = (l.digest.clone(), l.media_type.clone());
+        async move {
+            let path = store.blob_path(&digest);
+            let file = tokio::fs::File::open(&path).await.map_err(|e| StoreError::io("open blob", &path, e))?;
+            let reader = Counting { inner: file, host, sent, reporter };
+            let remote = format!("{blobs_dir}/{}", digest.hex());
+            let written = match &unpack {
+                Some(into) => session.upload_through(reader, &remote, 0o600, &untar(&media_type, "-", into)).await,
+                None => session.upload(reader, &remote, 0o600).await,
+            };
+            match written {
+                Ok(actual) if actual == digest.hex() => Ok(()),
+                Ok(actual) => {
+                    let _ = session.exec(&format!("rm -f {}", quote(&remote))).await;
+                    Err(DistributeError::CorruptLocal { host: host.clone(), digest, actual })
                 }
+                Err(e) => Err(e.into()),
             }
-        })
-        .buffer_unordered(2)
-        .collect()
-        .await;
-    for u in uploads {
-        u?;
+        }
+    };
+    if current_id != wanted_id || !has_rootfs {
+        // Layers go in order into `rootfs.kiln-new`; a missing one is unpacked while it
+        // arrives, so sending, hashing and extracting overlap. The new tree replaces the
+        // rootfs only once every layer arrived whole.
+        let new = format!("{dir}/rootfs.kiln-new");
+        session.run(&format!("rm -rf {n} && mkdir -p {n}", n = quote(&new))).await?;
+        for l in &layers {
+            let removals = removals_script(&new, l);
+            if !removals.is_empty() {
+                session.run(&removals).await?;
+            }
+            if missing.iter().any(|m| m.digest == l.digest) {
+                send(l, Some(new.clone())).await?;
+            } else {
+                let blob = format!("{blobs_dir}/{}", l.digest.hex());
+                session.run(&untar(&l.media_type, &blob, &new)).await?;
+            }
+        }
+        session.run(&swap_script(dir, &wanted_id)).await?;
+        outcome.rootfs_extracted = true;
+    } else {
+        // The rootfs is current; only blobs to keep are missing (at most two at a time).
+        let uploads: Vec<Result<(), DistributeError>> =
+            futures_util::stream::iter(missing.iter()).map(|l| send(l, None)).buffer_unordered(2).collect().await;
+        for u in uploads {
+            u?;
+        }
     }
     outcome.blobs_sent = missing.len();
     outcome.bytes_sent = sent.load(Ordering::Relaxed);
-    if current_id != wanted_id || !has_rootfs {
-        session.run(&extract_script(dir, &layers, &wanted_id)).await?;
-        outcome.rootfs_extracted = true;
-    }
     reporter.host_done(&host, &outcome);
     Ok(outcome)
 }
@@ -225,36 +248,43 @@ fn rootfs_id(layers: &[&LayerToSend]) -> String {
     hex::encode(h.finalize())
 }
 
-/// Builds `rootfs.kiln-new` from the blobs (whiteouts first, then the layer), then swaps it in.
-fn extract_script(dir: &str, layers: &[&LayerToSend], id: &str) -> String {
-    let new = format!("{dir}/rootfs.kiln-new");
-    let mut s = format!("set -e\nrm -rf {n}\nmkdir -p {n}\ncd {n}\n", n = quote(&new));
-    for l in layers {
-        for opaque in &l.opaque_dirs {
-            s.push_str(&format!("[ -d {p} ] && find {p} -mindepth 1 -delete || true\n", p = quote(opaque)));
-        }
-        for gone in &l.whiteouts {
-            s.push_str(&format!("rm -rf {}\n", quote(gone)));
-        }
-        let decompress = match Compression::of_media_type(&l.media_type) {
-            Some(Compression::Gzip) => "-z",
-            Some(Compression::Zstd) => "--zstd",
-            _ => "",
-        };
-        s.push_str(&format!(
-            "tar -x {decompress} --numeric-owner -p --exclude='.wh.*' -f {} -C .\n",
-            quote(&format!("{dir}/.kiln/blobs/{}", l.digest.hex()))
-        ));
+/// The layer's whiteouts applied to the tree below it (GNU tar does not apply them).
+fn removals_script(root: &str, layer: &LayerToSend) -> String {
+    let mut s = String::new();
+    if layer.opaque_dirs.is_empty() && layer.whiteouts.is_empty() {
+        return s;
     }
-    s.push_str(&format!(
-        "cd /\nrm -rf {old}\nif [ -d {cur} ]; then mv {cur} {old}; fi\nmv {n} {cur}\nrm -rf {old}\n\
+    s.push_str(&format!("set -e\ncd {}\n", quote(root)));
+    for opaque in &layer.opaque_dirs {
+        s.push_str(&format!("[ -d {p} ] && find {p} -mindepth 1 -delete || true\n", p = quote(opaque)));
+    }
+    for gone in &layer.whiteouts {
+        s.push_str(&format!("rm -rf {}\n", quote(gone)));
+    }
+    s
+}
+
+/// Extracts a layer (`source`: a blob path, or `-` for stdin) into `root`.
+fn untar(media_type: &str, source: &str, root: &str) -> String {
+    let decompress = match Compression::of_media_type(media_type) {
+        Some(Compression::Gzip) => "-z",
+        Some(Compression::Zstd) => "--zstd",
+        _ => "",
+    };
+    let source = if source == "-" { "-".to_owned() } else { quote(source) };
+    format!("tar -x {decompress} --numeric-owner -p --exclude='.wh.*' -f {source} -C {}", quote(root))
+}
+
+/// Swaps `rootfs.kiln-new` in for the rootfs and records which layers built it.
+fn swap_script(dir: &str, id: &str) -> String {
+    format!(
+        "set -e\ncd /\nrm -rf {old}\nif [ -d {cur} ]; then mv {cur} {old}; fi\nmv {n} {cur}\nrm -rf {old}\n\
          echo {id} > {d}/.kiln/rootfs.id.tmp && mv {d}/.kiln/rootfs.id.tmp {d}/.kiln/rootfs.id\n",
         old = quote(&format!("{dir}/rootfs.kiln-old")),
         cur = quote(&rootfs_dir(dir)),
-        n = quote(&new),
+        n = quote(&format!("{dir}/rootfs.kiln-new")),
         d = quote(dir),
-    ));
-    s
+    )
 }
 
 /// Counts bytes read from a blob as they go out.

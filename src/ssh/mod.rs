@@ -106,6 +106,26 @@ impl Output {
     }
 }
 
+/// The host's side of an upload: stdin into `remote.kiln-part` (and into `consumer`, if any),
+/// then the part's sha256 on stdout. The caller compares it and renames.
+fn receive_script(remote: &str, consumer: Option<&str>) -> String {
+    let part = format!("{remote}.kiln-part");
+    let dir = remote.rsplit_once('/').map_or(".", |(d, _)| if d.is_empty() { "/" } else { d });
+    let receive = match consumer {
+        None => format!("cat > {part}; sha256sum {part} | cut -d' ' -f1", part = quote(&part)),
+        // tee feeds the file, a fifo hashed in the background, and the consumer at once;
+        // whatever the consumer leaves unread (tar stops at its end marker) is drained.
+        Some(consumer) => format!(
+            "rm -f {fifo}; mkfifo {fifo}; sha256sum < {fifo} > {sum} & \
+             tee {fifo} {part} | {{ {consumer}; cat > /dev/null; }} >&2; wait $!; cut -d' ' -f1 {sum}; rm -f {fifo} {sum}",
+            fifo = quote(&format!("{part}.fifo")),
+            sum = quote(&format!("{part}.sum")),
+            part = quote(&part),
+        ),
+    };
+    format!("set -e; mkdir -p {dir}; umask 077; {receive}", dir = quote(dir))
+}
+
 /// Where [`Session::run_live`] sends complete lines of output.
 type LineSink = tokio::sync::mpsc::UnboundedSender<String>;
 
@@ -378,13 +398,32 @@ impl Session {
     /// Streams `source` to `remote` (as root, mode `mode`): written to `remote.kiln-part`,
     /// checked by sha256 on the host, then renamed into place. Returns the hex sha256.
     pub async fn upload<R: AsyncRead + Unpin>(&self, source: R, remote: &str, mode: u32) -> Result<String, SshError> {
+        self.upload_with(source, remote, mode, None).await
+    }
+
+    /// [`Session::upload`] that also pipes the bytes, as they arrive, into `consumer` (a shell
+    /// command reading stdin, e.g. `tar -x`), so the host unpacks while it receives. The file
+    /// is renamed into place only if `consumer` succeeded and the sha256 matched; what the
+    /// consumer made from bad bytes is the caller's to discard.
+    pub async fn upload_through<R: AsyncRead + Unpin>(
+        &self,
+        source: R,
+        remote: &str,
+        mode: u32,
+        consumer: &str,
+    ) -> Result<String, SshError> {
+        self.upload_with(source, remote, mode, Some(consumer)).await
+    }
+
+    async fn upload_with<R: AsyncRead + Unpin>(
+        &self,
+        source: R,
+        remote: &str,
+        mode: u32,
+        consumer: Option<&str>,
+    ) -> Result<String, SshError> {
         let part = format!("{remote}.kiln-part");
-        let dir = remote.rsplit_once('/').map_or(".", |(d, _)| if d.is_empty() { "/" } else { d });
-        let script = format!(
-            "set -e; mkdir -p {dir}; umask 077; cat > {part}; sha256sum {part} | cut -d' ' -f1",
-            dir = quote(dir),
-            part = quote(&part),
-        );
+        let script = receive_script(remote, consumer);
         let mut hasher = Sha256::new();
         let wrapped = wrap(&script, &self.privilege);
         let host = self.target.host.to_string();
@@ -595,6 +634,45 @@ mod tests {
             lines.push(line);
         }
         assert_eq!(lines, ["first line", "second", "third \u{fffd}"]);
+    }
+
+    /// The receiving side, run here under `sh` (dash, like Debian hosts): the consumer unpacks
+    /// while the file is written and hashed, trailing bytes tar leaves unread are drained, and a
+    /// failing consumer fails the upload.
+    #[test]
+    fn receive_script_writes_hashes_and_unpacks_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("hello"), "hi\n").unwrap();
+        let mut archive = tar::Builder::new(Vec::new());
+        archive.append_dir_all(".", &src).unwrap();
+        let mut bytes = archive.into_inner().unwrap();
+        bytes.extend_from_slice(&vec![0u8; 1 << 20]); // more padding past the end marker than a pipe holds
+        let into = dir.path().join("into");
+        std::fs::create_dir(&into).unwrap();
+        let remote = dir.path().join("blobs/abc").display().to_string();
+        let consumer = format!("tar -x -f - -C {}", quote(&into.display().to_string()));
+        let run = |consumer: &str| {
+            let mut child = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(receive_script(&remote, Some(consumer)))
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write as _;
+            let _ = child.stdin.take().unwrap().write_all(&bytes); // a failed upload stops reading
+            child.wait_with_output().unwrap()
+        };
+        let out = run(&consumer);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), hex::encode(Sha256::digest(&bytes)));
+        assert_eq!(std::fs::read(format!("{remote}.kiln-part")).unwrap(), bytes);
+        assert_eq!(std::fs::read_to_string(into.join("hello")).unwrap(), "hi\n");
+        assert!(!std::path::Path::new(&format!("{remote}.kiln-part.fifo")).exists());
+        assert!(!run("tar -x -z -f - -C /nonexistent").status.success(), "a failing consumer fails the upload");
     }
 
     #[test]

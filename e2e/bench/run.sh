@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# make bench-run: distribution of a rootfs by `kiln run` to 1, 2 and 4 test hosts, beside
+# parallel `scp -r` of the same tree to the same hosts, in the same run. Two trees, each built
+# from this machine's own files: 10 000 small files (0.5-16 KiB) and 1 GiB of big files.
+# Prints wall time, bytes on the wire per host (counted on each host's veth, so SSH overhead
+# included for both) and kiln's peak RSS; then a re-run of kiln on the finished hosts and the
+# share of bytes it sent. Each link setting in BENCH_LINKS (default "unlimited 1gbit") gets its
+# own table: unlimited veths, and the operator's uplink limited to 1 Gbit/s (tc tbf on the test
+# bridge) as on a site network. Targets: small files <= 0.5x scp's time, big files <= 1.0x, re-run
+# <= 1 % of the bytes.
+#
+#   e2e/bench/run.sh KILN_BINARY
+set -euo pipefail
+KILN=$(realpath "$1")
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+HOSTS=$ROOT/e2e/hosts.sh
+WORK=${BENCH_DIR:-$ROOT/.bench/run}
+mkdir -p "$WORK"
+. "$(dirname "$0")/lib.sh"
+export KILN_ROOT=$WORK/store
+
+# Four amd64 hosts (amd64 only: an emulated arm64 sshd would measure qemu, not the copy).
+"$HOSTS" down >/dev/null 2>&1 || true
+"$HOSTS" up --hosts 4 --arch amd64,amd64,amd64,amd64 >/dev/null
+BENCH_CLEANUP+=("$WORK/known_hosts")
+INV=$("$HOSTS" inventory)
+KEY=$(jq -r .ssh_key "$INV")
+mapfile -t IPS < <(jq -r '.hosts[].ip' "$INV")
+mapfile -t NAMES < <(jq -r '.hosts[].name' "$INV")
+SSH_OPTS=(-q -i "$KEY" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes)
+on() { "$HOSTS" ssh "$1" -- "$2"; }
+wire() { cat "/sys/class/net/kv-${1#kiln-}/statistics/tx_bytes"; }
+
+# The trees and their cluster images (cached between runs).
+for kind in small big; do
+  tree=$WORK/ctx-$kind/tree
+  if [ ! -d "$tree" ]; then
+    echo "Generating the $kind-file tree (cached in $tree)..."
+    rm -rf "$WORK/ctx-$kind"; mkdir -p "$WORK/ctx-$kind/scripts"
+    python3 "$(dirname "$0")/gen_tree.py" "$kind" "$tree.tmp" && mv "$tree.tmp" "$tree"
+  fi
+  printf '#!/bin/bash\ntrue\n' > "$WORK/ctx-$kind/scripts/init-master0.sh"
+  printf 'FROM scratch\nLABEL cluster.alpha.sealer.io/cluster-runtime-type=shell\nCOPY scripts scripts\nCOPY tree tree\n' \
+    > "$WORK/ctx-$kind/Kubefile"
+  "$KILN" -q build --build-mode lite -t "bench.local/run/$kind:1" "$WORK/ctx-$kind" >/dev/null
+done
+
+clusterfile() { # KIND N
+  {
+    printf 'apiVersion: sealer.io/v2\nkind: Cluster\nmetadata:\n  name: bench-%s\nspec:\n' "$1"
+    printf '  image: bench.local/run/%s:1\n  ssh: {user: root, pk: %s}\n  hosts:\n' "$1" "$KEY"
+    printf '    - ips: [%s]\n      roles: [master]\n' "${IPS[0]}"
+    [ "$2" -gt 1 ] && printf '    - ips: [%s]\n      roles: [node]\n' "$(IFS=,; echo "${IPS[*]:1:$(($2 - 1))}")"
+  } > "$WORK/Clusterfile.$1.$2"
+  echo "$WORK/Clusterfile.$1.$2"
+}
+
+# measure N COMMAND...: runs COMMAND, prints "SECONDS BYTES_PER_HOST" (bytes on the wire,
+# averaged over the first N hosts' veths), or FAILED.
+measure() {
+  local n=$1; shift
+  local before=() t0 t1 i sum=0
+  for i in $(seq 0 $((n - 1))); do before+=("$(wire "${NAMES[$i]}")"); done
+  t0=$(now); "$@" || { echo FAILED; return; }; t1=$(now)
+  for i in $(seq 0 $((n - 1))); do sum=$((sum + $(wire "${NAMES[$i]}") - ${before[$i]})); done
+  echo "$(echo "$t1 - $t0" | bc) $((sum / n))"
+}
+
+kiln_run() { # KIND N
+  /usr/bin/time -f %M -o "$WORK/rss" "$KILN" -q run -f "$(clusterfile "$1" "$2")" \
+    --known-hosts "$WORK/known_hosts" --accept-new-host-keys --json > "$WORK/run.json" 2> "$WORK/run.err" \
+    || { cat "$WORK/run.err" >&2; return 1; }
+}
+kiln_clean() { # KIND N
+  "$KILN" -q delete -f "$WORK/Clusterfile.$1.$2" --known-hosts "$WORK/known_hosts" >/dev/null 2>&1 || true
+  rm -rf "$KILN_ROOT/clusters/bench-$1"
+  for i in $(seq 0 3); do on "${NAMES[$i]}" "rm -rf /var/lib/kiln /root/scp-bench; sync"; done
+  sync; sleep 2
+}
+scp_all() { # KIND N
+  local i pids=()
+  for i in $(seq 0 $(($2 - 1))); do
+    scp "${SSH_OPTS[@]}" -r "$WORK/ctx-$1/tree" "root@${IPS[$i]}:/root/scp-bench" & pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p"; done
+}
+
+human() { numfmt --to=iec --suffix=B "$1"; }
+BRIDGE=kiln-e2e0
+# link: "unlimited" (the veths run at memory speed, which favours sending raw bytes) or a tc
+# rate such as "1gbit": the operator's uplink, shared by all hosts as on a real site.
+set_link() {
+  tc qdisc del dev "$BRIDGE" root 2>/dev/null || true
+  [ "$1" = unlimited ] || tc qdisc add dev "$BRIDGE" root tbf rate "$1" burst 1mb latency 100ms
+}
+trap 'stop_servers; set_link unlimited; "$HOSTS" down >/dev/null 2>&1 || true' EXIT
+
+declare -A RATIO
+for link in ${BENCH_LINKS:-unlimited 1gbit}; do
+  set_link "$link"
+  echo
+  echo "link: $link"
+  printf '%-6s %5s  %9s %11s  %9s %11s  %6s  %9s\n' tree hosts "kiln s" "kiln B/host" "scp s" "scp B/host" ratio "kiln RSS"
+  for kind in small big; do
+    size=$(du -sb "$WORK/ctx-$kind/tree" | cut -f1)
+    files=$(find "$WORK/ctx-$kind/tree" -type f | wc -l)
+    for n in 1 2 4; do
+      kiln_clean "$kind" "$n"
+      read -r kt kb < <(measure "$n" kiln_run "$kind" "$n")
+      [ "$kt" != FAILED ] || { echo "kiln run failed ($kind, $n hosts)" >&2; exit 1; }
+      rss=$(cat "$WORK/rss")
+      # The re-run on the finished hosts: what it sends (rootfs bytes by kiln's count, and all
+      # bytes on the wire: connection, facts, preflight and journal included).
+      read -r rt rb < <(measure "$n" kiln_run "$kind" "$n")
+      [ "$rt" != FAILED ] || { echo "kiln re-run failed ($kind, $n hosts)" >&2; exit 1; }
+      rootfs_again=$(jq '[.distributed[].bytes_sent] | add' "$WORK/run.json")
+      kiln_clean "$kind" "$n"
+      read -r st sb < <(measure "$n" scp_all "$kind" "$n")
+      [ "$st" != FAILED ] || { echo "scp failed ($kind, $n hosts)" >&2; exit 1; }
+      ratio=$(echo "scale=2; $kt / $st" | bc)
+      RATIO[$link.$kind.$n]=$ratio
+      printf '%-6s %5s  %9.2f %11s  %9.2f %11s  %5sx  %9s\n' "$kind" "$n" "$kt" "$(human "$kb")" "$st" "$(human "$sb")" "$ratio" "$(human $((rss * 1024)))"
+      printf '%-6s %5s  re-run: %.2f s, %s rootfs bytes sent, %s per host on the wire (%s %% of the first run)\n' \
+        "" "" "$rt" "$rootfs_again" "$(human "$rb")" "$(echo "scale=2; 100 * $rb / $kb" | bc)"
+    done
+    kiln_clean "$kind" 4
+    echo "       ($kind tree: $files files, $(human "$size"))"
+  done
+  echo "targets ($link): small files <= 0.5x scp (got ${RATIO[$link.small.1]}, ${RATIO[$link.small.2]}, ${RATIO[$link.small.4]});" \
+    "big files <= 1.0x (got ${RATIO[$link.big.1]}, ${RATIO[$link.big.2]}, ${RATIO[$link.big.4]}); re-run <= 1 % of the bytes"
+done
