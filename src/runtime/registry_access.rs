@@ -6,7 +6,6 @@
 //! added); the CA itself never leaves the operator's key store except as a public certificate.
 
 use std::fs;
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -19,6 +18,7 @@ use rcgen::{
 use serde::{Deserialize, Serialize};
 
 use crate::clusterfile::LocalRegistry;
+use crate::image::store::write_atomic_with_mode;
 use crate::secret::Secret;
 
 /// Certificates outlive a typical cluster without the 100-year validity Sealer uses.
@@ -238,27 +238,13 @@ fn create_private_dir(dir: &Path) -> Result<(), RegistryAccessError> {
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), RegistryAccessError> {
-    write_atomic(path, bytes, 0o600)
+    write_atomic_with_mode(path, bytes, 0o600)
+        .map_err(|source| RegistryAccessError::Io { path: path.to_owned(), source })
 }
 
 fn write_public(path: &Path, bytes: &[u8]) -> Result<(), RegistryAccessError> {
-    write_atomic(path, bytes, 0o644)
-}
-
-/// Temp file with its final mode from the start, fsynced, renamed into place.
-fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), RegistryAccessError> {
-    use std::os::unix::fs::PermissionsExt;
-    let io = |source| RegistryAccessError::Io { path: path.to_owned(), source };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".kiln-")
-        .permissions(fs::Permissions::from_mode(mode))
-        .tempfile_in(dir)
-        .map_err(io)?;
-    tmp.write_all(bytes).map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    Ok(())
+    write_atomic_with_mode(path, bytes, 0o644)
+        .map_err(|source| RegistryAccessError::Io { path: path.to_owned(), source })
 }
 
 #[cfg(test)]

@@ -504,7 +504,6 @@ async fn registry_phase(ctx: &Context<'_>, reporter: &dyn RunReporter) -> Result
 /// upstream (pointing at the registry with its CA and credentials) and the CA itself.
 pub struct RegistryClientConfig {
     domain: String,
-    port: u16,
     files: Vec<ClientFile>,
 }
 
@@ -564,7 +563,7 @@ impl RegistryClientConfig {
         if let Some(tls) = &access.tls {
             files.push(ClientFile { path: ca_path, content: Secret::new(tls.ca_pem.clone()), mode: 0o644 });
         }
-        Self { domain, port, files }
+        Self { domain, files }
     }
 
     /// `/etc/hosts` entry (tagged so `delete` can remove it) and the directories the files go
@@ -586,11 +585,6 @@ impl RegistryClientConfig {
 
     pub fn files(&self) -> &[ClientFile] {
         &self.files
-    }
-
-    /// `domain:port`, the name images are pulled by when not through a mirror.
-    pub fn registry(&self) -> String {
-        format!("{}:{}", self.domain, self.port)
     }
 }
 
@@ -760,6 +754,6 @@ mod tests {
                 .iter()
                 .all(|f| !f.path.ends_with("ca.crt") && !f.content.expose().contains("https://sea.hub"))
         );
-        assert_eq!(config.registry(), "sea.hub:5000");
+        assert!(config.files().iter().any(|f| f.path == "/etc/containerd/certs.d/sea.hub:5000/hosts.toml"));
     }
 }

@@ -680,6 +680,10 @@ mod tests {
         assert!(wrap("echo hi", &Privilege::Root).starts_with("sh -c 'PATH="));
         assert!(wrap("echo hi", &Privilege::SudoNoPassword).starts_with("sudo -n -- sh -c "));
         assert!(wrap("echo hi", &Privilege::SudoPassword(Secret::new("pw"))).starts_with("sudo -S -p '' -- sh -c "));
-        assert!(!wrap("echo hi", &Privilege::SudoPassword(Secret::new("pw"))).contains("pw'"));
+        let secret = "hunter2-sudo-secret";
+        assert!(
+            !wrap("echo hi", &Privilege::SudoPassword(Secret::new(secret))).contains(secret),
+            "the password goes to stdin"
+        );
     }
 }

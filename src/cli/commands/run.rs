@@ -1,5 +1,7 @@
 use std::os::unix::fs::OpenOptionsExt;
 
+use anyhow::Context as _;
+
 use crate::cli::RunArgs;
 use crate::cli::settings::{Settings, parse_ref};
 use crate::output::{Printer, RunProgress, Table, UserError};
@@ -35,7 +37,10 @@ pub async fn run(settings: &Settings, printer: Printer, args: RunArgs) -> anyhow
     // The effective Clusterfile is saved before anything runs, so a failed run can be resumed
     // or deleted. It holds credentials: mode 0600.
     if !args.dry_run {
-        save_private(&state_dir.join("Clusterfile"), clusterfile.to_yaml().map_err(anyhow::Error::msg)?.as_bytes())?;
+        let path = state_dir.join("Clusterfile");
+        let yaml = clusterfile.to_yaml().map_err(anyhow::Error::msg)?;
+        crate::image::store::write_atomic(&path, yaml.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     let log = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(state_dir.join("run.log")).ok();
     let reporter = RunProgress::new(printer, log);
@@ -97,17 +102,4 @@ pub async fn run(settings: &Settings, printer: Printer, args: RunArgs) -> anyhow
             state_dir.display()
         ))),
     }
-}
-
-fn save_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(std::path::Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".kiln-")
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path)?;
-    Ok(())
 }

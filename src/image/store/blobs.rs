@@ -76,10 +76,17 @@ pub(crate) fn sync_dir(dir: &std::path::Path) -> io::Result<()> {
 }
 
 /// Writes `bytes` to `path` atomically: temp file beside it, fsync, rename, fsync the directory.
+/// The file is 0600.
 pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_with_mode(path, bytes, 0o600)
+}
+
+/// [`write_atomic`] with the file's mode set from its creation, so a secret is never readable.
+pub(crate) fn write_atomic_with_mode(path: &std::path::Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let dir = path.parent().ok_or_else(|| io::Error::other("path has no parent"))?;
     fs::create_dir_all(dir)?;
-    let mut tmp = NamedTempFile::new_in(dir)?;
+    let mut tmp = tempfile::Builder::new().permissions(fs::Permissions::from_mode(mode)).tempfile_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;

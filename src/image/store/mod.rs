@@ -23,7 +23,7 @@ use oci_spec::image::{Descriptor, ImageIndex, ImageIndexBuilder, MediaType};
 use serde::de::DeserializeOwned;
 
 pub use blobs::BlobWriter;
-pub(crate) use blobs::write_atomic;
+pub(crate) use blobs::{write_atomic, write_atomic_with_mode};
 pub use gc::GcReport;
 pub use lock::LockGuard;
 
