@@ -17,10 +17,14 @@ WORK=${BENCH_DIR:-$ROOT/.bench/run}
 mkdir -p "$WORK"
 . "$(dirname "$0")/lib.sh"
 export KILN_ROOT=$WORK/store
+# How kiln sends layers (`kiln run --layer-transfer`): auto measures each host's link.
+TRANSFER=${BENCH_LAYER_TRANSFER:-auto}
 
 # Four amd64 hosts (amd64 only: an emulated arm64 sshd would measure qemu, not the copy).
 "$HOSTS" down >/dev/null 2>&1 || true
 "$HOSTS" up --hosts 4 --arch amd64,amd64,amd64,amd64 >/dev/null
+# Fresh hosts have fresh host keys.
+rm -f "$WORK/known_hosts"
 BENCH_CLEANUP+=("$WORK/known_hosts")
 INV=$("$HOSTS" inventory)
 KEY=$(jq -r .ssh_key "$INV")
@@ -67,7 +71,7 @@ measure() {
 
 kiln_run() { # KIND N
   /usr/bin/time -f %M -o "$WORK/rss" "$KILN" -q run -f "$(clusterfile "$1" "$2")" \
-    --known-hosts "$WORK/known_hosts" --accept-new-host-keys --json > "$WORK/run.json" 2> "$WORK/run.err" \
+    --known-hosts "$WORK/known_hosts" --accept-new-host-keys --layer-transfer "$TRANSFER" --json > "$WORK/run.json" 2> "$WORK/run.err" \
     || { cat "$WORK/run.err" >&2; return 1; }
 }
 kiln_clean() { # KIND N
@@ -89,7 +93,7 @@ trap 'stop_servers; "$HOSTS" down >/dev/null 2>&1 || true' EXIT
 
 declare -A RATIO
 echo
-printf '%-6s %5s  %9s %11s  %9s %11s  %6s  %9s\n' tree hosts "kiln s" "kiln B/host" "scp s" "scp B/host" ratio "kiln RSS"
+printf '%-6s %5s  %9s %11s  %9s %11s  %6s  %9s  %s\n' tree hosts "kiln s" "kiln B/host" "scp s" "scp B/host" ratio "kiln RSS" "layers sent (link)"
 for kind in small big; do
   size=$(du -sb "$WORK/ctx-$kind/tree" | cut -f1)
   files=$(find "$WORK/ctx-$kind/tree" -type f | wc -l)
@@ -98,6 +102,8 @@ for kind in small big; do
     read -r kt kb < <(measure "$n" kiln_run "$kind" "$n")
     [ "$kt" != FAILED ] || { echo "kiln run failed ($kind, $n hosts)" >&2; exit 1; }
     rss=$(cat "$WORK/rss")
+    how=$(jq -r '([.distributed[].transfer // empty] | unique | join(",")) + " ("
+      + ([.distributed[].link_bytes_per_sec // empty] | if length > 0 then "\(min / 1e6 | floor)-\(max / 1e6 | floor) MB/s" else "not measured" end) + ")"' "$WORK/run.json")
     # The re-run on the finished hosts: what it sends (rootfs bytes by kiln's count, and all
     # bytes on the wire: connection, facts, preflight and journal included).
     read -r rt rb < <(measure "$n" kiln_run "$kind" "$n")
@@ -108,7 +114,7 @@ for kind in small big; do
     [ "$st" != FAILED ] || { echo "scp failed ($kind, $n hosts)" >&2; exit 1; }
     ratio=$(echo "scale=2; $kt / $st" | bc)
     RATIO[$kind.$n]=$ratio
-    printf '%-6s %5s  %9.2f %11s  %9.2f %11s  %5sx  %9s\n' "$kind" "$n" "$kt" "$(human "$kb")" "$st" "$(human "$sb")" "$ratio" "$(human $((rss * 1024)))"
+    printf '%-6s %5s  %9.2f %11s  %9.2f %11s  %5sx  %9s  %s\n' "$kind" "$n" "$kt" "$(human "$kb")" "$st" "$(human "$sb")" "$ratio" "$(human $((rss * 1024)))" "$how"
     printf '%-6s %5s  re-run: %.2f s, %s rootfs bytes sent, %s per host on the wire (%s %% of the first run)\n' \
       "" "" "$rt" "$rootfs_again" "$(human "$rb")" "$(echo "scale=2; 100 * $rb / $kb" | bc)"
   done

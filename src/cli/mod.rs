@@ -397,11 +397,32 @@ pub struct RunArgs {
     /// Connect, check and print the plan per host; change nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// How layers travel: `compressed` (the host decompresses), `raw` (decompressed here once;
+    /// more bytes, no work on the host), `auto` (raw where a host's link measures over 250 MB/s)
+    #[arg(long, value_enum, default_value_t = LayerTransferArg::Auto, value_name = "MODE")]
+    pub layer_transfer: LayerTransferArg,
     #[command(flatten)]
     pub checks: PreflightArgs,
     /// Print the result as JSON
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LayerTransferArg {
+    Auto,
+    Compressed,
+    Raw,
+}
+
+impl From<LayerTransferArg> for crate::runtime::distribute::LayerTransfer {
+    fn from(arg: LayerTransferArg) -> Self {
+        match arg {
+            LayerTransferArg::Auto => Self::Auto,
+            LayerTransferArg::Compressed => Self::Compressed,
+            LayerTransferArg::Raw => Self::Raw,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -1,22 +1,29 @@
 //! Distribution: each host gets its platform's rootfs under `<dataRoot>/<cluster>/rootfs`, the
 //! `registry/` content only on registry hosts.
 //!
-//! Layer blobs travel as they are stored (compressed) into `<cluster>/.kiln/blobs/<sha256>`,
-//! each checked by sha256 on the host before it is renamed into place, so a blob on a host is
-//! never sent again. Layers are extracted in order into `rootfs.kiln-new` (a blob the host lacks
+//! Layer blobs travel into `<cluster>/.kiln/blobs/<sha256>`, each checked by sha256 on the
+//! host before it is renamed into place, so a blob on a host is never sent again. A layer goes
+//! either as stored (compressed; the host decompresses and keeps the blob) or raw: decompressed
+//! once on this machine ([`LayerSpool`]) and unpacked as it arrives, verified against its
+//! diff_id, and not kept (that would double the host's disk writes; a marker
+//! `<diff_id>.extracted` says the rootfs holds it, so only a rebuild of the rootfs sends it
+//! again). Raw wins where the link is faster than a host core unpacks gzip;
+//! [`LayerTransfer::Auto`] measures each host's link and picks. Layers are extracted in order into `rootfs.kiln-new` (a blob the host lacks
 //! is unpacked while it arrives), which is swapped into place once all are whole;
 //! `.kiln/rootfs.id` records which layers it was built from, so a re-run with nothing new sends
 //! nothing and extracts nothing. Every
 //! layer is checked on this machine first: an entry that could land outside the rootfs (an
 //! absolute or `..` path, a hard link out, a write through an escaping symbolic link) is refused.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::StreamExt;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::watch;
 
 use crate::image::layer::{self, ApplyError};
 use crate::image::media::{self, Compression};
@@ -62,12 +69,34 @@ impl From<SshError> for DistributeError {
     }
 }
 
+/// How layers travel to a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LayerTransfer {
+    /// Raw to hosts whose link measures faster than the host unpacks gzip, else compressed.
+    #[default]
+    Auto,
+    /// As stored; the host decompresses.
+    Compressed,
+    /// Decompressed on this machine; the host unpacks plain tar as it arrives and keeps no
+    /// blob (more bytes on the wire, no decompression there).
+    Raw,
+}
+
+/// What [`LayerTransfer::Auto`] sends to measure a link, after a quarter as much unmeasured (a
+/// fresh connection's first tens of MiB go slower while buffers and windows grow).
+const PROBE_BYTES: u64 = 32 << 20;
+
 /// One layer to place on hosts.
 #[derive(Debug, Clone)]
 pub struct LayerToSend {
     pub digest: Digest,
     pub media_type: String,
     pub size: u64,
+    /// The digest and size of the uncompressed tar (the same as `digest`, `size` when the layer
+    /// is stored uncompressed).
+    pub diff_id: Digest,
+    pub raw_size: u64,
     /// The `registry/` content: only for registry hosts.
     pub registry: bool,
     /// Paths to delete before extracting (whiteouts) and directories to empty (opaque).
@@ -86,9 +115,9 @@ impl RootfsPlan {
     /// result is cached by manifest digest (layers never change), so a re-run reads nothing.
     pub fn new(store: &Store, image: &PlatformImage) -> Result<Self, DistributeError> {
         let cache = store.cache_dir().join("host-scan").join(format!("{}.json", image.manifest_digest.hex()));
-        let scans: Vec<(Vec<String>, Vec<String>)> = match std::fs::read(&cache)
+        let scans: Vec<LayerScan> = match std::fs::read(&cache)
             .ok()
-            .and_then(|b| serde_json::from_slice::<Vec<(Vec<String>, Vec<String>)>>(&b).ok())
+            .and_then(|b| serde_json::from_slice::<Vec<LayerScan>>(&b).ok())
             .filter(|s| s.len() == image.manifest.layers().len())
         {
             Some(cached) => cached,
@@ -98,9 +127,16 @@ impl RootfsPlan {
                 for descriptor in image.manifest.layers() {
                     let digest = layer_digest(image, descriptor)?;
                     let media_type = descriptor.media_type().to_string();
-                    let scan = layer::scan_for_host(layer::open_layer(store, &digest, &media_type)?, &mut symlinks)
-                        .map_err(|source| DistributeError::UnsafeLayer { digest: digest.clone(), source })?;
-                    scans.push((scan.whiteouts, scan.opaque_dirs));
+                    let mut tar = CountingRead { inner: layer::open_layer(store, &digest, &media_type)?, count: 0 };
+                    let unsafe_layer = |source| DistributeError::UnsafeLayer { digest: digest.clone(), source };
+                    let scan = layer::scan_for_host(&mut tar, &mut symlinks).map_err(unsafe_layer)?;
+                    // The padding after tar's end marker is part of the diff_id's bytes too.
+                    std::io::copy(&mut tar, &mut std::io::sink()).map_err(|e| unsafe_layer(ApplyError::Read(e)))?;
+                    scans.push(LayerScan {
+                        whiteouts: scan.whiteouts,
+                        opaque_dirs: scan.opaque_dirs,
+                        raw_size: tar.count,
+                    });
                 }
                 if let Ok(bytes) = serde_json::to_vec(&scans) {
                     let _ = crate::image::store::write_atomic(&cache, &bytes);
@@ -108,16 +144,28 @@ impl RootfsPlan {
                 scans
             }
         };
+        let diff_ids = image.config.rootfs().diff_ids();
+        if diff_ids.len() != scans.len() {
+            return Err(StoreError::BadJson {
+                digest: image.config_digest.clone(),
+                reason: format!("{} diff_ids for {} layers", diff_ids.len(), scans.len()),
+            }
+            .into());
+        }
         let mut layers = Vec::new();
-        for (descriptor, (whiteouts, opaque_dirs)) in image.manifest.layers().iter().zip(scans) {
-            let registry = media::is_registry_layer(descriptor);
+        for ((descriptor, scan), diff_id) in image.manifest.layers().iter().zip(scans).zip(diff_ids) {
+            let diff_id = diff_id
+                .parse::<Digest>()
+                .map_err(|e| StoreError::BadJson { digest: image.config_digest.clone(), reason: e.to_string() })?;
             layers.push(LayerToSend {
                 digest: layer_digest(image, descriptor)?,
                 media_type: descriptor.media_type().to_string(),
                 size: descriptor.size(),
-                registry,
-                whiteouts,
-                opaque_dirs,
+                diff_id,
+                raw_size: scan.raw_size,
+                registry: media::is_registry_layer(descriptor),
+                whiteouts: scan.whiteouts,
+                opaque_dirs: scan.opaque_dirs,
             });
         }
         Ok(Self { layers })
@@ -125,6 +173,24 @@ impl RootfsPlan {
 
     fn for_host(&self, registry_host: bool) -> Vec<&LayerToSend> {
         self.layers.iter().filter(|l| registry_host || !l.registry).collect()
+    }
+}
+
+/// What reading a layer once on this machine tells about it (cached per manifest).
+#[derive(Serialize, serde::Deserialize)]
+struct LayerScan {
+    whiteouts: Vec<String>,
+    opaque_dirs: Vec<String>,
+    raw_size: u64,
+}
+
+impl LayerToSend {
+    fn compression(&self) -> Option<Compression> {
+        Compression::of_media_type(&self.media_type)
+    }
+
+    fn is_compressed(&self) -> bool {
+        matches!(self.compression(), Some(Compression::Gzip | Compression::Zstd))
     }
 }
 
@@ -140,6 +206,12 @@ pub struct DistributeOutcome {
     pub blobs_present: usize,
     /// The rootfs was (re)extracted; `false` when it already matched.
     pub rootfs_extracted: bool,
+    /// How this host got its layers (`None` when nothing was sent).
+    pub transfer: Option<LayerTransfer>,
+    /// What `Auto` measured to choose, in bytes per second: the link, and the host's gunzip
+    /// (uncompressed bytes out).
+    pub link_bytes_per_sec: Option<f64>,
+    pub gunzip_bytes_per_sec: Option<f64>,
 }
 
 /// Where a cluster's files live on a host.
@@ -152,90 +224,340 @@ pub fn rootfs_dir(cluster_dir: &str) -> String {
     format!("{cluster_dir}/rootfs")
 }
 
-/// Places the rootfs for `plan` on one host.
-pub async fn distribute(
-    store: &Store,
-    session: &Session,
-    dir: &str,
-    plan: &RootfsPlan,
-    registry_host: bool,
-    reporter: &dyn DistributeReporter,
-) -> Result<DistributeOutcome, DistributeError> {
-    let host = session.host().to_string();
-    let layers = plan.for_host(registry_host);
-    let blobs_dir = format!("{dir}/.kiln/blobs");
-    let wanted_id = rootfs_id(&layers);
-    let listing = session
-        .run(&format!(
-            "mkdir -p {b} && chmod 700 {d}/.kiln && rm -f {b}/*.kiln-part {b}/*.kiln-part.* && ls {b}; \
-             echo \"id=$(cat {d}/.kiln/rootfs.id 2>/dev/null)\"; \
-             [ -d {d}/rootfs ] && echo has-rootfs || true",
-            b = quote(&blobs_dir),
-            d = quote(dir)
-        ))
-        .await?
-        .stdout_text();
-    let present: BTreeSet<&str> = listing.lines().collect();
-    let current_id = listing.lines().find_map(|l| l.strip_prefix("id=")).unwrap_or_default();
-    let has_rootfs = present.contains("has-rootfs");
-    let missing: Vec<&&LayerToSend> = layers.iter().filter(|l| !present.contains(l.digest.hex())).collect();
-    let mut outcome = DistributeOutcome { blobs_present: layers.len() - missing.len(), ..Default::default() };
-    reporter.host_started(&host, missing.iter().map(|l| l.size).sum());
-    let sent = Arc::new(AtomicU64::new(0));
-    let send = |l: &LayerToSend, unpack: Option<String>| {
-        let (blobs_dir, host, sent) = (&blobs_dir, &host, Arc::clone(&sent));
-        let (digest, media_type) = (l.digest.clone(), l.media_type.clone());
-        async move {
-            let path = store.blob_path(&digest);
-            let file = tokio::fs::File::open(&path).await.map_err(|e| StoreError::io("open blob", &path, e))?;
-            let reader = Counting { inner: file, host, sent, reporter };
-            let remote = format!("{blobs_dir}/{}", digest.hex());
-            let written = match &unpack {
-                Some(into) => session.upload_through(reader, &remote, 0o600, &untar(&media_type, "-", into)).await,
-                None => session.upload(reader, &remote, 0o600).await,
-            };
-            match written {
-                Ok(actual) if actual == digest.hex() => Ok(()),
-                Ok(actual) => {
-                    let _ = session.exec(&format!("rm -f {}", quote(&remote))).await;
-                    Err(DistributeError::CorruptLocal { host: host.clone(), digest, actual })
-                }
-                Err(e) => Err(e.into()),
-            }
-        }
-    };
-    if current_id != wanted_id || !has_rootfs {
-        // Layers go in order into `rootfs.kiln-new`; a missing one is unpacked while it
-        // arrives, so sending, hashing and extracting overlap. The new tree replaces the
-        // rootfs only once every layer arrived whole.
-        let new = format!("{dir}/rootfs.kiln-new");
-        session.run(&format!("rm -rf {n} && mkdir -p {n}", n = quote(&new))).await?;
-        for l in &layers {
-            let removals = removals_script(&new, l);
-            if !removals.is_empty() {
-                session.run(&removals).await?;
-            }
-            if missing.iter().any(|m| m.digest == l.digest) {
-                send(l, Some(new.clone())).await?;
+/// Places cluster image rootfs on hosts: one per distribution phase, shared by its hosts (they
+/// share the decompressed layers of the spool).
+pub struct Distributor<'a> {
+    pub store: &'a Store,
+    pub transfer: LayerTransfer,
+    pub spool: &'a LayerSpool,
+    pub reporter: &'a dyn DistributeReporter,
+}
+
+/// A layer as a host holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    /// Its blob, as stored here.
+    Blob,
+    /// Only in the rootfs (it came raw): present while that rootfs stands.
+    Extracted,
+}
+
+impl Distributor<'_> {
+    /// Places the rootfs for `plan` on one host.
+    pub async fn distribute(
+        &self,
+        session: &Session,
+        dir: &str,
+        plan: &RootfsPlan,
+        registry_host: bool,
+    ) -> Result<DistributeOutcome, DistributeError> {
+        let host = session.host().to_string();
+        let layers = plan.for_host(registry_host);
+        let blobs_dir = format!("{dir}/.kiln/blobs");
+        let wanted_id = rootfs_id(&layers);
+        let listing = session
+            .run(&format!(
+                "mkdir -p {b} && chmod 700 {d}/.kiln && rm -f {b}/*.kiln-part {b}/*.kiln-part.* && ls {b}; \
+                 echo \"id=$(cat {d}/.kiln/rootfs.id 2>/dev/null)\"; \
+                 [ -d {d}/rootfs ] && echo has-rootfs; command -v zstd >/dev/null && echo has-zstd; true",
+                b = quote(&blobs_dir),
+                d = quote(dir)
+            ))
+            .await?
+            .stdout_text();
+        let present: BTreeSet<&str> = listing.lines().collect();
+        let current_id = listing.lines().find_map(|l| l.strip_prefix("id=")).unwrap_or_default();
+        let has_rootfs = present.contains("has-rootfs");
+        let held = |l: &LayerToSend| {
+            if present.contains(l.digest.hex()) {
+                Some(Held::Blob)
+            } else if present.contains(extracted_marker(l).as_str()) {
+                Some(Held::Extracted)
             } else {
-                let blob = format!("{blobs_dir}/{}", l.digest.hex());
-                session.run(&untar(&l.media_type, &blob, &new)).await?;
+                None
+            }
+        };
+        let rebuild = current_id != wanted_id || !has_rootfs;
+        // A rebuild needs every layer that has no blob here; a current rootfs only blobs to keep.
+        let missing: Vec<&LayerToSend> = layers
+            .iter()
+            .copied()
+            .filter(|l| match held(l) {
+                None => true,
+                Some(Held::Extracted) => rebuild,
+                Some(Held::Blob) => false,
+            })
+            .collect();
+        let mut outcome = DistributeOutcome { blobs_present: layers.len() - missing.len(), ..Default::default() };
+
+        // Raw layers are not kept, so only a rebuild can take them.
+        let transfer = match self.transfer {
+            _ if !rebuild || !missing.iter().any(|l| l.is_compressed()) => LayerTransfer::Compressed,
+            LayerTransfer::Auto => {
+                let (link, gunzip) = measure_host(session).await?;
+                outcome.link_bytes_per_sec = Some(link);
+                outcome.gunzip_bytes_per_sec = Some(gunzip);
+                // Compressed costs max(C / link, U / gunzip), raw U / link; with C a third of
+                // U or less, raw wins once the link outruns the host's gunzip.
+                if link > gunzip { LayerTransfer::Raw } else { LayerTransfer::Compressed }
+            }
+            chosen => chosen,
+        };
+        // A host without zstd takes zstd layers raw whatever was chosen.
+        let raw = |l: &LayerToSend| {
+            rebuild
+                && l.is_compressed()
+                && (transfer == LayerTransfer::Raw
+                    || (l.compression() == Some(Compression::Zstd) && !present.contains("has-zstd")))
+        };
+        if !missing.is_empty() {
+            outcome.transfer = Some(transfer);
+        }
+        self.reporter.host_started(&host, missing.iter().map(|l| if raw(l) { l.raw_size } else { l.size }).sum());
+
+        let sent = Arc::new(AtomicU64::new(0));
+        let send = |l: &LayerToSend, unpack: Option<String>| {
+            let (blobs_dir, host, sent) = (&blobs_dir, &host, Arc::clone(&sent));
+            let l = l.clone();
+            let raw = raw(&l);
+            async move {
+                let counting = |inner| Counting { inner, host, sent, reporter: self.reporter };
+                if raw {
+                    // Unpacked as it arrives and not kept (`raw` holds only in a rebuild,
+                    // which always unpacks).
+                    let into = unpack.unwrap_or_default();
+                    let source: Box<dyn AsyncRead + Send + Unpin> = Box::new(self.spool.reader(self.store, &l));
+                    let actual =
+                        session.stream_through(counting(source), &untar(media::OCI_LAYER_TAR, "-", &into)).await?;
+                    if actual != l.diff_id.hex() {
+                        return Err(DistributeError::CorruptLocal {
+                            host: host.clone(),
+                            digest: l.diff_id.clone(),
+                            actual,
+                        });
+                    }
+                    let marker = format!("{blobs_dir}/{}", extracted_marker(&l));
+                    session.run(&format!(": > {}", quote(&marker))).await?;
+                    return Ok(());
+                }
+                let path = self.store.blob_path(&l.digest);
+                let file = tokio::fs::File::open(&path).await.map_err(|e| StoreError::io("open blob", &path, e))?;
+                let source: Box<dyn AsyncRead + Send + Unpin> = Box::new(file);
+                let remote = format!("{blobs_dir}/{}", l.digest.hex());
+                let written = match &unpack {
+                    Some(into) => {
+                        session.upload_through(counting(source), &remote, 0o600, &untar(&l.media_type, "-", into)).await
+                    }
+                    None => session.upload(counting(source), &remote, 0o600).await,
+                };
+                match written {
+                    Ok(actual) if actual == l.digest.hex() => Ok(()),
+                    Ok(actual) => {
+                        let _ = session.exec(&format!("rm -f {}", quote(&remote))).await;
+                        Err(DistributeError::CorruptLocal { host: host.clone(), digest: l.digest.clone(), actual })
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+        };
+        if rebuild {
+            // Layers go in order into `rootfs.kiln-new`; a missing one is unpacked while it
+            // arrives, so sending, hashing and extracting overlap. The new tree replaces the
+            // rootfs only once every layer arrived whole.
+            let new = format!("{dir}/rootfs.kiln-new");
+            session.run(&format!("rm -rf {n} && mkdir -p {n}", n = quote(&new))).await?;
+            for l in &layers {
+                let removals = removals_script(&new, l);
+                if !removals.is_empty() {
+                    session.run(&removals).await?;
+                }
+                if held(l) == Some(Held::Blob) {
+                    let blob = format!("{blobs_dir}/{}", l.digest.hex());
+                    session.run(&untar(&l.media_type, &blob, &new)).await?;
+                } else {
+                    send(l, Some(new.clone())).await?;
+                }
+            }
+            session.run(&swap_script(dir, &wanted_id)).await?;
+            outcome.rootfs_extracted = true;
+        } else {
+            // The rootfs is current; only blobs to keep are missing (at most two at a time;
+            // raw layers are not kept, so a host on a fast link gets nothing here).
+            let uploads: Vec<Result<(), DistributeError>> =
+                futures_util::stream::iter(missing.iter()).map(|l| send(l, None)).buffer_unordered(2).collect().await;
+            for u in uploads {
+                u?;
             }
         }
-        session.run(&swap_script(dir, &wanted_id)).await?;
-        outcome.rootfs_extracted = true;
-    } else {
-        // The rootfs is current; only blobs to keep are missing (at most two at a time).
-        let uploads: Vec<Result<(), DistributeError>> =
-            futures_util::stream::iter(missing.iter()).map(|l| send(l, None)).buffer_unordered(2).collect().await;
-        for u in uploads {
-            u?;
-        }
+        outcome.blobs_sent = missing.len();
+        outcome.bytes_sent = sent.load(Ordering::Relaxed);
+        self.reporter.host_done(&host, &outcome);
+        Ok(outcome)
     }
-    outcome.blobs_sent = missing.len();
-    outcome.bytes_sent = sent.load(Ordering::Relaxed);
-    reporter.host_done(&host, &outcome);
-    Ok(outcome)
+}
+
+/// Layers decompressed once on this machine for the hosts that take them raw. One thread
+/// writes each into a temporary file while any number of hosts read what is already there, so
+/// a layer is decompressed once however many hosts get it, and sending starts at once. The
+/// files go with the spool.
+pub struct LayerSpool {
+    dir: tempfile::TempDir,
+    layers: std::sync::Mutex<HashMap<Digest, watch::Receiver<Spooled>>>,
+}
+
+/// How far a layer's decompression has come.
+#[derive(Debug, Clone)]
+enum Spooled {
+    Writing(u64),
+    Done(u64),
+    Failed(Arc<str>),
+}
+
+/// What one read of a spooled layer returns at most.
+const SPOOL_CHUNK: u64 = 1 << 20;
+
+impl LayerSpool {
+    pub fn new(store: &Store) -> Result<Self, StoreError> {
+        Ok(Self { dir: store.scratch_dir("layer-spool-")?, layers: Default::default() })
+    }
+
+    /// The layer's uncompressed tar, read while it is being written.
+    pub fn reader(&self, store: &Store, layer: &LayerToSend) -> impl AsyncRead + Send + Unpin + 'static {
+        let path = self.dir.path().join(layer.diff_id.hex());
+        let progress = self.start(store, layer, &path);
+        struct Tail {
+            path: std::path::PathBuf,
+            progress: watch::Receiver<Spooled>,
+            file: Option<tokio::fs::File>,
+            position: u64,
+        }
+        let tail = Tail { path, progress, file: None, position: 0 };
+        let chunks = futures_util::stream::try_unfold(tail, |mut tail| async move {
+            loop {
+                let (written, finished) = match &*tail.progress.borrow_and_update() {
+                    Spooled::Writing(n) => (*n, false),
+                    Spooled::Done(n) => (*n, true),
+                    Spooled::Failed(reason) => return Err(std::io::Error::other(reason.to_string())),
+                };
+                if tail.position < written {
+                    let file = match &mut tail.file {
+                        Some(file) => file,
+                        None => tail.file.insert(tokio::fs::File::open(&tail.path).await?),
+                    };
+                    let mut chunk = vec![0; (written - tail.position).min(SPOOL_CHUNK) as usize];
+                    let n = file.read(&mut chunk).await?;
+                    if n == 0 {
+                        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "spooled layer shrank"));
+                    }
+                    chunk.truncate(n);
+                    tail.position += n as u64;
+                    return Ok(Some((bytes::Bytes::from(chunk), tail)));
+                }
+                if finished {
+                    return Ok(None);
+                }
+                tail.progress.changed().await.map_err(|_| std::io::Error::other("layer decompression stopped"))?;
+            }
+        });
+        tokio_util::io::StreamReader::new(Box::pin(chunks))
+    }
+
+    /// Starts decompressing `layer` unless that already began.
+    fn start(&self, store: &Store, layer: &LayerToSend, path: &std::path::Path) -> watch::Receiver<Spooled> {
+        let mut layers = self.layers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(progress) = layers.get(&layer.diff_id) {
+            return progress.clone();
+        }
+        let (progress, watching) = watch::channel(Spooled::Writing(0));
+        layers.insert(layer.diff_id.clone(), watching.clone());
+        let (store, layer, path) = (store.clone(), layer.clone(), path.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let end = match decompress_into(&store, &layer, &path, &progress) {
+                Ok(size) => Spooled::Done(size),
+                Err(reason) => Spooled::Failed(reason.into()),
+            };
+            progress.send_replace(end);
+        });
+        watching
+    }
+}
+
+/// Writes the layer's tar to `path`, reporting progress, and checks it against the diff_id.
+fn decompress_into(
+    store: &Store,
+    layer: &LayerToSend,
+    path: &std::path::Path,
+    progress: &watch::Sender<Spooled>,
+) -> Result<u64, String> {
+    use std::io::{Read as _, Write as _};
+    let mut tar = layer::open_layer(store, &layer.digest, &layer.media_type).map_err(|e| e.to_string())?;
+    let mut out = std::fs::File::create(path).map_err(|e| format!("create {}: {e}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut chunk = vec![0; SPOOL_CHUNK as usize];
+    let mut written = 0u64;
+    loop {
+        let n = tar.read(&mut chunk).map_err(|e| format!("decompress layer {}: {e}", layer.digest))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&chunk[..n]);
+        out.write_all(&chunk[..n]).map_err(|e| format!("write {}: {e}", path.display()))?;
+        written += n as u64;
+        progress.send_replace(Spooled::Writing(written));
+    }
+    let actual = Digest::from_sha256(hasher);
+    if actual != layer.diff_id {
+        return Err(format!(
+            "layer {} decompresses to {actual}, not its diff_id {}; run `kiln rmi` and pull again",
+            layer.digest, layer.diff_id
+        ));
+    }
+    Ok(written)
+}
+
+/// Measures a host's link (zeros to `/dev/null`) and its gunzip (a gzip stream of text-like
+/// lines to `gzip -dc`), both in bytes per second.
+async fn measure_host(session: &Session) -> Result<(f64, f64), DistributeError> {
+    let zeros = |n: u64| tokio::io::repeat(0).take(n);
+    session.timed_pipe("cat > /dev/null", zeros(PROBE_BYTES / 4)).await?;
+    let link = PROBE_BYTES as f64 / session.timed_pipe("cat > /dev/null", zeros(PROBE_BYTES)).await?.as_secs_f64();
+    let (payload, unpacked) = gunzip_probe();
+    let took = session.timed_pipe("gzip -dc > /dev/null", payload).await?.as_secs_f64();
+    Ok((link, unpacked as f64 / took.max(1e-6)))
+}
+
+/// A gzip stream (and its unpacked size) about as compressible as a rootfs layer: 24 MiB of
+/// numbered lines with varying fields, made once.
+fn gunzip_probe() -> (&'static [u8], usize) {
+    static PROBE: std::sync::OnceLock<(Vec<u8>, usize)> = std::sync::OnceLock::new();
+    let (bytes, size) = PROBE.get_or_init(|| {
+        use std::io::Write as _;
+        let mut text = Vec::with_capacity(24 << 20);
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        while text.len() < 24 << 20 {
+            // xorshift: fields vary like real files' contents, not a repeating pattern.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let _ = writeln!(
+                text,
+                "{:08} usr/lib/kiln/probe/{:x}.so size={} mode=0{:o}",
+                text.len(),
+                state,
+                state % 100_003,
+                state % 0o777
+            );
+        }
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        let _ = gz.write_all(&text);
+        (gz.finish().unwrap_or_default(), text.len())
+    });
+    (bytes, *size)
+}
+
+/// The file that says a raw layer is in the rootfs (it has no blob on the host).
+fn extracted_marker(layer: &LayerToSend) -> String {
+    format!("{}.extracted", layer.diff_id.hex())
 }
 
 /// Names the exact layer list a rootfs was built from.
@@ -272,7 +594,9 @@ fn untar(media_type: &str, source: &str, root: &str) -> String {
         _ => "",
     };
     let source = if source == "-" { "-".to_owned() } else { quote(source) };
-    format!("tar -x {decompress} --numeric-owner -p --exclude='.wh.*' -f {source} -C {}", quote(root))
+    // From a pipe, big records with short reads reassembled (-B) save most of tar's syscalls.
+    let records = if source == "-" { " -B -b 256" } else { "" };
+    format!("tar -x {decompress}{records} --numeric-owner -p --exclude='.wh.*' -f {source} -C {}", quote(root))
 }
 
 /// Swaps `rootfs.kiln-new` in for the rootfs and records which layers built it.
@@ -285,6 +609,20 @@ fn swap_script(dir: &str, id: &str) -> String {
         n = quote(&format!("{dir}/rootfs.kiln-new")),
         d = quote(dir),
     )
+}
+
+/// Counts bytes read on this machine.
+struct CountingRead<R> {
+    inner: R,
+    count: u64,
+}
+
+impl<R: std::io::Read> std::io::Read for CountingRead<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
 }
 
 /// Counts bytes read from a blob as they go out.
@@ -309,5 +647,76 @@ impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counting<'_, R> {
             self.reporter.sent(self.host, n);
         }
         poll
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    /// A gzip layer in a fresh store, with its plain tar.
+    fn gzip_layer(store: &Store, raw: &[u8], diff_id: Digest) -> LayerToSend {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(raw).unwrap();
+        let (digest, size) = store.write_blob(&gz.finish().unwrap()).unwrap();
+        LayerToSend {
+            digest,
+            media_type: media::OCI_LAYER_GZIP.to_owned(),
+            size,
+            diff_id,
+            raw_size: raw.len() as u64,
+            registry: false,
+            whiteouts: vec![],
+            opaque_dirs: vec![],
+        }
+    }
+
+    async fn read_all(mut reader: impl AsyncRead + Unpin) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        reader.read_to_end(&mut out).await?;
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn spooled_layer_is_decompressed_once_and_read_by_many_while_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // Several spool chunks, so readers overlap the writer.
+        let raw: Vec<u8> = (0..5 * SPOOL_CHUNK as usize + 12_345).map(|i| (i * 31 % 251) as u8).collect();
+        let layer = gzip_layer(&store, &raw, Digest::of(&raw));
+        let spool = LayerSpool::new(&store).unwrap();
+        let readers: Vec<_> = (0..4).map(|_| read_all(spool.reader(&store, &layer))).collect();
+        for got in futures_util::future::join_all(readers).await {
+            assert!(got.unwrap() == raw, "a reader got other bytes than the layer's tar");
+        }
+        // One file for the layer, however many readers.
+        assert_eq!(std::fs::read_dir(spool.dir.path()).unwrap().count(), 1);
+        // A later reader (the layer already whole) gets the same.
+        assert!(read_all(spool.reader(&store, &layer)).await.unwrap() == raw);
+        let spool_dir = spool.dir.path().to_owned();
+        drop(spool);
+        assert!(!spool_dir.exists(), "the spool outlived its run");
+    }
+
+    #[tokio::test]
+    async fn spooled_layer_not_matching_its_diff_id_fails_every_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let raw = vec![7u8; 3 * SPOOL_CHUNK as usize];
+        let layer = gzip_layer(&store, &raw, Digest::of(b"something else"));
+        let spool = LayerSpool::new(&store).unwrap();
+        for got in futures_util::future::join_all((0..2).map(|_| read_all(spool.reader(&store, &layer)))).await {
+            let error = got.unwrap_err().to_string();
+            assert!(error.contains("not its diff_id"), "{error}");
+        }
+    }
+
+    #[test]
+    fn untar_decompresses_by_media_type() {
+        assert!(untar(media::OCI_LAYER_GZIP, "-", "/r").contains(" -z "));
+        assert!(untar(media::OCI_LAYER_ZSTD, "/b/x", "/r").contains("--zstd"));
+        let plain = untar(media::OCI_LAYER_TAR, "/b/x", "/r");
+        assert!(!plain.contains(" -z ") && !plain.contains("zstd"), "{plain}");
     }
 }

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use serde::Serialize;
 
-use super::distribute::{self, DistributeError, DistributeOutcome, DistributeReporter, RootfsPlan};
+use super::distribute::{
+    self, DistributeError, DistributeOutcome, DistributeReporter, Distributor, LayerSpool, LayerTransfer, RootfsPlan,
+};
 use super::journal::{self, Journal, JournalError};
 use super::preflight::{CheckResult, PreflightOptions};
 use super::registry_access::{self, RegistryAccess};
@@ -71,6 +73,8 @@ pub struct RunRequest<'a> {
     pub image: Image,
     pub connect: ConnectOptions,
     pub preflight: PreflightOptions,
+    /// How layers travel to hosts.
+    pub layer_transfer: LayerTransfer,
     /// Operator-side state: journal and effective Clusterfile.
     pub state_dir: PathBuf,
     /// Connect, check and plan; change nothing.
@@ -295,12 +299,19 @@ async fn plan(ctx: &Context<'_>) -> Vec<HostPlan> {
                 .unwrap_or_default(),
             None => BTreeSet::new(),
         };
+        // A layer is on a host as stored or raw (named by its diff_id).
+        let diff_ids = image.config.rootfs().diff_ids();
         let missing: Vec<&oci_spec::image::Descriptor> = image
             .manifest
             .layers()
             .iter()
-            .filter(|l| registry_host || !media::is_registry_layer(l))
-            .filter(|l| !present.contains(l.digest().digest()))
+            .enumerate()
+            .filter(|(_, l)| registry_host || !media::is_registry_layer(l))
+            .filter(|(i, l)| {
+                let raw = diff_ids.get(*i).and_then(|d| d.strip_prefix("sha256:")).unwrap_or_default();
+                !present.contains(l.digest().digest()) && !present.contains(raw)
+            })
+            .map(|(_, l)| l)
             .collect();
         let mut phases = vec!["distribute", "os-tune"];
         if ctx.has_registry_content() {
@@ -354,20 +365,23 @@ async fn distribute_phase(
             slot.insert(plan);
         }
     }
+    let spool = LayerSpool::new(ctx.request.store).map_err(|e| step_error("distribute", "-", e))?;
+    let distributor =
+        Distributor { store: ctx.request.store, transfer: ctx.request.layer_transfer, spool: &spool, reporter };
     // Always re-checked (cheap: a listing and an id compare), so a host that lost its
     // rootfs since the last run gets it again.
     let results: Vec<(IpAddr, Result<DistributeOutcome, DistributeError>)> =
         futures_util::stream::iter(ctx.hosts().iter())
             .map(|host| {
                 let plan = &plans[&ctx.platforms[&host.ip].manifest_digest.to_string()];
+                let distributor = &distributor;
                 async move {
                     let session = match ctx.session_for(host) {
                         Ok(s) => s,
                         Err(e) => return (host.ip, Err(e.into())),
                     };
                     let registry_host = ctx.registry_hosts.contains(&host.ip);
-                    let r = distribute::distribute(ctx.request.store, session, &ctx.dir, plan, registry_host, reporter)
-                        .await;
+                    let r = distributor.distribute(session, &ctx.dir, plan, registry_host).await;
                     (host.ip, r)
                 }
             })

@@ -112,19 +112,34 @@ fn receive_script(remote: &str, consumer: Option<&str>) -> String {
     let part = format!("{remote}.kiln-part");
     let dir = remote.rsplit_once('/').map_or(".", |(d, _)| if d.is_empty() { "/" } else { d });
     let receive = match consumer {
-        None => format!("cat > {part}; sha256sum {part} | cut -d' ' -f1", part = quote(&part)),
+        None => format!("cat > {part}; $hash {part} | cut -d' ' -f1", part = quote(&part)),
         // tee feeds the file, a fifo hashed in the background, and the consumer at once;
         // whatever the consumer leaves unread (tar stops at its end marker) is drained.
         Some(consumer) => format!(
-            "rm -f {fifo}; mkfifo {fifo}; sha256sum < {fifo} > {sum} & \
+            "rm -f {fifo}; mkfifo {fifo}; $hash < {fifo} > {sum} & \
              tee {fifo} {part} | {{ {consumer}; cat > /dev/null; }} >&2; wait $!; cut -d' ' -f1 {sum}; rm -f {fifo} {sum}",
             fifo = quote(&format!("{part}.fifo")),
             sum = quote(&format!("{part}.sum")),
             part = quote(&part),
         ),
     };
-    format!("set -e; mkdir -p {dir}; umask 077; {receive}", dir = quote(dir))
+    format!("set -e; {HOST_SHA256}; mkdir -p {dir}; umask 077; {receive}", dir = quote(dir))
 }
+
+/// The script behind [`Session::stream_through`]: the bytes go to `consumer` and a hashing fifo,
+/// nowhere else; prints their sha256.
+fn stream_script(consumer: &str) -> String {
+    format!(
+        "set -e; {HOST_SHA256}; d=$(mktemp -d); trap 'rm -rf \"$d\"' EXIT; mkfifo \"$d/f\"; \
+         $hash < \"$d/f\" > \"$d/sum\" & tee \"$d/f\" | {{ {consumer}; cat > /dev/null; }} >&2; wait $!; cut -d' ' -f1 \"$d/sum\""
+    )
+}
+
+/// Picks the host's fastest sha256 into `$hash`: OpenSSL's uses the CPU's SHA instructions
+/// (about 1.2 GB/s here against coreutils' 200 MB/s); `sha256sum` where there is no openssl.
+/// Both print the digest first.
+const HOST_SHA256: &str =
+    "if command -v openssl >/dev/null 2>&1; then hash='openssl dgst -sha256 -r'; else hash=sha256sum; fi";
 
 /// Where [`Session::run_live`] sends complete lines of output.
 type LineSink = tokio::sync::mpsc::UnboundedSender<String>;
@@ -220,8 +235,29 @@ fn client_config() -> Arc<client::Config> {
         keepalive_interval: Some(Duration::from_secs(5)),
         keepalive_max: 3,
         nodelay: true,
+        preferred: preferred_algorithms(),
         ..Default::default()
     })
+}
+
+/// russh's defaults, but AES-256-GCM before ChaCha20-Poly1305 where this CPU has AES
+/// instructions (as RHEL's crypto policy orders them): more than twice the throughput here
+/// (330-430 MB/s against 160-210 MB/s to an OpenSSH 9.2 server on one link).
+fn preferred_algorithms() -> russh::Preferred {
+    let mut preferred = russh::Preferred::DEFAULT.clone();
+    #[cfg(target_arch = "x86_64")]
+    let aes = std::arch::is_x86_feature_detected!("aes") && std::arch::is_x86_feature_detected!("pclmulqdq");
+    #[cfg(target_arch = "aarch64")]
+    let aes = std::arch::is_aarch64_feature_detected!("aes") && std::arch::is_aarch64_feature_detected!("pmull");
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let aes = false;
+    if aes {
+        let mut ciphers = preferred.cipher.to_vec();
+        ciphers.retain(|c| *c != russh::cipher::AES_256_GCM);
+        ciphers.insert(0, russh::cipher::AES_256_GCM);
+        preferred.cipher = std::borrow::Cow::Owned(ciphers);
+    }
+    preferred
 }
 
 impl Session {
@@ -376,6 +412,15 @@ impl Session {
         }
     }
 
+    /// Pipes `source` into `command` (as the login user, not root: for measuring) and returns
+    /// how long that took, from the channel's opening to the command's exit.
+    pub async fn timed_pipe<R: AsyncRead + Unpin>(&self, command: &str, source: R) -> Result<Duration, SshError> {
+        let started = std::time::Instant::now();
+        let out = self.raw_exec(command, None, source, |_| {}, None).await?;
+        self.check_status(command, out)?;
+        Ok(started.elapsed())
+    }
+
     /// Runs `command` as root and fails, with the end of its output, unless it exits 0.
     pub async fn run(&self, command: &str) -> Result<Output, SshError> {
         let out = self.exec(command).await?;
@@ -413,6 +458,29 @@ impl Session {
         consumer: &str,
     ) -> Result<String, SshError> {
         self.upload_with(source, remote, mode, Some(consumer)).await
+    }
+
+    /// Pipes `source` into `consumer` on the host (as root) without keeping the bytes, and
+    /// returns their sha256 as the host computed it (checked against what was sent).
+    pub async fn stream_through<R: AsyncRead + Unpin>(&self, source: R, consumer: &str) -> Result<String, SshError> {
+        let mut hasher = Sha256::new();
+        let wrapped = wrap(&stream_script(consumer), &self.privilege);
+        let host = self.target.host.to_string();
+        let out = self.raw_exec(&wrapped, Some(&self.privilege), source, |chunk| hasher.update(chunk), None).await?;
+        if out.status != 0 {
+            return Err(SshError::Command {
+                host,
+                command: first_line(consumer),
+                status: out.status,
+                output: out.tail(5),
+            });
+        }
+        let expected = hex::encode(hasher.finalize());
+        let actual = out.stdout_text().trim().to_owned();
+        if actual != expected {
+            return Err(SshError::UploadMismatch { host, path: first_line(consumer), expected, actual });
+        }
+        Ok(expected)
     }
 
     async fn upload_with<R: AsyncRead + Unpin>(
@@ -636,21 +704,57 @@ mod tests {
         assert_eq!(lines, ["first line", "second", "third \u{fffd}"]);
     }
 
+    /// A tar of one file `hello` in `dir/src`, with more zero padding past its end marker than a
+    /// pipe holds, and the empty directory `dir/into` to unpack it in.
+    fn tar_with_padding(dir: &std::path::Path) -> (Vec<u8>, std::path::PathBuf) {
+        let src = dir.join("src");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("hello"), "hi\n").unwrap();
+        let mut archive = tar::Builder::new(Vec::new());
+        archive.append_dir_all(".", &src).unwrap();
+        let mut bytes = archive.into_inner().unwrap();
+        bytes.extend_from_slice(&vec![0u8; 1 << 20]);
+        let into = dir.join("into");
+        std::fs::create_dir(&into).unwrap();
+        (bytes, into)
+    }
+
+    #[test]
+    fn stream_script_unpacks_and_hashes_without_keeping_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bytes, into) = tar_with_padding(dir.path());
+        let run = |consumer: &str| {
+            let mut child = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(stream_script(consumer))
+                .env("TMPDIR", dir.path())
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write as _;
+            let _ = child.stdin.take().unwrap().write_all(&bytes);
+            child.wait_with_output().unwrap()
+        };
+        let out = run(&format!("tar -x -f - -C {}", quote(&into.display().to_string())));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), hex::encode(Sha256::digest(&bytes)));
+        assert_eq!(std::fs::read_to_string(into.join("hello")).unwrap(), "hi\n");
+        // Nothing left behind (src and into were there before).
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+        // A failing consumer fails the whole stream.
+        assert!(!run("false").status.success());
+    }
+
     /// The receiving side, run here under `sh` (dash, like Debian hosts): the consumer unpacks
     /// while the file is written and hashed, trailing bytes tar leaves unread are drained, and a
     /// failing consumer fails the upload.
     #[test]
     fn receive_script_writes_hashes_and_unpacks_at_once() {
         let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("src");
-        std::fs::create_dir(&src).unwrap();
-        std::fs::write(src.join("hello"), "hi\n").unwrap();
-        let mut archive = tar::Builder::new(Vec::new());
-        archive.append_dir_all(".", &src).unwrap();
-        let mut bytes = archive.into_inner().unwrap();
-        bytes.extend_from_slice(&vec![0u8; 1 << 20]); // more padding past the end marker than a pipe holds
-        let into = dir.path().join("into");
-        std::fs::create_dir(&into).unwrap();
+        let (bytes, into) = tar_with_padding(dir.path());
         let remote = dir.path().join("blobs/abc").display().to_string();
         let consumer = format!("tar -x -f - -C {}", quote(&into.display().to_string()));
         let run = |consumer: &str| {

@@ -50,6 +50,7 @@ pub async fn run(settings: &Settings, printer: Printer, args: RunArgs) -> anyhow
         image,
         connect,
         preflight,
+        layer_transfer: args.layer_transfer.into(),
         state_dir: state_dir.clone(),
         dry_run: args.dry_run,
     };
@@ -88,11 +89,16 @@ pub async fn run(settings: &Settings, printer: Printer, args: RunArgs) -> anyhow
             Ok(())
         }
         Err(RunError::Preflight { failed, results }) => {
+            if printer.json {
+                printer.json(&serde_json::json!({ "preflight": results }))?;
+            }
             let mut table = Table::new(&["HOST", "CHECK", "RESULT", "DETAIL"]);
             for r in results.iter().filter(|r| r.outcome == Outcome::Fail) {
                 table.row(vec![r.host.to_string(), r.check.to_owned(), "FAIL".into(), r.detail.clone()]);
             }
-            printer.data(&table.render());
+            if !printer.json {
+                printer.data(&table.render());
+            }
             Err(UserError::new(format!("preflight failed: {failed} checks; nothing was changed on any host"))
                 .with_hint("fix them, or skip a check with `--skip-checks NAME`")
                 .into())
