@@ -10,6 +10,7 @@ pub mod diagnostic;
 pub mod env;
 pub mod image;
 pub mod kubefile;
+pub mod kubernetes;
 pub mod output;
 pub mod registry;
 pub mod runtime;
