@@ -83,6 +83,10 @@ pub enum LayerTransfer {
     Raw,
 }
 
+/// Below this many compressed bytes to send, [`LayerTransfer::Auto`] does not measure (that
+/// would cost more than raw could save) and sends them compressed.
+const AUTO_MEASURES_FROM: u64 = 128 << 20;
+
 /// What [`LayerTransfer::Auto`] sends to measure a link, after a quarter as much unmeasured (a
 /// fresh connection's first tens of MiB go slower while buffers and windows grow).
 const PROBE_BYTES: u64 = 32 << 20;
@@ -293,6 +297,11 @@ impl Distributor<'_> {
         // Raw layers are not kept, so only a rebuild can take them.
         let transfer = match self.transfer {
             _ if !rebuild || !missing.iter().any(|l| l.is_compressed()) => LayerTransfer::Compressed,
+            LayerTransfer::Auto
+                if missing.iter().filter(|l| l.is_compressed()).map(|l| l.size).sum::<u64>() < AUTO_MEASURES_FROM =>
+            {
+                LayerTransfer::Compressed
+            }
             LayerTransfer::Auto => {
                 let (link, gunzip) = measure_host(session).await?;
                 outcome.link_bytes_per_sec = Some(link);
