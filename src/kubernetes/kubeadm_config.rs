@@ -151,28 +151,24 @@ impl KubeadmConfig {
         }
         layers.push(defaults(inputs));
 
-        let mut merged: BTreeMap<&'static str, Value> = BTreeMap::new();
-        for kind in KINDS {
+        // One kind, every layer filling what the ones above left unset.
+        let merged = |kind: &str| {
             let mut value = Value::Object(Map::new());
-            for layer in &layers {
-                if let Some(doc) = layer.get(kind) {
-                    fill(&mut value, doc);
-                }
+            for doc in layers.iter().filter_map(|layer| layer.get(kind)) {
+                fill(&mut value, doc);
             }
-            merged.insert(kind, value);
-        }
-        let take = |merged: &mut BTreeMap<&'static str, Value>, kind| merged.remove(kind).unwrap_or_default();
-        let mut config = Self {
-            version: KubeVersion { minor: 0, patch: 0 },
-            init: take(&mut merged, "InitConfiguration"),
-            cluster: take(&mut merged, "ClusterConfiguration"),
-            join: take(&mut merged, "JoinConfiguration"),
-            kubelet: take(&mut merged, "KubeletConfiguration"),
-            kube_proxy: take(&mut merged, "KubeProxyConfiguration"),
+            value
         };
-        let version =
-            config.cluster.get("kubernetesVersion").and_then(Value::as_str).ok_or(KubeadmConfigError::NoVersion)?;
-        config.version = version.parse()?;
+        let cluster = merged("ClusterConfiguration");
+        let version = cluster.get("kubernetesVersion").and_then(Value::as_str).ok_or(KubeadmConfigError::NoVersion)?;
+        let mut config = Self {
+            version: version.parse()?,
+            init: merged("InitConfiguration"),
+            join: merged("JoinConfiguration"),
+            kubelet: merged("KubeletConfiguration"),
+            kube_proxy: merged("KubeProxyConfiguration"),
+            cluster,
+        };
         config.force(inputs);
         Ok(config)
     }

@@ -10,7 +10,6 @@
 //! renewal).
 
 use std::collections::BTreeSet;
-use std::fs;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -21,7 +20,7 @@ use rcgen::{
 };
 use serde::Serialize;
 
-use crate::image::store::write_atomic_with_mode;
+use crate::image::store::{FileError, create_private_dir, read_if_exists, write_private, write_public};
 use crate::secret::Secret;
 
 /// The apiserver name every node reaches (`/etc/hosts` points it at a master or the VIP).
@@ -44,8 +43,8 @@ impl Default for Validity {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
-    #[error("cluster PKI in {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("cluster PKI: {0}")]
+    Io(#[from] FileError),
     #[error("{path} is not a usable part of the cluster PKI: {reason}")]
     Corrupt { path: PathBuf, reason: String },
     #[error("generating a certificate: {0}")]
@@ -119,7 +118,7 @@ impl ClusterPki {
         let front_proxy_ca = authority(dir, "front-proxy-ca", "front-proxy-ca", validity)?;
         let etcd_ca = authority(dir, "etcd/ca", "etcd-ca", validity)?;
         let sa_path = dir.join("sa.key");
-        let sa_key = match read_optional(&sa_path)? {
+        let sa_key = match read_if_exists(&sa_path)? {
             Some(pem) => KeyPair::from_pem(&pem).map_err(|e| corrupt(&sa_path, e))?,
             None => {
                 let key = rsa_key()?;
@@ -347,7 +346,7 @@ fn authority(dir: &Path, name: &str, common_name: &str, validity: Validity) -> R
     // When issuing, rcgen takes only the subject from the CA's parameters (the key identifier
     // comes from its key), so these rebuilt parameters and the stored key sign exactly as the
     // stored certificate's issuer.
-    match (read_optional(&cert_path)?, read_optional(&key_path)?) {
+    match (read_if_exists(&cert_path)?, read_if_exists(&key_path)?) {
         (Some(cert_pem), Some(key_pem)) => {
             let key = KeyPair::from_pem(&key_pem).map_err(|e| corrupt(&key_path, e))?;
             Ok(Authority { params, key, cert_pem })
@@ -390,34 +389,10 @@ fn corrupt(path: &Path, e: impl std::fmt::Display) -> PkiError {
     PkiError::Corrupt { path: path.to_owned(), reason: e.to_string() }
 }
 
-fn read_optional(path: &Path) -> Result<Option<String>, PkiError> {
-    match fs::read_to_string(path) {
-        Ok(text) => Ok(Some(text)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(PkiError::Io { path: path.to_owned(), source }),
-    }
-}
-
-fn create_private_dir(dir: &Path) -> Result<(), PkiError> {
-    use std::os::unix::fs::DirBuilderExt;
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| PkiError::Io { path: dir.to_owned(), source })
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
-    write_atomic_with_mode(path, bytes, 0o600).map_err(|source| PkiError::Io { path: path.to_owned(), source })
-}
-
-fn write_public(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
-    write_atomic_with_mode(path, bytes, 0o644).map_err(|source| PkiError::Io { path: path.to_owned(), source })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::os::unix::fs::PermissionsExt;
     use std::process::Command;
 

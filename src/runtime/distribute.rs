@@ -1,17 +1,16 @@
 //! Distribution: each host gets its platform's rootfs under `<dataRoot>/<cluster>/rootfs`, the
 //! `registry/` content only on registry hosts.
 //!
-//! Layer blobs travel into `<cluster>/.kiln/blobs/<sha256>`, each checked by sha256 on the
-//! host before it is renamed into place, so a blob on a host is never sent again. A layer goes
-//! either as stored (compressed; the host decompresses and keeps the blob) or raw: decompressed
-//! once on this machine ([`LayerSpool`]) and unpacked as it arrives, verified against its
-//! diff_id, and not kept (that would double the host's disk writes; a marker
-//! `<diff_id>.extracted` says the rootfs holds it, so only a rebuild of the rootfs sends it
-//! again). Raw wins where the link is faster than a host core unpacks gzip;
-//! [`LayerTransfer::Auto`] measures each host's link and picks. Layers are extracted in order into `rootfs.kiln-new` (a blob the host lacks
-//! is unpacked while it arrives), which is swapped into place once all are whole;
-//! `.kiln/rootfs.id` records which layers it was built from, so a re-run with nothing new sends
-//! nothing and extracts nothing. Every
+//! Layers are extracted in order into `rootfs.kiln-new`, which is swapped into place once all
+//! are whole; `.kiln/rootfs.id` records which layers it was built from, so a re-run with nothing
+//! new sends nothing and extracts nothing. A layer the host lacks is unpacked while it arrives,
+//! either as stored (compressed; the blob is kept in `<cluster>/.kiln/blobs/<sha256>`, checked
+//! by sha256 on the host before it is renamed into place, and never sent again) or raw:
+//! decompressed once on this machine ([`LayerSpool`]), checked against its diff_id on the host,
+//! and not kept (that would double the host's disk writes; a marker `<diff_id>.extracted` says
+//! the rootfs holds it, so only a rebuild of the rootfs sends it again). Raw wins where the link
+//! is faster than a host core unpacks gzip; [`LayerTransfer::Auto`] measures each host and
+//! picks. Every
 //! layer is checked on this machine first: an entry that could land outside the rootfs (an
 //! absolute or `..` path, a hard link out, a write through an escaping symbolic link) is refused.
 
@@ -69,9 +68,8 @@ impl From<SshError> for DistributeError {
     }
 }
 
-/// How layers travel to a host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-#[serde(rename_all = "lowercase")]
+/// How layers should travel to hosts (`--layer-transfer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LayerTransfer {
     /// Raw to hosts whose link measures faster than the host unpacks gzip, else compressed.
     #[default]
@@ -80,6 +78,14 @@ pub enum LayerTransfer {
     Compressed,
     /// Decompressed on this machine; the host unpacks plain tar as it arrives and keeps no
     /// blob (more bytes on the wire, no decompression there).
+    Raw,
+}
+
+/// How a host got its layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sent {
+    Compressed,
     Raw,
 }
 
@@ -211,7 +217,7 @@ pub struct DistributeOutcome {
     /// The rootfs was (re)extracted; `false` when it already matched.
     pub rootfs_extracted: bool,
     /// How this host got its layers (`None` when nothing was sent).
-    pub transfer: Option<LayerTransfer>,
+    pub transfer: Option<Sent>,
     /// What `Auto` measured to choose, in bytes per second: the link, and the host's gunzip
     /// (uncompressed bytes out).
     pub link_bytes_per_sec: Option<f64>,
@@ -231,10 +237,74 @@ pub fn rootfs_dir(cluster_dir: &str) -> String {
 /// Places cluster image rootfs on hosts: one per distribution phase, shared by its hosts (they
 /// share the decompressed layers of the spool).
 pub struct Distributor<'a> {
-    pub store: &'a Store,
     pub transfer: LayerTransfer,
     pub spool: &'a LayerSpool,
     pub reporter: &'a dyn DistributeReporter,
+}
+
+/// What a host holds of a cluster's layers, from one listing of its cluster directory.
+pub struct HostHoldings {
+    names: BTreeSet<String>,
+    rootfs_id: String,
+    has_rootfs: bool,
+    has_zstd: bool,
+}
+
+impl HostHoldings {
+    /// Lists `dir` on the host. With `tidy` (a run) it also creates the blob directory and
+    /// removes what interrupted uploads left; without, nothing on the host changes (a plan).
+    pub async fn read(session: &Session, dir: &str, tidy: bool) -> Result<Self, SshError> {
+        let blobs = quote(&format!("{dir}/.kiln/blobs"));
+        let d = quote(dir);
+        let tidy = if tidy {
+            format!("mkdir -p {blobs} && chmod 700 {d}/.kiln && rm -f {blobs}/*.kiln-part {blobs}/*.kiln-part.*; ")
+        } else {
+            String::new()
+        };
+        let listing = session
+            .run(&format!(
+                "{tidy}ls {blobs} 2>/dev/null; echo \"id=$(cat {d}/.kiln/rootfs.id 2>/dev/null)\"; \
+                 [ -d {d}/rootfs ] && echo has-rootfs; command -v zstd >/dev/null && echo has-zstd; true"
+            ))
+            .await?
+            .stdout_text();
+        Ok(Self::parse(&listing))
+    }
+
+    fn parse(listing: &str) -> Self {
+        let names: BTreeSet<String> = listing.lines().map(str::to_owned).collect();
+        Self {
+            rootfs_id: listing.lines().find_map(|l| l.strip_prefix("id=")).unwrap_or_default().to_owned(),
+            has_rootfs: names.contains("has-rootfs"),
+            has_zstd: names.contains("has-zstd"),
+            names,
+        }
+    }
+
+    /// Whether the rootfs must be (re)built to hold exactly the layers `wanted_id` names.
+    pub fn needs_rebuild(&self, wanted_id: &str) -> bool {
+        self.rootfs_id != wanted_id || !self.has_rootfs
+    }
+
+    fn held(&self, digest: &Digest, diff_id: &Digest) -> Option<Held> {
+        if self.names.contains(digest.hex()) {
+            Some(Held::Blob)
+        } else if self.names.contains(&extracted_marker(diff_id)) {
+            Some(Held::Extracted)
+        } else {
+            None
+        }
+    }
+
+    /// Whether the layer must be sent: a rebuild needs every layer without a blob here; a
+    /// current rootfs only blobs to keep.
+    pub fn lacks(&self, digest: &Digest, diff_id: &Digest, rebuild: bool) -> bool {
+        match self.held(digest, diff_id) {
+            None => true,
+            Some(Held::Extracted) => rebuild,
+            Some(Held::Blob) => false,
+        }
+    }
 }
 
 /// A layer as a host holds it.
@@ -258,66 +328,34 @@ impl Distributor<'_> {
         let host = session.host().to_string();
         let layers = plan.for_host(registry_host);
         let blobs_dir = format!("{dir}/.kiln/blobs");
-        let wanted_id = rootfs_id(&layers);
-        let listing = session
-            .run(&format!(
-                "mkdir -p {b} && chmod 700 {d}/.kiln && rm -f {b}/*.kiln-part {b}/*.kiln-part.* && ls {b}; \
-                 echo \"id=$(cat {d}/.kiln/rootfs.id 2>/dev/null)\"; \
-                 [ -d {d}/rootfs ] && echo has-rootfs; command -v zstd >/dev/null && echo has-zstd; true",
-                b = quote(&blobs_dir),
-                d = quote(dir)
-            ))
-            .await?
-            .stdout_text();
-        let present: BTreeSet<&str> = listing.lines().collect();
-        let current_id = listing.lines().find_map(|l| l.strip_prefix("id=")).unwrap_or_default();
-        let has_rootfs = present.contains("has-rootfs");
-        let held = |l: &LayerToSend| {
-            if present.contains(l.digest.hex()) {
-                Some(Held::Blob)
-            } else if present.contains(extracted_marker(l).as_str()) {
-                Some(Held::Extracted)
-            } else {
-                None
-            }
-        };
-        let rebuild = current_id != wanted_id || !has_rootfs;
-        // A rebuild needs every layer that has no blob here; a current rootfs only blobs to keep.
-        let missing: Vec<&LayerToSend> = layers
-            .iter()
-            .copied()
-            .filter(|l| match held(l) {
-                None => true,
-                Some(Held::Extracted) => rebuild,
-                Some(Held::Blob) => false,
-            })
-            .collect();
+        let wanted_id = rootfs_id(layers.iter().map(|l| &l.digest));
+        let holdings = HostHoldings::read(session, dir, true).await?;
+        let rebuild = holdings.needs_rebuild(&wanted_id);
+        let missing: Vec<&LayerToSend> =
+            layers.iter().copied().filter(|l| holdings.lacks(&l.digest, &l.diff_id, rebuild)).collect();
         let mut outcome = DistributeOutcome { blobs_present: layers.len() - missing.len(), ..Default::default() };
 
         // Raw layers are not kept, so only a rebuild can take them.
+        let compressed_bytes: u64 = missing.iter().filter(|l| l.is_compressed()).map(|l| l.size).sum();
         let transfer = match self.transfer {
-            _ if !rebuild || !missing.iter().any(|l| l.is_compressed()) => LayerTransfer::Compressed,
-            LayerTransfer::Auto
-                if missing.iter().filter(|l| l.is_compressed()).map(|l| l.size).sum::<u64>() < AUTO_MEASURES_FROM =>
-            {
-                LayerTransfer::Compressed
-            }
+            _ if !rebuild || compressed_bytes == 0 => Sent::Compressed,
+            LayerTransfer::Compressed => Sent::Compressed,
+            LayerTransfer::Raw => Sent::Raw,
+            LayerTransfer::Auto if compressed_bytes < AUTO_MEASURES_FROM => Sent::Compressed,
             LayerTransfer::Auto => {
                 let (link, gunzip) = measure_host(session).await?;
                 outcome.link_bytes_per_sec = Some(link);
                 outcome.gunzip_bytes_per_sec = Some(gunzip);
                 // Compressed costs max(C / link, U / gunzip), raw U / link; with C a third of
                 // U or less, raw wins once the link outruns the host's gunzip.
-                if link > gunzip { LayerTransfer::Raw } else { LayerTransfer::Compressed }
+                if link > gunzip { Sent::Raw } else { Sent::Compressed }
             }
-            chosen => chosen,
         };
         // A host without zstd takes zstd layers raw whatever was chosen.
         let raw = |l: &LayerToSend| {
             rebuild
                 && l.is_compressed()
-                && (transfer == LayerTransfer::Raw
-                    || (l.compression() == Some(Compression::Zstd) && !present.contains("has-zstd")))
+                && (transfer == Sent::Raw || (l.compression() == Some(Compression::Zstd) && !holdings.has_zstd))
         };
         if !missing.is_empty() {
             outcome.transfer = Some(transfer);
@@ -330,42 +368,47 @@ impl Distributor<'_> {
             let l = l.clone();
             let raw = raw(&l);
             async move {
-                let counting = |inner| Counting { inner, host, sent, reporter: self.reporter };
-                if raw {
-                    // Unpacked as it arrives and not kept (`raw` holds only in a rebuild,
-                    // which always unpacks).
-                    let into = unpack.unwrap_or_default();
-                    let source: Box<dyn AsyncRead + Send + Unpin> = Box::new(self.spool.reader(self.store, &l));
-                    let actual =
-                        session.stream_through(counting(source), &untar(media::OCI_LAYER_TAR, "-", &into)).await?;
-                    if actual != l.diff_id.hex() {
-                        return Err(DistributeError::CorruptLocal {
-                            host: host.clone(),
-                            digest: l.diff_id.clone(),
-                            actual,
-                        });
-                    }
-                    let marker = format!("{blobs_dir}/{}", extracted_marker(&l));
-                    session.run(&format!(": > {}", quote(&marker))).await?;
-                    return Ok(());
-                }
-                let path = self.store.blob_path(&l.digest);
-                let file = tokio::fs::File::open(&path).await.map_err(|e| StoreError::io("open blob", &path, e))?;
-                let source: Box<dyn AsyncRead + Send + Unpin> = Box::new(file);
-                let remote = format!("{blobs_dir}/{}", l.digest.hex());
-                let written = match &unpack {
-                    Some(into) => {
-                        session.upload_through(counting(source), &remote, 0o600, &untar(&l.media_type, "-", into)).await
-                    }
-                    None => session.upload(counting(source), &remote, 0o600).await,
+                let reporter = self.reporter;
+                let corrupt = |digest: &Digest, actual| DistributeError::CorruptLocal {
+                    host: host.clone(),
+                    digest: digest.clone(),
+                    actual,
                 };
-                match written {
-                    Ok(actual) if actual == l.digest.hex() => Ok(()),
-                    Ok(actual) => {
-                        let _ = session.exec(&format!("rm -f {}", quote(&remote))).await;
-                        Err(DistributeError::CorruptLocal { host: host.clone(), digest: l.digest.clone(), actual })
+                match unpack {
+                    // Unpacked as it arrives and not kept (`raw` holds only in a rebuild).
+                    Some(into) if raw => {
+                        let source = Counting { inner: self.spool.reader(&l), host, sent, reporter };
+                        let untar = untar(media::OCI_LAYER_TAR, "-", &into);
+                        session.stream_through(source, &untar, l.diff_id.hex()).await.map_err(|e| match e {
+                            SshError::UploadMismatch { actual, .. } => corrupt(&l.diff_id, actual),
+                            other => other.into(),
+                        })?;
+                        let marker = format!("{blobs_dir}/{}", extracted_marker(&l.diff_id));
+                        session.run(&format!(": > {}", quote(&marker))).await?;
+                        Ok(())
                     }
-                    Err(e) => Err(e.into()),
+                    unpack => {
+                        let path = self.spool.store.blob_path(&l.digest);
+                        let file =
+                            tokio::fs::File::open(&path).await.map_err(|e| StoreError::io("open blob", &path, e))?;
+                        let remote = format!("{blobs_dir}/{}", l.digest.hex());
+                        let source = Counting { inner: file, host, sent, reporter };
+                        let written = match &unpack {
+                            Some(into) => {
+                                let untar = untar(&l.media_type, "-", into);
+                                session.upload_through(source, &remote, 0o600, &untar).await
+                            }
+                            None => session.upload(source, &remote, 0o600).await,
+                        };
+                        match written {
+                            Ok(actual) if actual == l.digest.hex() => Ok(()),
+                            Ok(actual) => {
+                                let _ = session.exec(&format!("rm -f {}", quote(&remote))).await;
+                                Err(corrupt(&l.digest, actual))
+                            }
+                            Err(e) => Err(e.into()),
+                        }
+                    }
                 }
             }
         };
@@ -380,7 +423,7 @@ impl Distributor<'_> {
                 if !removals.is_empty() {
                     session.run(&removals).await?;
                 }
-                if held(l) == Some(Held::Blob) {
+                if !holdings.lacks(&l.digest, &l.diff_id, rebuild) {
                     let blob = format!("{blobs_dir}/{}", l.digest.hex());
                     session.run(&untar(&l.media_type, &blob, &new)).await?;
                 } else {
@@ -410,6 +453,7 @@ impl Distributor<'_> {
 /// a layer is decompressed once however many hosts get it, and sending starts at once. The
 /// files go with the spool.
 pub struct LayerSpool {
+    store: Store,
     dir: tempfile::TempDir,
     layers: std::sync::Mutex<HashMap<Digest, watch::Receiver<Spooled>>>,
 }
@@ -427,13 +471,13 @@ const SPOOL_CHUNK: u64 = 1 << 20;
 
 impl LayerSpool {
     pub fn new(store: &Store) -> Result<Self, StoreError> {
-        Ok(Self { dir: store.scratch_dir("layer-spool-")?, layers: Default::default() })
+        Ok(Self { store: store.clone(), dir: store.scratch_dir("layer-spool-")?, layers: Default::default() })
     }
 
     /// The layer's uncompressed tar, read while it is being written.
-    pub fn reader(&self, store: &Store, layer: &LayerToSend) -> impl AsyncRead + Send + Unpin + 'static {
+    pub fn reader(&self, layer: &LayerToSend) -> impl AsyncRead + Send + Unpin + 'static {
         let path = self.dir.path().join(layer.diff_id.hex());
-        let progress = self.start(store, layer, &path);
+        let progress = self.start(layer, &path);
         struct Tail {
             path: std::path::PathBuf,
             progress: watch::Receiver<Spooled>,
@@ -472,14 +516,14 @@ impl LayerSpool {
     }
 
     /// Starts decompressing `layer` unless that already began.
-    fn start(&self, store: &Store, layer: &LayerToSend, path: &std::path::Path) -> watch::Receiver<Spooled> {
+    fn start(&self, layer: &LayerToSend, path: &std::path::Path) -> watch::Receiver<Spooled> {
         let mut layers = self.layers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(progress) = layers.get(&layer.diff_id) {
             return progress.clone();
         }
         let (progress, watching) = watch::channel(Spooled::Writing(0));
         layers.insert(layer.diff_id.clone(), watching.clone());
-        let (store, layer, path) = (store.clone(), layer.clone(), path.to_owned());
+        let (store, layer, path) = (self.store.clone(), layer.clone(), path.to_owned());
         tokio::task::spawn_blocking(move || {
             let end = match decompress_into(&store, &layer, &path, &progress) {
                 Ok(size) => Spooled::Done(size),
@@ -537,43 +581,62 @@ async fn measure_host(session: &Session) -> Result<(f64, f64), DistributeError> 
 
 /// A gzip stream (and its unpacked size) about as compressible as a rootfs layer: 24 MiB of
 /// numbered lines with varying fields, made once.
-fn gunzip_probe() -> (&'static [u8], usize) {
-    static PROBE: std::sync::OnceLock<(Vec<u8>, usize)> = std::sync::OnceLock::new();
+fn gunzip_probe() -> (&'static [u8], u64) {
+    static PROBE: std::sync::OnceLock<(Vec<u8>, u64)> = std::sync::OnceLock::new();
     let (bytes, size) = PROBE.get_or_init(|| {
         use std::io::Write as _;
-        let mut text = Vec::with_capacity(24 << 20);
+        let mut gz = CountingWrite {
+            inner: flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default()),
+            count: 0,
+        };
         let mut state = 0x2545_f491_4f6c_dd1du64;
-        while text.len() < 24 << 20 {
+        while gz.count < 24 << 20 {
             // xorshift: fields vary like real files' contents, not a repeating pattern.
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
-            let _ = writeln!(
-                text,
-                "{:08} usr/lib/kiln/probe/{:x}.so size={} mode=0{:o}",
-                text.len(),
-                state,
+            let line = format!(
+                "{:08} usr/lib/kiln/probe/{state:x}.so size={} mode=0{:o}\n",
+                gz.count,
                 state % 100_003,
                 state % 0o777
             );
+            let _ = gz.write_all(line.as_bytes());
         }
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        let _ = gz.write_all(&text);
-        (gz.finish().unwrap_or_default(), text.len())
+        let count = gz.count;
+        (gz.inner.finish().unwrap_or_default(), count)
     });
     (bytes, *size)
 }
 
+/// Counts bytes written (the probe's unpacked size).
+struct CountingWrite<W> {
+    inner: W,
+    count: u64,
+}
+
+impl<W: std::io::Write> std::io::Write for CountingWrite<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// The file that says a raw layer is in the rootfs (it has no blob on the host).
-fn extracted_marker(layer: &LayerToSend) -> String {
-    format!("{}.extracted", layer.diff_id.hex())
+fn extracted_marker(diff_id: &Digest) -> String {
+    format!("{}.extracted", diff_id.hex())
 }
 
 /// Names the exact layer list a rootfs was built from.
-fn rootfs_id(layers: &[&LayerToSend]) -> String {
+pub fn rootfs_id<'a>(layers: impl IntoIterator<Item = &'a Digest>) -> String {
     let mut h = Sha256::new();
-    for l in layers {
-        h.update(l.digest.to_string().as_bytes());
+    for digest in layers {
+        h.update(digest.to_string().as_bytes());
         h.update(b"\n");
     }
     hex::encode(h.finalize())
@@ -602,9 +665,8 @@ fn untar(media_type: &str, source: &str, root: &str) -> String {
         Some(Compression::Zstd) => "--zstd",
         _ => "",
     };
-    let source = if source == "-" { "-".to_owned() } else { quote(source) };
     // From a pipe, big records with short reads reassembled (-B) save most of tar's syscalls.
-    let records = if source == "-" { " -B -b 256" } else { "" };
+    let (source, records) = if source == "-" { ("-".to_owned(), " -B -b 256") } else { (quote(source), "") };
     format!("tar -x {decompress}{records} --numeric-owner -p --exclude='.wh.*' -f {source} -C {}", quote(root))
 }
 
@@ -695,14 +757,14 @@ mod tests {
         let raw: Vec<u8> = (0..5 * SPOOL_CHUNK as usize + 12_345).map(|i| (i * 31 % 251) as u8).collect();
         let layer = gzip_layer(&store, &raw, Digest::of(&raw));
         let spool = LayerSpool::new(&store).unwrap();
-        let readers: Vec<_> = (0..4).map(|_| read_all(spool.reader(&store, &layer))).collect();
+        let readers: Vec<_> = (0..4).map(|_| read_all(spool.reader(&layer))).collect();
         for got in futures_util::future::join_all(readers).await {
             assert!(got.unwrap() == raw, "a reader got other bytes than the layer's tar");
         }
         // One file for the layer, however many readers.
         assert_eq!(std::fs::read_dir(spool.dir.path()).unwrap().count(), 1);
         // A later reader (the layer already whole) gets the same.
-        assert!(read_all(spool.reader(&store, &layer)).await.unwrap() == raw);
+        assert!(read_all(spool.reader(&layer)).await.unwrap() == raw);
         let spool_dir = spool.dir.path().to_owned();
         drop(spool);
         assert!(!spool_dir.exists(), "the spool outlived its run");
@@ -715,10 +777,32 @@ mod tests {
         let raw = vec![7u8; 3 * SPOOL_CHUNK as usize];
         let layer = gzip_layer(&store, &raw, Digest::of(b"something else"));
         let spool = LayerSpool::new(&store).unwrap();
-        for got in futures_util::future::join_all((0..2).map(|_| read_all(spool.reader(&store, &layer)))).await {
+        for got in futures_util::future::join_all((0..2).map(|_| read_all(spool.reader(&layer)))).await {
             let error = got.unwrap_err().to_string();
             assert!(error.contains("not its diff_id"), "{error}");
         }
+    }
+
+    #[test]
+    fn holdings_decide_what_a_run_and_a_plan_send() {
+        let (blob, raw) = (Digest::of(b"kept blob"), Digest::of(b"kept tar"));
+        let (came_raw, diff) = (Digest::of(b"came raw"), Digest::of(b"came raw tar"));
+        let absent = Digest::of(b"absent");
+        let id = rootfs_id([&blob, &came_raw, &absent]);
+        let listing = format!("{}\n{}\nid={id}\nhas-rootfs\n", blob.hex(), extracted_marker(&diff));
+        let holdings = HostHoldings::parse(&listing);
+        assert!(!holdings.needs_rebuild(&id));
+        assert!(holdings.needs_rebuild(&rootfs_id([&blob])), "another layer list is a rebuild");
+        assert!(!holdings.has_zstd);
+        // A current rootfs: only layers with neither blob nor marker are sent (blobs to keep).
+        assert!(!holdings.lacks(&blob, &raw, false));
+        assert!(!holdings.lacks(&came_raw, &diff, false));
+        assert!(holdings.lacks(&absent, &absent, false));
+        // A rebuild also needs what only the old rootfs held.
+        assert!(!holdings.lacks(&blob, &raw, true));
+        assert!(holdings.lacks(&came_raw, &diff, true));
+        // No rootfs directory: a rebuild whatever the id says.
+        assert!(HostHoldings::parse(&format!("id={id}\nhas-zstd\n")).needs_rebuild(&id));
     }
 
     #[test]

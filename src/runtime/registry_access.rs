@@ -18,7 +18,7 @@ use rcgen::{
 use serde::{Deserialize, Serialize};
 
 use crate::clusterfile::LocalRegistry;
-use crate::image::store::write_atomic_with_mode;
+use crate::image::store::{FileError, create_private_dir, read_if_exists, write_private, write_public};
 use crate::secret::Secret;
 
 /// Certificates outlive a typical cluster without the 100-year validity Sealer uses.
@@ -30,8 +30,8 @@ pub const GENERATED_USER: &str = "kiln";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryAccessError {
-    #[error("registry credentials in {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("registry credentials: {0}")]
+    Io(#[from] FileError),
     #[error("{path} is not kiln's registry state: {reason}")]
     Corrupt { path: PathBuf, reason: String },
     #[error("generating the registry certificate: {0}")]
@@ -117,7 +117,7 @@ pub fn load_or_create(
 }
 
 fn generated_credentials(path: &Path) -> Result<Credentials, RegistryAccessError> {
-    if let Some(text) = read_optional(path)? {
+    if let Some(text) = read_if_exists(path)? {
         return serde_json::from_str(&text)
             .map_err(|e| RegistryAccessError::Corrupt { path: path.to_owned(), reason: e.to_string() });
     }
@@ -149,7 +149,7 @@ struct Issued {
 fn tls(dir: &Path, cluster_name: &str, names: &[String]) -> Result<Tls, RegistryAccessError> {
     let (ca_cert, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
     let ca_params = ca_params(cluster_name)?;
-    let ca_key_pair = match read_optional(&ca_key)? {
+    let ca_key_pair = match read_if_exists(&ca_key)? {
         Some(pem) => KeyPair::from_pem(&pem)?,
         None => {
             let key = KeyPair::generate()?;
@@ -161,7 +161,7 @@ fn tls(dir: &Path, cluster_name: &str, names: &[String]) -> Result<Tls, Registry
             key
         }
     };
-    let ca_pem = read_optional(&ca_cert)?.ok_or_else(|| RegistryAccessError::Corrupt {
+    let ca_pem = read_if_exists(&ca_cert)?.ok_or_else(|| RegistryAccessError::Corrupt {
         path: ca_cert.clone(),
         reason: "the CA key is there but its certificate is missing".into(),
     })?;
@@ -169,9 +169,9 @@ fn tls(dir: &Path, cluster_name: &str, names: &[String]) -> Result<Tls, Registry
     let (server_cert, server_key, issued_path) =
         (dir.join("server.crt"), dir.join("server.key"), dir.join("server.json"));
     let wanted = Issued { subject_alt_names: names.to_vec() };
-    let current = read_optional(&issued_path)?.and_then(|t| serde_json::from_str::<Issued>(&t).ok());
+    let current = read_if_exists(&issued_path)?.and_then(|t| serde_json::from_str::<Issued>(&t).ok());
     let reusable = current.as_ref() == Some(&wanted);
-    let (cert_pem, key_pem) = match (reusable, read_optional(&server_cert)?, read_optional(&server_key)?) {
+    let (cert_pem, key_pem) = match (reusable, read_if_exists(&server_cert)?, read_if_exists(&server_key)?) {
         (true, Some(cert), Some(key)) => (cert, key),
         _ => {
             let mut params = CertificateParams::new(names.to_vec())?;
@@ -219,32 +219,6 @@ fn set_validity(params: &mut CertificateParams) {
     let (month, day) = (start.month() as u8, start.day().min(28) as u8);
     params.not_before = rcgen::date_time_ymd(start.year(), month, day);
     params.not_after = rcgen::date_time_ymd(start.year() + VALIDITY_YEARS, month, day);
-}
-
-fn read_optional(path: &Path) -> Result<Option<String>, RegistryAccessError> {
-    match fs::read_to_string(path) {
-        Ok(text) => Ok(Some(text)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(RegistryAccessError::Io { path: path.to_owned(), source }),
-    }
-}
-
-fn create_private_dir(dir: &Path) -> Result<(), RegistryAccessError> {
-    use std::os::unix::fs::DirBuilderExt;
-    match fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
-        Ok(()) => Ok(()),
-        Err(source) => Err(RegistryAccessError::Io { path: dir.to_owned(), source }),
-    }
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), RegistryAccessError> {
-    write_atomic_with_mode(path, bytes, 0o600)
-        .map_err(|source| RegistryAccessError::Io { path: path.to_owned(), source })
-}
-
-fn write_public(path: &Path, bytes: &[u8]) -> Result<(), RegistryAccessError> {
-    write_atomic_with_mode(path, bytes, 0o644)
-        .map_err(|source| RegistryAccessError::Io { path: path.to_owned(), source })
 }
 
 #[cfg(test)]

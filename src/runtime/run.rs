@@ -11,14 +11,15 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::distribute::{
-    self, DistributeError, DistributeOutcome, DistributeReporter, Distributor, LayerSpool, LayerTransfer, RootfsPlan,
+    self, DistributeError, DistributeOutcome, DistributeReporter, Distributor, HostHoldings, LayerSpool, LayerTransfer,
+    RootfsPlan,
 };
 use super::journal::{self, Journal, JournalError};
 use super::preflight::{CheckResult, PreflightOptions};
 use super::registry_access::{self, RegistryAccess};
 use super::{CheckReport, ConnectOptions, Fleet};
 use crate::clusterfile::{Clusterfile, Host, LocalRegistry, Registry, Role};
-use crate::image::{Image, ImageExtension, Platform, PlatformImage, Store, media};
+use crate::image::{Digest, Image, ImageExtension, Platform, PlatformImage, Store, media};
 use crate::secret::Secret;
 use crate::ssh::{Session, SshError, quote, with_env};
 
@@ -291,27 +292,34 @@ async fn plan(ctx: &Context<'_>) -> Vec<HostPlan> {
     for host in ctx.hosts() {
         let image = &ctx.platforms[&host.ip];
         let registry_host = ctx.registry_hosts.contains(&host.ip);
-        let present: BTreeSet<String> = match ctx.fleet.sessions.get(&host.ip) {
-            Some(s) => s
-                .exec(&format!("ls {}/.kiln/blobs 2>/dev/null", quote(&ctx.dir)))
-                .await
-                .map(|o| o.stdout_text().lines().map(str::to_owned).collect())
-                .unwrap_or_default(),
-            None => BTreeSet::new(),
+        // The same listing and rules as the distribution itself, read-only.
+        let holdings = match ctx.fleet.sessions.get(&host.ip) {
+            Some(session) => HostHoldings::read(session, &ctx.dir, false).await.ok(),
+            None => None,
         };
-        // A layer is on a host as stored or raw (named by its diff_id).
+        // Each layer with its digest and diff_id (`None` if the image's JSON has no valid pair:
+        // then it counts as missing).
         let diff_ids = image.config.rootfs().diff_ids();
-        let missing: Vec<&oci_spec::image::Descriptor> = image
+        let layers: Vec<(&oci_spec::image::Descriptor, Option<(Digest, Digest)>)> = image
             .manifest
             .layers()
             .iter()
             .enumerate()
             .filter(|(_, l)| registry_host || !media::is_registry_layer(l))
-            .filter(|(i, l)| {
-                let raw = diff_ids.get(*i).and_then(|d| d.strip_prefix("sha256:")).unwrap_or_default();
-                !present.contains(l.digest().digest()) && !present.contains(raw)
+            .map(|(i, l)| {
+                let diff_id = diff_ids.get(i).and_then(|d| d.parse::<Digest>().ok());
+                (l, Digest::from_oci(l.digest()).ok().zip(diff_id))
             })
-            .map(|(_, l)| l)
+            .collect();
+        let wanted_id = distribute::rootfs_id(layers.iter().filter_map(|(_, ids)| ids.as_ref().map(|(d, _)| d)));
+        let rebuild = holdings.as_ref().is_none_or(|h| h.needs_rebuild(&wanted_id));
+        let missing: Vec<&oci_spec::image::Descriptor> = layers
+            .iter()
+            .filter(|(_, ids)| match (&holdings, ids) {
+                (Some(h), Some((digest, diff_id))) => h.lacks(digest, diff_id, rebuild),
+                _ => true,
+            })
+            .map(|(l, _)| *l)
             .collect();
         let mut phases = vec!["distribute", "os-tune"];
         if ctx.has_registry_content() {
@@ -366,8 +374,7 @@ async fn distribute_phase(
         }
     }
     let spool = LayerSpool::new(ctx.request.store).map_err(|e| step_error("distribute", "-", e))?;
-    let distributor =
-        Distributor { store: ctx.request.store, transfer: ctx.request.layer_transfer, spool: &spool, reporter };
+    let distributor = Distributor { transfer: ctx.request.layer_transfer, spool: &spool, reporter };
     // Always re-checked (cheap: a listing and an id compare), so a host that lost its
     // rootfs since the last run gets it again.
     let results: Vec<(IpAddr, Result<DistributeOutcome, DistributeError>)> =

@@ -460,13 +460,18 @@ impl Session {
         self.upload_with(source, remote, mode, Some(consumer)).await
     }
 
-    /// Pipes `source` into `consumer` on the host (as root) without keeping the bytes, and
-    /// returns their sha256 as the host computed it (checked against what was sent).
-    pub async fn stream_through<R: AsyncRead + Unpin>(&self, source: R, consumer: &str) -> Result<String, SshError> {
-        let mut hasher = Sha256::new();
+    /// Pipes `source` into `consumer` on the host (as root) without keeping the bytes; the
+    /// host's sha256 of what it received must be `expected_hex` (the caller knows the content's
+    /// digest, so nothing is hashed here).
+    pub async fn stream_through<R: AsyncRead + Unpin>(
+        &self,
+        source: R,
+        consumer: &str,
+        expected_hex: &str,
+    ) -> Result<(), SshError> {
         let wrapped = wrap(&stream_script(consumer), &self.privilege);
         let host = self.target.host.to_string();
-        let out = self.raw_exec(&wrapped, Some(&self.privilege), source, |chunk| hasher.update(chunk), None).await?;
+        let out = self.raw_exec(&wrapped, Some(&self.privilege), source, |_| {}, None).await?;
         if out.status != 0 {
             return Err(SshError::Command {
                 host,
@@ -475,12 +480,16 @@ impl Session {
                 output: out.tail(5),
             });
         }
-        let expected = hex::encode(hasher.finalize());
         let actual = out.stdout_text().trim().to_owned();
-        if actual != expected {
-            return Err(SshError::UploadMismatch { host, path: first_line(consumer), expected, actual });
+        if actual != expected_hex {
+            return Err(SshError::UploadMismatch {
+                host,
+                path: first_line(consumer),
+                expected: expected_hex.to_owned(),
+                actual,
+            });
         }
-        Ok(expected)
+        Ok(())
     }
 
     async fn upload_with<R: AsyncRead + Unpin>(

@@ -81,6 +81,44 @@ pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> io::Result<(
     write_atomic_with_mode(path, bytes, 0o600)
 }
 
+/// An I/O error on one of kiln's state files, with the file's path.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", path.display())]
+pub struct FileError {
+    pub path: std::path::PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+fn at(path: &std::path::Path) -> impl FnOnce(io::Error) -> FileError + '_ {
+    move |source| FileError { path: path.to_owned(), source }
+}
+
+/// The file's text, or `None` when it does not exist.
+pub(crate) fn read_if_exists(path: &std::path::Path) -> Result<Option<String>, FileError> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(at(path)(e)),
+    }
+}
+
+/// Creates `dir` and its parents, mode 0700 (it holds keys).
+pub(crate) fn create_private_dir(dir: &std::path::Path) -> Result<(), FileError> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(at(dir))
+}
+
+/// [`write_atomic`] (mode 0600) naming the file in its error.
+pub(crate) fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<(), FileError> {
+    write_atomic_with_mode(path, bytes, 0o600).map_err(at(path))
+}
+
+/// [`write_atomic_with_mode`] 0644 (certificates) naming the file in its error.
+pub(crate) fn write_public(path: &std::path::Path, bytes: &[u8]) -> Result<(), FileError> {
+    write_atomic_with_mode(path, bytes, 0o644).map_err(at(path))
+}
+
 /// [`write_atomic`] with the file's mode set from its creation, so a secret is never readable.
 pub(crate) fn write_atomic_with_mode(path: &std::path::Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;

@@ -23,7 +23,8 @@ use oci_spec::image::{Descriptor, ImageIndex, ImageIndexBuilder, MediaType};
 use serde::de::DeserializeOwned;
 
 pub use blobs::BlobWriter;
-pub(crate) use blobs::{write_atomic, write_atomic_with_mode};
+pub use blobs::FileError;
+pub(crate) use blobs::{create_private_dir, read_if_exists, write_atomic, write_private, write_public};
 pub use gc::GcReport;
 pub use lock::LockGuard;
 
