@@ -30,7 +30,9 @@ ROOT_PASSWORD=kiln-e2e-root
 SUDO_USER_NOPASSWD=deploy
 SUDO_USER_PASSWD=ops
 SUDO_USER_PASSWORD=kiln-e2e-ops
-PACKAGES=systemd,systemd-sysv,dbus,openssh-server,iproute2,kmod,procps,sudo,iputils-ping,ca-certificates,python3-minimal
+PACKAGES=systemd,systemd-sysv,dbus,openssh-server,iproute2,kmod,procps,sudo,iputils-ping,ca-certificates,python3,python3-yaml
+# Bumped whenever PACKAGES or customize_rootfs change, so cached root filesystems are rebuilt.
+ROOTFS_REVISION=2
 
 log() { printf '%s\n' "$*" >&2; }
 die() { printf 'hosts.sh: error: %s\n' "$*" >&2; exit 1; }
@@ -121,7 +123,7 @@ ensure_key() {
 
 # Builds (once) the tarball for OS/ARCH, and the extracted copy used as the overlay's lower dir.
 ensure_rootfs() { # OS ARCH
-  local os=$1 arch=$2 tarball=$CACHE/rootfs-$1-$2.tar.zst lower=$CACHE/rootfs-$1-$2
+  local os=$1 arch=$2 tarball=$CACHE/rootfs-$1-$2-r$ROOTFS_REVISION.tar.zst lower=$CACHE/rootfs-$1-$2-r$ROOTFS_REVISION
   exec 9>"$CACHE/.lock-$os-$arch"
   flock 9
   if [ ! -f "$tarball" ]; then
@@ -221,7 +223,7 @@ mount_rootfs() { # NAME OS ARCH
   local d; d=$(host_dir "$1")
   mkdir -p "$d/upper" "$d/work" "$d/merged"
   if ! mountpoint -q "$d/merged"; then
-    mount -t overlay overlay -o "lowerdir=$CACHE/rootfs-$2-$3,upperdir=$d/upper,workdir=$d/work" "$d/merged"
+    mount -t overlay overlay -o "lowerdir=$CACHE/rootfs-$2-$3-r$ROOTFS_REVISION,upperdir=$d/upper,workdir=$d/work" "$d/merged"
   fi
   printf '%s\n' "$1" > "$d/merged/etc/hostname"
   printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' "$1" > "$d/merged/etc/hosts"

@@ -27,11 +27,13 @@ finish() {
 }
 
 # snapshot HOST...: a hash of what `kiln delete` must restore: every path, type, mode and file
-# content under /etc, /usr/bin, /usr/local/bin and /var/lib/kiln, and the sysctl values.
+# content under /etc, /usr/bin, /usr/local/bin and /var/lib/kiln (and $SNAPSHOT_EXTRA_DIRS),
+# and the sysctl values.
 snapshot() {
+  local dirs="/etc /usr/bin /usr/local/bin /var/lib/kiln ${SNAPSHOT_EXTRA_DIRS:-}"
   for h in "$@"; do
-    on "$h" -- "find /etc /usr/bin /usr/local/bin /var/lib/kiln -xdev -printf '%p %y %m\n' 2>/dev/null | sort
-      find /etc /usr/bin /usr/local/bin /var/lib/kiln -xdev -type f -exec sha256sum {} + 2>/dev/null | sort
+    on "$h" -- "find $dirs -xdev -printf '%p %y %m\n' 2>/dev/null | sort
+      find $dirs -xdev -type f -exec sha256sum {} + 2>/dev/null | sort
       sysctl -a 2>/dev/null | grep -v -e random -e ns_last_pid -e stat -e dentry -e inode-nr -e file-nr -e inode-state | sort" 2>/dev/null
   done | sha256sum
 }
