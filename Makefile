@@ -60,12 +60,14 @@ test-hosts: deps
 	e2e/test-hosts.sh
 
 # Scenarios on the test hosts with the kiln binary: connect, host keys, facts, preflight; run,
-# failure, status, resume, delete; power loss and partition; the etcd demo on mixed architectures.
+# failure, status, resume, delete; power loss and partition; the etcd demo on mixed architectures;
+# the kubernetes runtime (kubeadm stand-ins) on 3 masters + 2 workers.
 test-e2e: deps build
 	e2e/test-check.sh $(KILN_DEBUG)
 	e2e/test-run.sh $(KILN_DEBUG)
 	e2e/test-faults.sh $(KILN_DEBUG)
 	e2e/test-demo.sh $(KILN_DEBUG)
+	e2e/test-kubernetes.sh $(KILN_DEBUG)
 
 test-unit:
 	$(CARGO) test $(CARGO_FLAGS) --lib

@@ -70,6 +70,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Remove a cluster from its hosts, leaving them as they were before `kiln run`
     Delete(Box<DeleteArgs>),
+    /// Write an admin kubeconfig for a `kubernetes`-runtime cluster run from this machine
+    Kubeconfig(KubeconfigArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -398,9 +400,15 @@ pub struct RunArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// How layers travel: `compressed` (the host decompresses), `raw` (decompressed here once;
-    /// more bytes, no work on the host), `auto` (raw where a host's link measures over 250 MB/s)
+    /// more bytes, no work on the host), `auto` (raw where a host's link is faster than its gunzip)
     #[arg(long, value_enum, default_value_t = LayerTransferArg::Auto, value_name = "MODE")]
     pub layer_transfer: LayerTransferArg,
+    /// `kubernetes` runtime: seconds to wait for every node to be Ready
+    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+    pub wait_ready: u64,
+    /// `kubernetes` runtime: days the cluster's certificates are valid (CAs: 10 years)
+    #[arg(long, default_value_t = 365, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub cert_validity: u32,
     #[command(flatten)]
     pub checks: PreflightArgs,
     /// Print the result as JSON
@@ -447,6 +455,19 @@ pub struct DeleteArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct KubeconfigArgs {
+    /// The cluster's Clusterfile (its name and master0 are read from it)
+    #[arg(short = 'f', long = "clusterfile", value_name = "FILE")]
+    pub clusterfile: std::path::PathBuf,
+    /// Where to write it (mode 0600); `-` prints it
+    #[arg(short = 'o', long, value_name = "FILE", default_value = "kubeconfig")]
+    pub output: String,
+    /// The apiserver address to use (default: master0's IP, port 6443)
+    #[arg(long, value_name = "HOST:PORT")]
+    pub server: Option<String>,
+}
+
+#[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Cluster name (default: every cluster this machine ran)
     pub cluster: Option<String>,
@@ -488,5 +509,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => commands::run::run(&settings, printer, *args).await,
         Command::Status(args) => commands::status::run(&settings, printer, args).await,
         Command::Delete(args) => commands::delete::run(&settings, printer, *args).await,
+        Command::Kubeconfig(args) => commands::kubeconfig::run(&settings, printer, args).await,
     }
 }

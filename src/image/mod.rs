@@ -61,9 +61,18 @@ pub struct Image {
     pub is_index: bool,
 }
 
+/// Image label naming the cluster runtime (Sealer's).
+pub const RUNTIME_LABEL: &str = "cluster.alpha.sealer.io/cluster-runtime-type";
+
 impl Image {
     pub fn name(&self) -> &str {
         self.entry.name.as_deref().unwrap_or("<none>")
+    }
+
+    /// The cluster runtime the image asks for (its [`RUNTIME_LABEL`]), if it names one.
+    pub fn runtime_label(&self) -> Option<&str> {
+        let config = self.platforms.first()?.config.config().as_ref()?;
+        config.labels().as_ref()?.get(RUNTIME_LABEL).map(String::as_str)
     }
 
     /// The variant for `platform`, if the image has it.

@@ -1,5 +1,6 @@
-//! `kiln delete`: leaves the hosts as they were before `kiln run`. On every host: the image's
-//! `scripts/clean.sh` (and `uninstall-<cri>.sh`), the registry's `/etc/hosts` entry and the
+//! `kiln delete`: leaves the hosts as they were before `kiln run`. On every host: the
+//! Kubernetes reset (`kubeadm reset -f`, the workers' virtual server, kubeadm's directories) where
+//! kiln set it up, the image's `scripts/clean.sh` (and `uninstall-<cri>.sh`), the registry's `/etc/hosts` entry and the
 //! directories kiln created (mirror config), the OS tuning reverted from its record, and the
 //! cluster directory. Unreachable hosts stop the delete unless `--force`, and are reported.
 
@@ -10,7 +11,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::run::{RunReporter, script_env};
-use super::{ConnectOptions, Fleet, distribute, tune};
+use super::{ConnectOptions, Fleet, distribute, kubernetes, tune};
 use crate::clusterfile::{Clusterfile, Host};
 use crate::ssh::{Session, SshError, quote, with_env};
 
@@ -114,6 +115,9 @@ async fn clean_host(
     reporter: &dyn RunReporter,
 ) -> Result<(), SshError> {
     let env = script_env(&clusterfile.cluster, host, master0, rootfs, &Default::default());
+    // Kubernetes first (kubeadm reset needs the binaries the image's clean scripts remove).
+    let vip = clusterfile.cluster.env.get("VIP").and_then(|v| v.parse().ok()).unwrap_or(kubernetes::DEFAULT_VIP);
+    session.run(&kubernetes::reset_script(dir, vip)).await?;
     let image_scripts = format!(
         "if [ -d {r} ]; then cd {r}; [ ! -f scripts/clean.sh ] || bash scripts/clean.sh; \
          [ ! -f scripts/uninstall-{cri}.sh ] || bash scripts/uninstall-{cri}.sh; fi",

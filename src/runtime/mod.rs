@@ -6,6 +6,7 @@ pub mod delete;
 pub mod distribute;
 pub mod facts;
 pub mod journal;
+pub mod kubernetes;
 pub mod preflight;
 pub mod registry_access;
 pub mod run;

@@ -65,6 +65,8 @@ pub struct PreflightOptions {
     /// Ports that must be free: on every host, and on registry hosts only.
     pub ports_everywhere: Vec<u16>,
     pub ports_on_registry_hosts: Vec<u16>,
+    /// Ports that must be free on masters only (the `kubernetes` runtime's control plane).
+    pub ports_on_masters: Vec<u16>,
     /// Ports a host may already use because an earlier run of this cluster started the service
     /// on them (a re-run or an image update must not fail on its own registry).
     pub ports_held_by_cluster: BTreeMap<IpAddr, BTreeSet<u16>>,
@@ -85,6 +87,7 @@ impl Default for PreflightOptions {
             node: Minimums { cpus: 1, memory_mib: 450 },
             ports_everywhere: vec![],
             ports_on_registry_hosts: vec![],
+            ports_on_masters: vec![],
             ports_held_by_cluster: BTreeMap::new(),
             min_kernel: (3, 10),
             extra_commands: vec![],
@@ -102,6 +105,10 @@ impl PreflightOptions {
             self.ports_on_registry_hosts.push(r.port);
         }
         if let Some(image) = image {
+            if image.runtime_label() == Some("kubernetes") {
+                self.ports_everywhere.extend(KUBELET_PORTS);
+                self.ports_on_masters.extend(CONTROL_PLANE_PORTS);
+            }
             self.image_platforms = Some(image.platforms.iter().map(|p| p.platform.clone()).collect());
             self.rootfs_bytes = image.platforms.iter().map(|p| p.layers_size()).max().unwrap_or(0) * 2;
             let zstd = image.platforms.iter().flat_map(|p| p.manifest.layers()).any(|l| {
@@ -115,6 +122,11 @@ impl PreflightOptions {
         self
     }
 }
+
+/// Ports kubeadm's preflight wants free on every node (the kubelet's) and on control-plane
+/// nodes (apiserver, etcd, controller manager, scheduler).
+pub const KUBELET_PORTS: [u16; 1] = [10250];
+pub const CONTROL_PLANE_PORTS: [u16; 5] = [6443, 2379, 2380, 10257, 10259];
 
 /// What was learnt about one host: its facts, or why there are none, and which peers it
 /// could not reach.
@@ -221,6 +233,9 @@ pub fn evaluate(
         let mut wanted: Vec<u16> = options.ports_everywhere.clone();
         if registry_host {
             wanted.extend(&options.ports_on_registry_hosts);
+        }
+        if host.is_master() {
+            wanted.extend(&options.ports_on_masters);
         }
         let ours = options.ports_held_by_cluster.get(&host.ip);
         let busy: Vec<String> = wanted

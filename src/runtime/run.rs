@@ -23,8 +23,7 @@ use crate::image::{Digest, Image, ImageExtension, Platform, PlatformImage, Store
 use crate::secret::Secret;
 use crate::ssh::{Session, SshError, quote, with_env};
 
-/// Image label naming the cluster runtime (Sealer's).
-pub const RUNTIME_LABEL: &str = "cluster.alpha.sealer.io/cluster-runtime-type";
+pub use crate::image::RUNTIME_LABEL;
 /// Where containerd (1.5+) looks for per-registry `hosts.toml`.
 pub const CONTAINERD_CERTS_DIR: &str = "/etc/containerd/certs.d";
 
@@ -63,8 +62,29 @@ pub enum RunError {
     Journal(#[from] JournalError),
     #[error(transparent)]
     RegistryAccess(#[from] super::registry_access::RegistryAccessError),
-    #[error("cluster runtime `{0}` is not supported yet (use `shell`; `kubernetes` is being built)")]
+    #[error(
+        "cluster runtime `{0}` is not supported (the image's label {RUNTIME_LABEL} must be `kubernetes` or `shell`)"
+    )]
     Runtime(String),
+}
+
+/// Who brings the cluster up, from the image's runtime label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterRuntime {
+    /// kubeadm, driven by kiln (`runtime::kubernetes`).
+    Kubernetes,
+    /// The image's own `init-master0.sh`, `join-master.sh` and `join-node.sh`.
+    Shell,
+}
+
+impl ClusterRuntime {
+    pub fn from_label(label: &str) -> Option<Self> {
+        match label {
+            "kubernetes" => Some(Self::Kubernetes),
+            "shell" => Some(Self::Shell),
+            _ => None,
+        }
+    }
 }
 
 /// Everything a run needs, resolved.
@@ -78,6 +98,10 @@ pub struct RunRequest<'a> {
     pub layer_transfer: LayerTransfer,
     /// Operator-side state: journal and effective Clusterfile.
     pub state_dir: PathBuf,
+    /// How long the `kubernetes` runtime waits for every node to be Ready.
+    pub ready_timeout: std::time::Duration,
+    /// Validity of the certificates the `kubernetes` runtime makes.
+    pub cert_validity: crate::kubernetes::pki::Validity,
     /// Connect, check and plan; change nothing.
     pub dry_run: bool,
 }
@@ -101,25 +125,29 @@ pub struct RunOutcome {
     pub plan: Vec<HostPlan>,
 }
 
-struct Context<'a> {
-    request: &'a RunRequest<'a>,
+/// A run in progress, shared by the phases (the cluster runtimes' own modules included).
+pub(super) struct Context<'a> {
+    pub(super) request: &'a RunRequest<'a>,
+    runtime: ClusterRuntime,
     fleet: Fleet,
-    platforms: BTreeMap<IpAddr, PlatformImage>,
-    dir: String,
-    rootfs: String,
+    pub(super) platforms: BTreeMap<IpAddr, PlatformImage>,
+    /// Each host's node name: its hostname, lower-cased as Kubernetes wants.
+    pub(super) node_names: BTreeMap<IpAddr, String>,
+    pub(super) dir: String,
+    pub(super) rootfs: String,
     registry_hosts: BTreeSet<IpAddr>,
-    master0: Host,
+    pub(super) master0: Host,
     journal: std::sync::Mutex<Journal>,
     journal_path: PathBuf,
 }
 
 impl Context<'_> {
-    fn hosts(&self) -> &[Host] {
+    pub(super) fn hosts(&self) -> &[Host] {
         &self.request.clusterfile.cluster.hosts
     }
 
     #[allow(clippy::result_large_err)] // the same error the session's own calls return
-    fn session_for(&self, host: &Host) -> Result<&Arc<Session>, SshError> {
+    pub(super) fn session_for(&self, host: &Host) -> Result<&Arc<Session>, SshError> {
         self.fleet
             .sessions
             .get(&host.ip)
@@ -131,11 +159,11 @@ impl Context<'_> {
         self.platforms.values().any(|p| p.manifest.layers().iter().any(media::is_registry_layer))
     }
 
-    fn done(&self, phase: &str, who: &str) -> bool {
+    pub(super) fn done(&self, phase: &str, who: &str) -> bool {
         self.journal.lock().is_ok_and(|j| j.is_done(phase, who))
     }
 
-    fn record(&self, phase: &str, who: &str, result: Result<(), &str>) -> Result<(), RunError> {
+    pub(super) fn record(&self, phase: &str, who: &str, result: Result<(), &str>) -> Result<(), RunError> {
         let snapshot = {
             let Ok(mut j) = self.journal.lock() else { return Ok(()) };
             match result {
@@ -156,7 +184,7 @@ impl Context<'_> {
     }
 
     /// Runs `command` in the rootfs on `host` with its env; the output goes to the reporter.
-    async fn script(&self, reporter: &dyn RunReporter, host: &Host, command: &str) -> Result<(), SshError> {
+    pub(super) async fn script(&self, reporter: &dyn RunReporter, host: &Host, command: &str) -> Result<(), SshError> {
         let session = self.session_for(host)?;
         let full = with_env(&self.env_for(host), &format!("cd {} && {command}", quote(&self.rootfs)));
         let who = host.ip.to_string();
@@ -203,32 +231,38 @@ pub fn script_env(
     env
 }
 
-fn step_error(phase: &'static str, host: impl ToString, e: impl std::error::Error + Send + Sync + 'static) -> RunError {
+pub(super) fn step_error(
+    phase: &'static str,
+    host: impl ToString,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> RunError {
     RunError::Step { phase, host: host.to_string(), source: Box::new(e) }
 }
 
 /// Runs every phase; returns what was sent where.
 pub async fn run(request: &RunRequest<'_>, reporter: &dyn RunReporter) -> Result<RunOutcome, RunError> {
     let cluster = &request.clusterfile.cluster;
-    let runtime = request
-        .image
-        .platforms
-        .first()
-        .and_then(|p| {
-            p.config.config().as_ref().and_then(|c| c.labels().as_ref()).and_then(|l| l.get(RUNTIME_LABEL)).cloned()
-        })
-        .unwrap_or_else(|| "shell".into());
-    if runtime != "shell" {
-        return Err(RunError::Runtime(runtime));
-    }
+    let label = request.image.runtime_label().unwrap_or("shell");
+    let runtime = ClusterRuntime::from_label(label).ok_or_else(|| RunError::Runtime(label.to_owned()))?;
     reporter.phase(PHASES[0].0, PHASES[0].1);
     let journal_path = request.state_dir.join("journal.json");
     let mut preflight = request.preflight.clone();
     // The registry an earlier run of this cluster started holds its port: not a conflict.
-    if let (Some(previous), Registry::Local(r)) = (Journal::load(&journal_path)?, &cluster.registry) {
+    if let Some(previous) = Journal::load(&journal_path)? {
         for host in &cluster.hosts {
-            if previous.is_done("registry", &host.ip.to_string()) {
-                preflight.ports_held_by_cluster.entry(host.ip).or_default().insert(r.port);
+            let who = host.ip.to_string();
+            let held = preflight.ports_held_by_cluster.entry(host.ip).or_default();
+            if let Registry::Local(r) = &cluster.registry
+                && previous.is_done("registry", &who)
+            {
+                held.insert(r.port);
+            }
+            // The kubelet and control plane an earlier run started hold theirs.
+            if previous.is_done("kube-init", &who) || previous.is_done("kube-join", &who) {
+                held.extend(super::preflight::KUBELET_PORTS);
+                if host.is_master() {
+                    held.extend(super::preflight::CONTROL_PLANE_PORTS);
+                }
             }
         }
     }
@@ -247,6 +281,7 @@ pub async fn run(request: &RunRequest<'_>, reporter: &dyn RunReporter) -> Result
             .ok_or_else(|| RunError::NoVariant { host: host.ip.to_string(), platform: facts.platform() })?;
         platforms.insert(host.ip, variant);
     }
+    let node_names = cluster.hosts.iter().map(|h| (h.ip, report.facts[&h.ip].hostname.to_lowercase())).collect();
     let master0 = request.clusterfile.master0().cloned().ok_or_else(|| RunError::Step {
         phase: "preflight",
         host: "-".into(),
@@ -257,7 +292,9 @@ pub async fn run(request: &RunRequest<'_>, reporter: &dyn RunReporter) -> Result
     let ctx = Context {
         request,
         fleet,
+        runtime,
         platforms,
+        node_names,
         rootfs: distribute::rootfs_dir(&dir),
         dir,
         registry_hosts: super::preflight::registry_hosts(cluster),
@@ -328,9 +365,19 @@ async fn plan(ctx: &Context<'_>) -> Vec<HostPlan> {
             }
             phases.push("registry-clients");
         }
-        phases.extend(["container-runtime", "bring-up"]);
+        phases.push("container-runtime");
+        match ctx.runtime {
+            ClusterRuntime::Shell => phases.push("bring-up"),
+            ClusterRuntime::Kubernetes => {
+                phases.push("kube-prepare");
+                phases.push(if host.ip == ctx.master0.ip { "kube-init" } else { "kube-join" });
+            }
+        }
         if host.ip == ctx.master0.ip {
             phases.push("apps");
+        }
+        if ctx.runtime == ClusterRuntime::Kubernetes {
+            phases.push("nodes-ready");
         }
         out.push(HostPlan {
             host: host.ip,
@@ -350,8 +397,18 @@ async fn phases(ctx: &Context<'_>, reporter: &dyn RunReporter, outcome: &mut Run
     tune_phase(ctx, reporter).await?;
     registry_phase(ctx, reporter).await?;
     container_runtime_phase(ctx, reporter).await?;
-    bring_up_phase(ctx, reporter).await?;
-    apps_phase(ctx, reporter).await
+    match ctx.runtime {
+        ClusterRuntime::Shell => {
+            bring_up_phase(ctx, reporter).await?;
+            apps_phase(ctx, reporter).await
+        }
+        ClusterRuntime::Kubernetes => {
+            reporter.phase(PHASES[5].0, PHASES[5].1);
+            super::kubernetes::bring_up(ctx, reporter).await?;
+            apps_phase(ctx, reporter).await?;
+            super::kubernetes::wait_ready(ctx, reporter).await
+        }
+    }
 }
 
 async fn distribute_phase(
@@ -424,7 +481,7 @@ fn record_all<T, E: std::error::Error + Send + Sync + 'static>(
 }
 
 /// Runs `f` on each of `hosts` not yet done for `phase`, in parallel (bounded), journaling each.
-async fn on_hosts<'h, F, Fut>(
+pub(super) async fn on_hosts<'h, F, Fut, E>(
     ctx: &Context<'_>,
     phase: &'static str,
     hosts: impl IntoIterator<Item = &'h Host>,
@@ -432,10 +489,11 @@ async fn on_hosts<'h, F, Fut>(
 ) -> Result<(), RunError>
 where
     F: Fn(&'h Host) -> Fut,
-    Fut: std::future::Future<Output = Result<(), SshError>>,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::error::Error + Send + Sync + 'static,
 {
     let pending: Vec<&Host> = hosts.into_iter().filter(|h| !ctx.done(phase, &h.ip.to_string())).collect();
-    let results: Vec<(IpAddr, Result<(), SshError>)> = futures_util::stream::iter(pending)
+    let results: Vec<(IpAddr, Result<(), E>)> = futures_util::stream::iter(pending)
         .map(|h| {
             let fut = f(h);
             async move { (h.ip, fut.await) }
@@ -515,7 +573,7 @@ async fn registry_phase(ctx: &Context<'_>, reporter: &dyn RunReporter) -> Result
             for file in client.files() {
                 session.upload(file.content.expose().as_bytes(), &file.path, file.mode).await?;
             }
-            Ok(())
+            Ok::<(), SshError>(())
         }
     })
     .await

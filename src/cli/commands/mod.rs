@@ -5,6 +5,7 @@ pub mod check;
 pub mod delete;
 pub mod images;
 pub mod inspect;
+pub mod kubeconfig;
 pub mod load;
 pub mod login;
 pub mod pull;

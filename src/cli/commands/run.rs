@@ -52,6 +52,11 @@ pub async fn run(settings: &Settings, printer: Printer, args: RunArgs) -> anyhow
         preflight,
         layer_transfer: args.layer_transfer.into(),
         state_dir: state_dir.clone(),
+        ready_timeout: std::time::Duration::from_secs(args.wait_ready),
+        cert_validity: crate::kubernetes::pki::Validity {
+            leaf_days: args.cert_validity,
+            ..crate::kubernetes::pki::Validity::default()
+        },
         dry_run: args.dry_run,
     };
     let started = std::time::Instant::now();

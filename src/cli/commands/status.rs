@@ -2,6 +2,7 @@ use crate::cli::StatusArgs;
 use crate::cli::settings::Settings;
 use crate::output::{Printer, Table, UserError};
 use crate::runtime::journal::{Journal, StepState};
+use crate::runtime::kubernetes::STEPS as KUBERNETES_STEPS;
 use crate::runtime::run::PHASES;
 
 pub async fn run(settings: &Settings, printer: Printer, args: StatusArgs) -> anyhow::Result<()> {
@@ -36,12 +37,20 @@ pub async fn run(settings: &Settings, printer: Printer, args: StatusArgs) -> any
         let mut hosts: Vec<&String> = j.steps.values().flat_map(|s| s.keys()).collect();
         hosts.sort();
         hosts.dedup();
+        // The phases this cluster's runtime has, in run order.
+        let phases: Vec<&str> = PHASES
+            .iter()
+            .skip(1)
+            .map(|(id, _)| *id)
+            .chain(KUBERNETES_STEPS.iter().copied())
+            .filter(|p| j.steps.contains_key(*p))
+            .collect();
         let mut header = vec!["HOST"];
-        header.extend(PHASES.iter().skip(1).map(|(id, _)| *id));
+        header.extend(&phases);
         let mut table = Table::new(&header);
         for h in hosts {
             let mut row = vec![h.clone()];
-            for (phase, _) in PHASES.iter().skip(1) {
+            for phase in &phases {
                 let cell = match j.steps.get(*phase).and_then(|s| s.get(h)) {
                     Some(StepState::Done { .. }) => "done".to_owned(),
                     Some(StepState::Failed { error, .. }) => format!("FAILED: {}", error.lines().next().unwrap_or("")),

@@ -1,0 +1,237 @@
+#!/usr/bin/env bash
+# e2e: the `kubernetes` runtime on 3 masters + 2 workers of mixed architectures, with the
+# stand-ins of e2e/fake-kube in place of kubeadm, kubelet, kubectl and ipvsadm (real ones cannot
+# be downloaded here; the stand-ins validate what they are given as the real ones would). The
+# stand-in base image is built from rootfs/ by kubefiles/kubernetes/Kubefile with the stand-ins
+# as its binaries; the test image adds a CNI and an app.
+#
+# First run: kubeadm join fails on one worker (the stand-in fails on demand) → the run stops
+# with the host, the command, kubeadm's output, the kubelet's journal and a hint. Second run,
+# fixed: resumes without re-initialising master0; every kubeadm call is valid and in order
+# (init, token, upload-certs, masters one at a time, workers in parallel); the workers' IPVS
+# virtual server lists the three masters; every node is Ready with its role, labels and taints;
+# the CNI and the app are applied. `kiln delete` leaves the hosts as they were.
+# Prints `N passed, N failed`.
+#
+#   e2e/test-kubernetes.sh KILN_BINARY
+set -uo pipefail
+KILN=$(realpath "$1")
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+HOSTS=$ROOT/e2e/hosts.sh
+WORK=$(mktemp -d /tmp/kiln-e2e-kube.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+. "$ROOT/e2e/lib.sh"
+kiln() { "$KILN" --root "$WORK/store" "$@"; }
+ALL=(kiln-h1 kiln-h2 kiln-h3 kiln-h4 kiln-h5)
+
+"$HOSTS" up --hosts 5 --arch amd64,amd64,arm64,amd64,arm64 >/dev/null || { echo "0 passed, 1 failed (hosts did not come up)"; exit 1; }
+INV=$("$HOSTS" inventory)
+KEY=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ssh_key"])' "$INV")
+H1=$(ip_of kiln-h1); H2=$(ip_of kiln-h2); H3=$(ip_of kiln-h3); H4=$(ip_of kiln-h4); H5=$(ip_of kiln-h5)
+
+# --- images: the stand-in base from rootfs/, then the test image with a CNI and an app -----------
+"$ROOT/kubefiles/prepare.sh" >/dev/null || { echo "0 passed, 1 failed (prepare.sh)"; exit 1; }
+CTX=$WORK/context
+cp -a "$ROOT/rootfs" "$CTX"
+for arch in amd64 arm64; do
+  mkdir -p "$CTX/kube-bin/$arch"
+  for tool in kubeadm kubelet kubectl ipvsadm; do install -m 0755 "$ROOT/e2e/fake-kube/fakekube.py" "$CTX/kube-bin/$arch/$tool"; done
+done
+# The test machine's kernel has no IP_VS and no loadable modules (/lib/modules is empty), and
+# the hosts (containers) see no /sys/module, so the stand-in image asks for no modules.
+printf '# e2e stand-in image: no loadable kernel modules on the test hosts\n' > "$CTX/kubernetes/etc/modules-load.d/k8s.conf"
+# The stand-ins need no control-plane images (fetch.sh writes the real list).
+printf '# e2e stand-ins: no control-plane images\n' > "$CTX/kube-bin/imageList"
+kiln -q build --build-mode lite --platform linux/amd64,linux/arm64 -t kiln-e2e/kubernetes-stand-ins:v1.30.6 \
+  -f "$ROOT/kubefiles/kubernetes/Kubefile" --build-arg KUBE_BIN=kube-bin "$CTX" >/dev/null \
+  || { echo "0 passed, 1 failed (stand-in base image build)"; exit 1; }
+kiln -q build --platform linux/amd64,linux/arm64 -t kiln-e2e/kube-app:1 \
+  --image-source "$ROOT/kubefiles/etcd/app-image.tar" "$ROOT/e2e/images/kube-e2e" >/dev/null \
+  || { echo "0 passed, 1 failed (test image build)"; exit 1; }
+
+cat > "$WORK/Clusterfile" <<EOF
+apiVersion: sealer.io/v2
+kind: Cluster
+metadata:
+  name: e2e-kube
+spec:
+  image: kiln-e2e/kube-app:1
+  ssh:
+    user: root
+    pk: $KEY
+  hosts:
+    - ips: [$H1, $H3, $H4]
+      roles: [master]
+    - ips: [$H2]
+      roles: [node]
+      labels:
+        disk: ssd
+      taints: ["dedicated=db:NoSchedule"]
+    - ips: [$H5]
+      roles: [node]
+      ssh:
+        user: ops
+        passwd: kiln-e2e-ops
+---
+apiVersion: kubeadm.k8s.io/v1beta3
+kind: ClusterConfiguration
+apiServer:
+  certSANs: [kube.e2e.example, 192.0.2.10]
+EOF
+SNAPSHOT_EXTRA_DIRS="/var/lib/kubelet /var/lib/etcd /opt/cni /root/.kube /var/lib/fake-kube /var/log/fake-kube"
+BEFORE=$(snapshot "${ALL[@]}")
+RUN=(kiln run -f "$WORK/Clusterfile" --known-hosts "$WORK/known_hosts" --accept-new-host-keys --wait-ready 120)
+
+# --- a worker's kubeadm join fails: the run stops with a report ---------------------------------
+on kiln-h5 -- 'mkdir -p /etc/kiln-fake-kube && touch /etc/kiln-fake-kube/fail-join'
+# kiln-h2's join takes 15 s, so kiln-h5's (failing) join overlaps it if workers join in parallel.
+on kiln-h2 -- 'mkdir -p /etc/kiln-fake-kube && echo 15 > /etc/kiln-fake-kube/join-delay'
+"${RUN[@]}" > "$WORK/fail.out" 2>&1; rc=$?
+check "a failing kubeadm join stops the run (non-zero exit)" [ "$rc" != 0 ]
+check "the report names the host and the command" grep -q "kubeadm join --config .* failed on $H5" "$WORK/fail.out"
+check "the report shows kubeadm's output" grep -q "error execution phase kubelet-start" "$WORK/fail.out"
+check "the report shows the kubelet's journal" grep -q "journalctl -u kubelet" "$WORK/fail.out"
+check "the report gives a hint" grep -q "hint: " "$WORK/fail.out"
+check "no token is printed" bash -c "! grep -Eq '[a-z0-9]{6}\.[a-z0-9]{16}' '$WORK/fail.out'"
+grep -q "hint: " "$WORK/fail.out" || tail -n 40 "$WORK/fail.out"
+
+# --- fixed: the run resumes ---------------------------------------------------------------------
+on kiln-h5 -- 'rm -rf /etc/kiln-fake-kube'
+on kiln-h2 -- 'rm -rf /etc/kiln-fake-kube'
+"${RUN[@]}" --json > "$WORK/run.json" 2> "$WORK/run.err"; rc=$?
+check "the second run succeeds" [ "$rc" = 0 ]
+[ "$rc" = 0 ] || { tail -n 30 "$WORK/run.err"; head -c 3000 "$WORK/run.json"; }
+
+for h in "${ALL[@]}"; do on "$h" -- cat /var/log/fake-kube/calls.log > "$WORK/calls-$h.log" 2>/dev/null; done
+python3 - "$WORK" "$H1" > "$WORK/order.out" 2>&1 <<'PY'
+import glob, json, sys
+work = sys.argv[1]
+calls = []
+for path in glob.glob(work + "/calls-*.log"):
+    calls += [json.loads(l) for l in open(path) if l.strip()]
+calls.sort(key=lambda c: c["t"])
+kubeadm = [c for c in calls if c["tool"] == "kubeadm"]
+def span(host, verb):
+    start = [c["t"] for c in kubeadm if c["host"] == host and c["argv"][:1] == [verb] and c["event"] == "call"]
+    done = [c["t"] for c in kubeadm if c["host"] == host and c["argv"][:1] == [verb] and c["event"] == "done"]
+    return (start[-1], done[-1]) if start and done else None
+problems = []
+inits = [c for c in kubeadm if c["argv"][:1] == ["init"] and c["argv"][1:2] != ["phase"] and c["event"] == "call"]
+if [c["host"] for c in inits] != ["kiln-h1"]:
+    problems.append("kubeadm init ran %d times (want once, on kiln-h1): %s" % (len(inits), [c["host"] for c in inits]))
+init = span("kiln-h1", "init")
+masters = {h: span(h, "join") for h in ("kiln-h3", "kiln-h4")}
+workers = {h: span(h, "join") for h in ("kiln-h2", "kiln-h5")}
+for h, s in {**masters, **workers}.items():
+    if s is None:
+        problems.append("%s never finished kubeadm join" % h)
+if not problems:
+    for h, s in {**masters, **workers}.items():
+        if s[0] < init[1]:
+            problems.append("%s joined before init finished" % h)
+    (a, sa), (b, sb) = sorted(masters.items(), key=lambda kv: kv[1][0])
+    if sb[0] < sa[1]:
+        problems.append("masters joined at the same time: %s %s, %s %s" % (a, sa, b, sb))
+    # Both workers started joining in the first run (kiln-h5's failed on demand) before either
+    # finished: in parallel.
+    first_call = {h: min(c["t"] for c in kubeadm if c["host"] == h and c["argv"][:1] == ["join"]) for h in workers}
+    first_done = {h: min(c["t"] for c in kubeadm if c["host"] == h and c["argv"][:1] == ["join"]
+                         and c["event"] in ("done", "failed")) for h in workers}
+    last_master_done = max(s[1] for s in masters.values())
+    if any(t < last_master_done for t in first_call.values()):
+        problems.append("a worker joined before the masters finished")
+    if not max(first_call.values()) < min(first_done.values()):
+        problems.append("workers did not join in parallel: started %s, ended %s" % (first_call, first_done))
+    tokens = [c for c in kubeadm if c["argv"][:2] == ["token", "create"] and c["host"] == "kiln-h1"]
+    uploads = [c for c in kubeadm if c["argv"][:3] == ["init", "phase", "upload-certs"] and c["host"] == "kiln-h1"]
+    if not tokens or not uploads:
+        problems.append("no token create / upload-certs on master0")
+    failed = [c for c in calls if c["event"] == "failed" and not (c["host"] == "kiln-h5" and c["argv"][:1] == ["join"])]
+    if failed:
+        problems.append("stand-in calls failed: %s" % failed)
+arches = {c["host"]: c["arch"] for c in kubeadm}
+if arches.get("kiln-h3") != "aarch64" or arches.get("kiln-h5") != "aarch64" or arches.get("kiln-h1") != "x86_64":
+    problems.append("the stand-ins ran on unexpected architectures: %s" % arches)
+print("\n".join(problems) or "ok")
+PY
+check "kubeadm calls are valid and in order (init once, masters one at a time, workers in parallel)" grep -qx ok "$WORK/order.out"
+grep -qx ok "$WORK/order.out" || cat "$WORK/order.out"
+
+ipvs_lists_masters() {
+  local out; out=$(on "$1" -- ipvsadm -Ln) || return 1
+  for m in "$H1" "$H3" "$H4"; do grep -q -- "-> $m:6443" <<< "$out" || return 1; done
+  grep -q "TCP  10.103.97.2:6443 rr" <<< "$out"
+}
+check "IPVS on worker kiln-h2 lists the three masters" ipvs_lists_masters kiln-h2
+check "IPVS on worker kiln-h5 (arm64) lists the three masters" ipvs_lists_masters kiln-h5
+check "workers name the apiserver by the VIP" on kiln-h2 -- "grep -q '^10.103.97.2 apiserver.cluster.local # kiln-apiserver\$' /etc/hosts"
+check "joined masters name the apiserver by themselves" on kiln-h3 -- "grep -q '^$H3 apiserver.cluster.local # kiln-apiserver\$' /etc/hosts"
+
+on kiln-h1 -- kubectl get nodes -o json > "$WORK/nodes.json" 2>/dev/null
+python3 - "$WORK/nodes.json" > "$WORK/nodes.out" 2>&1 <<'PY'
+import json, sys
+nodes = {n["metadata"]["name"]: n for n in json.load(open(sys.argv[1]))["items"]}
+problems = []
+if sorted(nodes) != ["kiln-h%d" % i for i in range(1, 6)]:
+    problems.append("nodes: %s" % sorted(nodes))
+for name, n in nodes.items():
+    labels, taints = n["metadata"]["labels"], n["spec"].get("taints", [])
+    ready = [c["status"] for c in n["status"]["conditions"] if c["type"] == "Ready"]
+    if ready != ["True"]:
+        problems.append("%s is not Ready" % name)
+    role = "master" if name in ("kiln-h1", "kiln-h3", "kiln-h4") else "node"
+    if ("node-role.kubernetes.io/" + role) not in labels:
+        problems.append("%s lacks node-role.kubernetes.io/%s" % (name, role))
+    if role == "master" and "node-role.kubernetes.io/control-plane" not in labels:
+        problems.append("%s lacks the control-plane label" % name)
+    arch = "arm64" if name in ("kiln-h3", "kiln-h5") else "amd64"
+    if labels.get("kubernetes.io/arch") != arch:
+        problems.append("%s reports arch %s" % (name, labels.get("kubernetes.io/arch")))
+h2 = nodes.get("kiln-h2", {"metadata": {"labels": {}}, "spec": {}})
+if h2["metadata"]["labels"].get("disk") != "ssd":
+    problems.append("kiln-h2 lacks disk=ssd")
+if {"key": "dedicated", "value": "db", "effect": "NoSchedule"} not in h2["spec"].get("taints", []):
+    problems.append("kiln-h2 lacks the taint dedicated=db:NoSchedule: %s" % h2["spec"].get("taints"))
+print("\n".join(problems) or "ok")
+PY
+check "all 5 nodes Ready with their roles, labels, taints and architectures" grep -qx ok "$WORK/nodes.out"
+grep -qx ok "$WORK/nodes.out" || cat "$WORK/nodes.out"
+check "the CNI was applied and its config is on every node" bash -c "
+  '$HOSTS' ssh kiln-h1 -- kubectl get daemonset -o json | grep -q kube-flannel-ds &&
+  for h in ${ALL[*]}; do '$HOSTS' ssh \$h -- test -s /etc/cni/net.d/10-kube-flannel-cfg.conflist || exit 1; done"
+check "the app was applied" bash -c "'$HOSTS' ssh kiln-h1 -- kubectl get deployment -o json | grep -q '\"name\": \"hello\"'"
+kiln kubeconfig -f "$WORK/Clusterfile" -o "$WORK/kubeconfig" 2> "$WORK/kubeconfig.err"
+kubeconfig_works() {
+  [ "$(stat -c %a "$WORK/kubeconfig")" = 600 ] || return 1
+  python3 - "$WORK/kubeconfig" "$WORK" <<'PY' || return 1
+import base64, re, sys
+text = open(sys.argv[1]).read()
+for field, name in [("certificate-authority-data", "ca.crt"), ("client-certificate-data", "admin.crt"), ("client-key-data", "admin.key")]:
+    open(sys.argv[2] + "/" + name, "wb").write(base64.b64decode(re.search(field + r": (\S+)", text).group(1)))
+PY
+  grep -q "server: https://$H1:6443" "$WORK/kubeconfig" &&
+    curl -sf --cacert "$WORK/ca.crt" --cert "$WORK/admin.crt" --key "$WORK/admin.key" "https://$H1:6443/api/v1/nodes" \
+      | python3 -c 'import json,sys; sys.exit(len(json.load(sys.stdin)["items"]) != 5)'
+}
+check "kiln kubeconfig writes a 0600 admin kubeconfig that the apiserver accepts from this machine" kubeconfig_works
+check "the apiserver certificate carries the Clusterfile's certSANs" bash -c "
+  '$HOSTS' ssh kiln-h1 -- openssl x509 -in /etc/kubernetes/pki/apiserver.crt -noout -ext subjectAltName | grep -q 'DNS:kube.e2e.example.*IP Address:192.0.2.10\|IP Address:192.0.2.10.*DNS:kube.e2e.example\|kube.e2e.example'"
+check "no join configuration (it holds a token) is left on the hosts" bash -c "
+  for h in ${ALL[*]}; do '$HOSTS' ssh \$h -- 'test ! -e /var/lib/kiln/data/e2e-kube/.kiln/kubeadm-join.yaml' || exit 1; done"
+
+# --- a run on the finished cluster changes nothing ------------------------------------------------
+"${RUN[@]}" > "$WORK/again.out" 2>&1; rc=$?
+inits=$(on kiln-h1 -- "grep -c '\"event\": \"call\", \"argv\": \\[\"init\", \"--config\"' /var/log/fake-kube/calls.log")
+joins=$(on kiln-h2 -- "grep -c '\"event\": \"call\", \"argv\": \\[\"join\"' /var/log/fake-kube/calls.log")
+check "a run on the finished cluster succeeds without kubeadm init or join again" bash -c "[ '$rc' = 0 ] && [ '$inits' = 1 ] && [ '$joins' = 1 ]"
+
+# --- delete leaves the hosts as they were -------------------------------------------------------
+kiln delete -f "$WORK/Clusterfile" --known-hosts "$WORK/known_hosts" > "$WORK/delete.out" 2>&1; rc=$?
+check "kiln delete succeeds" [ "$rc" = 0 ]
+[ "$rc" = 0 ] || tail -20 "$WORK/delete.out"
+AFTER=$(snapshot "${ALL[@]}")
+check "after delete the hosts are as before the run (files, modes, contents, sysctls)" [ "$BEFORE" = "$AFTER" ]
+check "no kubelet, IPVS service or VIP link is left" bash -c "
+  for h in ${ALL[*]}; do '$HOSTS' ssh \$h -- '! systemctl is-active --quiet kubelet && ! ip link show kiln-ipvs0 >/dev/null 2>&1' || exit 1; done"
+
+finish

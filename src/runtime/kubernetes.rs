@@ -1,0 +1,671 @@
+//! The `kubernetes` cluster runtime over the hosts: kubeadm with the PKI and configuration kiln
+//! makes on the operator (`crate::kubernetes`).
+//!
+//! Steps, each journaled per host so a failed run resumes where it stopped:
+//! `kube-prepare` (every host, in parallel: the image's `scripts/init-kube.sh`, the apiserver's
+//! `/etc/hosts` name, and on workers a local IPVS virtual server over every master),
+//! `kube-init` (master0: its certificates and kubeconfigs, `kubeadm init --config`),
+//! `kube-join` (masters one at a time, then workers in parallel, with a token from
+//! `kubeadm token create --print-join-command` checked against kiln's CA and, for masters, the
+//! key printed by `kubeadm init phase upload-certs`), `kube-nodes` (roles, labels, taints).
+//! After the apps (the CNI is one), `nodes-ready` waits until every node is Ready.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use super::journal;
+use super::run::{Context, RunError, RunReporter, on_hosts, step_error};
+use crate::clusterfile::{Host, Registry};
+use crate::kubernetes::kubeadm_config::{JoinSpec, KubeadmConfig, KubeadmConfigError, KubeadmInputs};
+use crate::kubernetes::pki::{APISERVER_DOMAIN, APISERVER_PORT, ClusterPki, ControlPlaneNode, PkiError, PkiSettings};
+use crate::secret::Secret;
+use crate::ssh::{Session, SshError, quote};
+
+/// This runtime's journaled steps, in run order (after `container-runtime`; the apps run
+/// between `kube-nodes` and `nodes-ready`).
+pub const STEPS: [&str; 5] = ["kube-prepare", "kube-init", "kube-join", "kube-nodes", "nodes-ready"];
+
+/// The workers' apiserver address (Sealer's), unless the Clusterfile env sets `VIP`.
+pub const DEFAULT_VIP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 103, 97, 2));
+/// Tags kiln's `/etc/hosts` line for the apiserver, so delete removes exactly it.
+pub const HOSTS_TAG: &str = "# kiln-apiserver";
+/// Where kiln's kubectl calls on master0 find their credentials.
+const ADMIN_CONF: &str = "/etc/kubernetes/admin.conf";
+/// The dummy interface holding the VIP on workers (as kube-proxy's kube-ipvs0 holds services).
+const VIP_LINK: &str = "kiln-ipvs0";
+/// The unit that restores the workers' virtual server at boot.
+const IPVS_UNIT: &str = "kiln-apiserver-ipvs.service";
+const IPVS_SCRIPT: &str = "/etc/kiln/apiserver-ipvs.sh";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error(transparent)]
+    Config(#[from] KubeadmConfigError),
+    #[error("cluster PKI")]
+    Pki(#[from] PkiError),
+    #[error("`VIP` in the Clusterfile env is `{0}`, not an IP address")]
+    Vip(String),
+    #[error(
+        "`kubeadm token create --print-join-command` on {host} printed no valid join command \
+         ({lines} lines, not shown: they may hold a token)"
+    )]
+    JoinCommand { host: String, lines: usize },
+    #[error(
+        "the cluster on {host} has a CA kiln did not make (its hash is {found}, kiln's is {expected}); \
+         was master0 initialised by another tool? `kiln delete` it first"
+    )]
+    ForeignCa { host: String, found: String, expected: String },
+    #[error("`kubeadm init phase upload-certs` on {host} printed no certificate key")]
+    CertificateKey { host: String },
+    #[error(transparent)]
+    Kubeadm(Box<KubeadmFailure>),
+    #[error("{} of {} nodes not Ready after {seconds} s:\n{report}", not_ready, total)]
+    NotReady { seconds: u64, not_ready: usize, total: usize, report: String },
+    #[error("`kubectl get nodes -o json` on {host} printed what is not a node list: {reason}")]
+    NodeList { host: String, reason: String },
+    #[error(transparent)]
+    Ssh(Box<SshError>),
+}
+
+impl From<SshError> for KubeError {
+    fn from(e: SshError) -> Self {
+        Self::Ssh(Box::new(e))
+    }
+}
+
+/// A kubeadm call that failed, with what a user needs to see to fix it.
+#[derive(Debug)]
+pub struct KubeadmFailure {
+    pub host: String,
+    pub command: String,
+    pub status: u32,
+    pub output: String,
+    pub kubelet_log: String,
+    pub hint: Option<&'static str>,
+}
+
+impl fmt::Display for KubeadmFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "`{}` failed on {} with exit code {}", self.command, self.host, self.status)?;
+        writeln!(f, "--- last lines of its output ---\n{}", self.output.trim_end())?;
+        write!(f, "--- journalctl -u kubelet (last lines) ---\n{}", self.kubelet_log.trim_end())?;
+        if let Some(hint) = self.hint {
+            write!(f, "\nhint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for KubeadmFailure {}
+
+/// A hint for the common causes of a kubeadm failure, read from its output and the kubelet's.
+pub fn kubeadm_hint(text: &str) -> Option<&'static str> {
+    let has = |needle: &str| text.contains(needle);
+    if has("is in use") || has("address already in use") {
+        Some("a port kubeadm needs is taken: stop what listens there (`ss -ltnp`), or `kiln delete` an old cluster")
+    } else if has("cgroup driver") || has("cgroupDriver") {
+        Some(
+            "the kubelet's cgroup driver differs from the container runtime's: set `CgroupDriver` in the \
+             Clusterfile env to match containerd's `SystemdCgroup`",
+        )
+    } else if has("ErrImagePull") || has("ImagePullBackOff") || has("failed to pull") || has("pull access denied") {
+        Some(
+            "an image is missing from the in-cluster registry: build the cluster image without \
+             `--build-mode lite`, and check `imageRepository` in the kubeadm configuration",
+        )
+    } else if has("[ERROR Swap]") {
+        Some("swap is on: kiln's os-tune turns it off; check `swapon --show` on the host")
+    } else if has("timed out waiting for the condition") {
+        Some("the kubelet or the control plane did not come up in time: read the kubelet's journal above")
+    } else {
+        None
+    }
+}
+
+/// What `kubeadm token create --print-join-command` printed, taken apart.
+#[derive(Debug, PartialEq, Eq)]
+pub struct JoinCommand {
+    pub endpoint: String,
+    pub token: String,
+    pub ca_cert_hash: String,
+}
+
+impl JoinCommand {
+    /// `kubeadm join HOST:PORT --token T --discovery-token-ca-cert-hash sha256:H`, with the token
+    /// and the hash in kubeadm's formats.
+    pub fn parse(output: &str) -> Option<Self> {
+        let line = output.lines().find(|l| l.trim_start().starts_with("kubeadm join "))?;
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let after = |flag: &str| words.iter().position(|w| *w == flag).and_then(|i| words.get(i + 1)).copied();
+        let token = after("--token")?;
+        let hash = after("--discovery-token-ca-cert-hash")?;
+        let valid_token = token.len() == 23
+            && token.as_bytes()[6] == b'.'
+            && token.bytes().enumerate().all(|(i, b)| i == 6 || b.is_ascii_lowercase() || b.is_ascii_digit());
+        let valid_hash =
+            hash.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+        let endpoint = words.get(2)?;
+        (valid_token && valid_hash).then(|| Self {
+            endpoint: (*endpoint).to_owned(),
+            token: token.to_owned(),
+            ca_cert_hash: hash.to_owned(),
+        })
+    }
+}
+
+/// The last line of `kubeadm init phase upload-certs --upload-certs`: 32 bytes in hex.
+pub fn certificate_key(output: &str) -> Option<&str> {
+    let key = output.lines().rev().map(str::trim).find(|l| !l.is_empty())?;
+    (key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit())).then_some(key)
+}
+
+/// The workers' virtual server: `VIP:6443` over every master, restored at boot by a unit.
+pub fn ipvs_script(vip: IpAddr, masters: &[IpAddr]) -> String {
+    let service = format!("{vip}:{APISERVER_PORT}");
+    let mut rules = format!("ipvsadm -D -t {service} 2>/dev/null || true\nipvsadm -A -t {service} -s rr\n");
+    for m in masters {
+        rules.push_str(&format!("ipvsadm -a -t {service} -r {m}:{APISERVER_PORT} -m\n"));
+    }
+    let prefix = if vip.is_ipv4() { 32 } else { 128 };
+    // The VIP on a dummy link, as kube-proxy keeps service addresses on kube-ipvs0; IPVS also
+    // serves local connections without it, so a kernel without dummy links is no failure.
+    let link = format!(
+        "if ip link show {VIP_LINK} >/dev/null 2>&1 || ip link add {VIP_LINK} type dummy 2>/dev/null; then \
+         ip addr replace {vip}/{prefix} dev {VIP_LINK}; fi\n"
+    );
+    let restore =
+        format!("#!/bin/sh\n# Written by kiln: the apiserver's virtual server on this worker.\nset -e\n{link}{rules}");
+    let unit = format!(
+        "[Unit]\nDescription=apiserver virtual server (kiln)\nAfter=network-online.target\n\
+         [Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/sh {IPVS_SCRIPT}\n\
+         [Install]\nWantedBy=multi-user.target\n"
+    );
+    format!(
+        "set -e\nmkdir -p /etc/kiln\ncat > {IPVS_SCRIPT} <<'KILN_EOF'\n{restore}KILN_EOF\n\
+         cat > /etc/systemd/system/{IPVS_UNIT} <<'KILN_EOF'\n{unit}KILN_EOF\n\
+         systemctl daemon-reload\nsystemctl enable {IPVS_UNIT} >/dev/null 2>&1\nsh {IPVS_SCRIPT}\n"
+    )
+}
+
+/// Undoes what this runtime did on a host, before the image's clean scripts run; only where
+/// kiln's marker says it set Kubernetes up there (`<dir>/.kiln/kubernetes`). CNI configs that
+/// were in `/etc/cni/net.d` before the cluster stay (Sealer removes all of `/etc/cni`).
+pub fn reset_script(dir: &str, vip: IpAddr) -> String {
+    format!(
+        "if [ -f {marker} ]; then\n\
+         if command -v ipvsadm >/dev/null 2>&1; then ipvsadm -D -t {vip}:{APISERVER_PORT} 2>/dev/null || true; fi\n\
+         systemctl disable --now {IPVS_UNIT} >/dev/null 2>&1 || true\n\
+         rm -f /etc/systemd/system/{IPVS_UNIT} {IPVS_SCRIPT}; rmdir /etc/kiln 2>/dev/null || true\n\
+         ip link del {VIP_LINK} 2>/dev/null || true\n\
+         if command -v kubeadm >/dev/null 2>&1; then kubeadm reset -f --cri-socket unix:///run/containerd/containerd.sock >/dev/null; fi\n\
+         rm -rf /etc/kubernetes /var/lib/kubelet /var/lib/etcd\n\
+         if [ -d /etc/cni/net.d ]; then for f in $(ls -A /etc/cni/net.d); do \
+         grep -qxF \"$f\" {cni_before} 2>/dev/null || rm -rf \"/etc/cni/net.d/$f\"; done; fi\n\
+         fi\n\
+         sed -i '/{HOSTS_TAG}$/d' /etc/hosts\n",
+        marker = quote(&format!("{dir}/.kiln/kubernetes")),
+        cni_before = quote(&format!("{dir}/.kiln/cni-before")),
+    )
+}
+
+/// The VIP workers reach the masters through.
+fn vip(ctx: &Context<'_>) -> Result<IpAddr, KubeError> {
+    match ctx.request.clusterfile.cluster.env.get("VIP") {
+        None => Ok(DEFAULT_VIP),
+        Some(text) => text.parse().map_err(|_| KubeError::Vip(text.clone())),
+    }
+}
+
+/// What every step needs: the merged kubeadm configuration and the cluster's PKI.
+struct Plan {
+    config: KubeadmConfig,
+    pki: ClusterPki,
+    settings: PkiSettings,
+    vip: IpAddr,
+    masters: Vec<IpAddr>,
+    init_config: String,
+}
+
+impl Plan {
+    async fn make(ctx: &Context<'_>) -> Result<Self, KubeError> {
+        let cluster = &ctx.request.clusterfile.cluster;
+        let session = ctx.session_for(&ctx.master0)?;
+        // The image's kubeadm.yml as master0 holds it (every platform ships the same file).
+        let image_config = session
+            .run(&format!("f={}/etc/kubeadm.yml; if [ -f \"$f\" ]; then cat \"$f\"; fi", quote(&ctx.rootfs)))
+            .await?
+            .stdout_text();
+        let registry = match &cluster.registry {
+            Registry::Local(r) => format!("{}:{}", r.domain, r.port),
+            Registry::External { domain, port: Some(port), .. } => format!("{domain}:{port}"),
+            Registry::External { domain, port: None, .. } => domain.clone(),
+        };
+        let masters: Vec<IpAddr> = ctx.hosts().iter().filter(|h| h.is_master()).map(|h| h.ip).collect();
+        let vip = vip(ctx)?;
+        let config = KubeadmConfig::generate(&KubeadmInputs {
+            master0_name: ctx.node_names[&ctx.master0.ip].clone(),
+            master0_ip: ctx.master0.ip,
+            master_ips: masters.clone(),
+            vip,
+            registry,
+            env: &cluster.env,
+            image_config: (!image_config.trim().is_empty()).then_some(("etc/kubeadm.yml (image)", &*image_config)),
+            clusterfile_documents: ("Clusterfile", &ctx.request.clusterfile.documents),
+        })?;
+        let pki_dir = ctx.request.state_dir.join("pki");
+        let validity = ctx.request.cert_validity;
+        let pki = tokio::task::spawn_blocking(move || ClusterPki::load_or_create(&pki_dir, validity))
+            .await
+            .map_err(|e| KubeError::from(SshError::Lost { host: "-".into(), reason: e.to_string() }))??;
+        let settings = PkiSettings {
+            dns_domain: config.dns_domain(),
+            service_cidrs: config.service_cidrs(),
+            cert_sans: config.cert_sans(),
+        };
+        Ok(Self { config, pki, settings, vip, masters, init_config: format!("{}/.kiln/kubeadm-init.yaml", ctx.dir) })
+    }
+
+    /// A control-plane node's certificates and kubeconfigs; a joining master gets no
+    /// kubelet.conf (kubeadm's TLS bootstrap makes it, and refuses to join over one).
+    async fn upload_pki(&self, session: &Session, node: ControlPlaneNode, joining: bool) -> Result<(), KubeError> {
+        let files = self.pki.control_plane_files(&node, &self.settings)?;
+        for file in files.iter().filter(|f| !(joining && f.path == "kubelet.conf")) {
+            session
+                .upload(file.contents.expose().as_bytes(), &format!("/etc/kubernetes/{}", file.path), file.mode)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs a kubeadm command; a failure carries its output, the kubelet's journal and a hint.
+async fn kubeadm(session: &Session, command: &str) -> Result<String, KubeError> {
+    match session.run(command).await {
+        Ok(out) => Ok(out.stdout_text()),
+        Err(SshError::Command { host, command, status, output }) => {
+            let kubelet_log = session
+                .exec("journalctl -u kubelet -n 15 --no-pager 2>&1 || true")
+                .await
+                .map(|o| o.stdout_text())
+                .unwrap_or_default();
+            let hint = kubeadm_hint(&format!("{output}\n{kubelet_log}"));
+            Err(KubeError::Kubeadm(Box::new(KubeadmFailure { host, command, status, output, kubelet_log, hint })))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The `/etc/hosts` line naming the apiserver on a host.
+fn hosts_entry(ip: IpAddr) -> String {
+    format!(
+        "sed -i '/{HOSTS_TAG}$/d' /etc/hosts && echo {} >> /etc/hosts",
+        quote(&format!("{ip} {APISERVER_DOMAIN} {HOSTS_TAG}"))
+    )
+}
+
+pub(super) async fn bring_up(ctx: &Context<'_>, reporter: &dyn RunReporter) -> Result<(), RunError> {
+    let plan = Plan::make(ctx).await.map_err(|e| step_error("kube-prepare", ctx.master0.ip, e))?;
+    let plan = &plan;
+
+    // Masters name the apiserver master0 until they run one themselves; workers, the VIP.
+    on_hosts(ctx, "kube-prepare", ctx.hosts(), |host| async move {
+        let session = ctx.session_for(host)?;
+        let marker = format!("{}/.kiln/kubernetes", ctx.dir);
+        let apiserver = if host.is_master() { ctx.master0.ip } else { plan.vip };
+        // The CNI configs already there are kept by delete; the cluster's CNI adds its own.
+        let cni_before = quote(&format!("{}/.kiln/cni-before", ctx.dir));
+        let command = format!(
+            "if [ -f scripts/init-kube.sh ]; then bash scripts/init-kube.sh; \
+             else echo 'the image has no scripts/init-kube.sh' >&2; exit 1; fi && \
+             if [ ! -f {marker} ]; then ls -A /etc/cni/net.d 2>/dev/null > {cni_before} || true; fi && \
+             touch {marker} && {hosts}",
+            marker = quote(&marker),
+            hosts = hosts_entry(apiserver)
+        );
+        ctx.script(reporter, host, &command).await?;
+        if !host.is_master() {
+            session.run(&ipvs_script(plan.vip, &plan.masters)).await?;
+        }
+        reporter.step(&host.ip.to_string(), "kubelet installed, apiserver name set");
+        Ok::<(), KubeError>(())
+    })
+    .await?;
+
+    on_hosts(ctx, "kube-init", [&ctx.master0], |host| async move {
+        let session = ctx.session_for(host)?;
+        // What a failed init left behind would fail kubeadm's preflight.
+        session
+            .run("if [ -f /etc/kubernetes/manifests/kube-apiserver.yaml ]; then kubeadm reset -f >/dev/null; fi")
+            .await?;
+        let node = ControlPlaneNode { name: ctx.node_names[&host.ip].clone(), ip: host.ip };
+        plan.upload_pki(session, node, false).await?;
+        session.upload(plan.config.init_yaml().as_bytes(), &plan.init_config, 0o600).await?;
+        reporter.step(&host.ip.to_string(), "kubeadm init");
+        kubeadm(session, &format!("kubeadm init --config {} -v 0", quote(&plan.init_config))).await?;
+        session.run(&admin_kubeconfig_for_root(&ctx.dir)).await?;
+        reporter.step(&host.ip.to_string(), "control plane initialised");
+        Ok::<(), KubeError>(())
+    })
+    .await?;
+
+    let masters: Vec<&Host> = ctx
+        .hosts()
+        .iter()
+        .filter(|h| h.is_master() && h.ip != ctx.master0.ip && !ctx.done("kube-join", &h.ip.to_string()))
+        .collect();
+    let workers: Vec<&Host> =
+        ctx.hosts().iter().filter(|h| !h.is_master() && !ctx.done("kube-join", &h.ip.to_string())).collect();
+    if !masters.is_empty() || !workers.is_empty() {
+        let join =
+            join_data(ctx, plan, !masters.is_empty()).await.map_err(|e| step_error("kube-join", ctx.master0.ip, e))?;
+        let join = &join;
+        // One master at a time: etcd's quorum changes one member at a time.
+        for master in masters {
+            on_hosts(ctx, "kube-join", [master], |host| async move {
+                join_host(ctx, plan, join, host, reporter).await?;
+                // From now on this master answers for the apiserver name itself.
+                ctx.session_for(host)?
+                    .run(&format!("{} && {}", hosts_entry(host.ip), admin_kubeconfig_for_root(&ctx.dir)))
+                    .await?;
+                Ok::<(), KubeError>(())
+            })
+            .await?;
+        }
+        on_hosts(ctx, "kube-join", workers, |host| join_host(ctx, plan, join, host, reporter)).await?;
+    }
+
+    if !ctx.done("kube-nodes", journal::CLUSTER) {
+        match label_nodes(ctx, reporter).await {
+            Ok(()) => ctx.record("kube-nodes", journal::CLUSTER, Ok(()))?,
+            Err(e) => {
+                ctx.record("kube-nodes", journal::CLUSTER, Err(&crate::error_chain(&e)))?;
+                return Err(step_error("kube-nodes", ctx.master0.ip, e));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// root's `~/.kube/config` on a master, unless root has one; recorded for delete.
+fn admin_kubeconfig_for_root(dir: &str) -> String {
+    format!(
+        "if [ ! -e /root/.kube ]; then mkdir -p /root/.kube && echo /root/.kube >> {created}; fi; \
+         if [ ! -e /root/.kube/config ]; then install -m 0600 {ADMIN_CONF} /root/.kube/config; fi",
+        created = quote(&format!("{dir}/.kiln/created"))
+    )
+}
+
+struct JoinData {
+    endpoint: String,
+    token: Secret,
+    ca_cert_hash: String,
+    certificate_key: Option<Secret>,
+}
+
+/// A fresh token (checked against kiln's CA) and, when masters join, a certificate key.
+async fn join_data(ctx: &Context<'_>, plan: &Plan, for_masters: bool) -> Result<JoinData, KubeError> {
+    let session = ctx.session_for(&ctx.master0)?;
+    let host = ctx.master0.ip.to_string();
+    let printed = kubeadm(session, "kubeadm token create --print-join-command --ttl 2h0m0s").await?;
+    let command = JoinCommand::parse(&printed)
+        .ok_or_else(|| KubeError::JoinCommand { host: host.clone(), lines: printed.lines().count() })?;
+    let expected = plan.pki.ca_cert_hash();
+    if command.ca_cert_hash != expected {
+        return Err(KubeError::ForeignCa { host, found: command.ca_cert_hash, expected });
+    }
+    let certificate_key = if for_masters {
+        let out = kubeadm(
+            session,
+            &format!("kubeadm init phase upload-certs --upload-certs --config {}", quote(&plan.init_config)),
+        )
+        .await?;
+        let key = certificate_key(&out).ok_or(KubeError::CertificateKey { host })?;
+        Some(Secret::new(key.to_owned()))
+    } else {
+        None
+    };
+    Ok(JoinData {
+        endpoint: command.endpoint,
+        token: Secret::new(command.token),
+        ca_cert_hash: command.ca_cert_hash,
+        certificate_key,
+    })
+}
+
+async fn join_host(
+    ctx: &Context<'_>,
+    plan: &Plan,
+    join: &JoinData,
+    host: &Host,
+    reporter: &dyn RunReporter,
+) -> Result<(), KubeError> {
+    let session = ctx.session_for(host)?;
+    let name = ctx.node_names[&host.ip].clone();
+    // A join that failed half-way leaves files kubeadm's preflight refuses.
+    session.run("if [ -f /etc/kubernetes/kubelet.conf ]; then kubeadm reset -f >/dev/null; fi").await?;
+    let certificate_key = if host.is_master() {
+        plan.upload_pki(session, ControlPlaneNode { name: name.clone(), ip: host.ip }, true).await?;
+        join.certificate_key.as_ref().map(|k| k.expose().to_owned())
+    } else {
+        None
+    };
+    let spec = JoinSpec {
+        node_name: name,
+        node_ip: host.ip,
+        api_server_endpoint: join.endpoint.clone(),
+        token: join.token.expose().to_owned(),
+        ca_cert_hash: join.ca_cert_hash.clone(),
+        certificate_key,
+    };
+    let path = format!("{}/.kiln/kubeadm-join.yaml", ctx.dir);
+    session.upload(plan.config.join_yaml(&spec).as_bytes(), &path, 0o600).await?;
+    reporter.step(&host.ip.to_string(), if host.is_master() { "kubeadm join (control plane)" } else { "kubeadm join" });
+    let result = kubeadm(session, &format!("kubeadm join --config {} -v 0", quote(&path))).await;
+    // The file holds a token: never left behind.
+    session.run(&format!("rm -f {}", quote(&path))).await?;
+    result?;
+    reporter.step(&host.ip.to_string(), "joined");
+    Ok(())
+}
+
+/// `node-role.kubernetes.io/<role>` for each role, `hosts[].labels` and `hosts[].taints`.
+async fn label_nodes(ctx: &Context<'_>, reporter: &dyn RunReporter) -> Result<(), SshError> {
+    let mut script = String::from("set -e\n");
+    for host in ctx.hosts() {
+        let name = quote(&ctx.node_names[&host.ip]);
+        let mut labels: Vec<String> = host.roles.iter().map(|r| format!("node-role.kubernetes.io/{r}=")).collect();
+        labels.extend(host.labels.iter().map(|(k, v)| format!("{k}={v}")));
+        let labels: Vec<String> = labels.iter().map(|l| quote(l)).collect();
+        script.push_str(&format!(
+            "kubectl --kubeconfig {ADMIN_CONF} label node {name} {} --overwrite >/dev/null\n",
+            labels.join(" ")
+        ));
+        if !host.taints.is_empty() {
+            let taints: Vec<String> = host.taints.iter().map(|t| quote(&t.to_string())).collect();
+            script.push_str(&format!(
+                "kubectl --kubeconfig {ADMIN_CONF} taint node {name} {} --overwrite >/dev/null\n",
+                taints.join(" ")
+            ));
+        }
+    }
+    ctx.session_for(&ctx.master0)?.run(&script).await?;
+    reporter.step(&ctx.master0.ip.to_string(), "nodes labelled and tainted");
+    Ok(())
+}
+
+/// A node as `kubectl get nodes -o json` lists it: its name and Ready condition.
+#[derive(Debug, serde::Deserialize)]
+struct NodeList {
+    items: Vec<Node>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Node {
+    metadata: NodeMeta,
+    #[serde(default)]
+    status: NodeStatus,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct NodeMeta {
+    name: String,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct NodeStatus {
+    #[serde(default)]
+    conditions: Vec<Condition>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Condition {
+    #[serde(rename = "type")]
+    kind: String,
+    status: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// For each expected node, `None` when Ready, else why not.
+pub fn readiness(node_list_json: &str, expected: &[&str]) -> Result<BTreeMap<String, Option<String>>, String> {
+    let list: NodeList = serde_json::from_str(node_list_json).map_err(|e| e.to_string())?;
+    Ok(expected
+        .iter()
+        .map(|name| {
+            let state = match list.items.iter().find(|n| n.metadata.name == *name) {
+                None => Some("not registered".to_owned()),
+                Some(node) => match node.status.conditions.iter().find(|c| c.kind == "Ready") {
+                    Some(c) if c.status == "True" => None,
+                    Some(c) => Some(format!("NotReady: {}", c.message)),
+                    None => Some("no Ready condition yet".to_owned()),
+                },
+            };
+            ((*name).to_owned(), state)
+        })
+        .collect())
+}
+
+/// Waits until every host's node is Ready; on timeout, reports each one that is not.
+pub(super) async fn wait_ready(ctx: &Context<'_>, reporter: &dyn RunReporter) -> Result<(), RunError> {
+    if ctx.done("nodes-ready", journal::CLUSTER) {
+        return Ok(());
+    }
+    reporter.phase("nodes-ready", "wait until every node is Ready");
+    match poll_ready(ctx, reporter).await {
+        Ok(()) => ctx.record("nodes-ready", journal::CLUSTER, Ok(())),
+        Err(e) => {
+            ctx.record("nodes-ready", journal::CLUSTER, Err(&crate::error_chain(&e)))?;
+            Err(step_error("nodes-ready", ctx.master0.ip, e))
+        }
+    }
+}
+
+async fn poll_ready(ctx: &Context<'_>, reporter: &dyn RunReporter) -> Result<(), KubeError> {
+    let session = ctx.session_for(&ctx.master0)?;
+    let host = ctx.master0.ip.to_string();
+    let expected: Vec<&str> = ctx.hosts().iter().map(|h| ctx.node_names[&h.ip].as_str()).collect();
+    let timeout = ctx.request.ready_timeout;
+    let started = Instant::now();
+    loop {
+        let out = session.run(&format!("kubectl --kubeconfig {ADMIN_CONF} get nodes -o json")).await?;
+        let states = readiness(&out.stdout_text(), &expected)
+            .map_err(|reason| KubeError::NodeList { host: host.clone(), reason })?;
+        let waiting: Vec<(&String, &String)> = states.iter().filter_map(|(n, s)| s.as_ref().map(|s| (n, s))).collect();
+        if waiting.is_empty() {
+            reporter.step(&host, &format!("all {} nodes Ready", expected.len()));
+            return Ok(());
+        }
+        if started.elapsed() >= timeout {
+            let report = waiting.iter().map(|(n, s)| format!("  {n}: {s}")).collect::<Vec<_>>().join("\n");
+            return Err(KubeError::NotReady {
+                seconds: timeout.as_secs(),
+                not_ready: waiting.len(),
+                total: expected.len(),
+                report,
+            });
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_command_is_parsed_and_checked() {
+        let hash = format!("sha256:{}", "ab".repeat(32));
+        let out = format!(
+            "W0101 warning\nkubeadm join apiserver.cluster.local:6443 --token abcdef.0123456789abcdef --discovery-token-ca-cert-hash {hash} \n"
+        );
+        let parsed = JoinCommand::parse(&out).unwrap();
+        assert_eq!(parsed.endpoint, "apiserver.cluster.local:6443");
+        assert_eq!(parsed.token, "abcdef.0123456789abcdef");
+        assert_eq!(parsed.ca_cert_hash, hash);
+        for bad in [
+            out.replace("abcdef.0123456789abcdef", "ABCDEF.0123456789abcdef"),
+            out.replace("abcdef.0123456789abcdef", "abcdef0123456789abcdef"),
+            out.replace(&hash, "sha256:xyz"),
+            "kubeadm join x:6443 --token abcdef.0123456789abcdef".to_owned(),
+            String::new(),
+        ] {
+            assert_eq!(JoinCommand::parse(&bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn certificate_key_is_the_last_line_in_hex() {
+        let key = "0f".repeat(32);
+        let out = format!("[upload-certs] Storing the certificates\n[upload-certs] Using certificate key:\n{key}\n\n");
+        assert_eq!(certificate_key(&out), Some(key.as_str()));
+        assert_eq!(certificate_key("[upload-certs] Skipping phase\n"), None);
+        assert_eq!(certificate_key(&format!("{key}\ntrailing words")), None);
+    }
+
+    #[test]
+    fn hints_name_the_common_causes() {
+        assert!(kubeadm_hint("[ERROR Port-6443]: Port 6443 is in use").unwrap().contains("port"));
+        assert!(
+            kubeadm_hint("misconfiguration: kubelet cgroup driver: \"cgroupfs\" is different")
+                .unwrap()
+                .contains("CgroupDriver")
+        );
+        assert!(
+            kubeadm_hint("Failed to pull image \"sea.hub:5000/pause:3.9\": ErrImagePull").unwrap().contains("registry")
+        );
+        assert_eq!(kubeadm_hint("something else entirely"), None);
+    }
+
+    #[test]
+    fn readiness_reports_each_node() {
+        let json = r#"{"items":[
+            {"metadata":{"name":"a"},"status":{"conditions":[{"type":"Ready","status":"True","message":"ok"}]}},
+            {"metadata":{"name":"b"},"status":{"conditions":[{"type":"Ready","status":"False","message":"cni plugin not initialized"}]}},
+            {"metadata":{"name":"c"}}]}"#;
+        let states = readiness(json, &["a", "b", "c", "d"]).unwrap();
+        assert_eq!(states["a"], None);
+        assert_eq!(states["b"].as_deref(), Some("NotReady: cni plugin not initialized"));
+        assert_eq!(states["c"].as_deref(), Some("no Ready condition yet"));
+        assert_eq!(states["d"].as_deref(), Some("not registered"));
+        assert!(readiness("not json", &["a"]).is_err());
+    }
+
+    #[test]
+    fn host_scripts_are_valid_shell() {
+        let vip = DEFAULT_VIP;
+        let masters: Vec<IpAddr> = ["10.0.0.1", "10.0.0.2", "10.0.0.3"].iter().map(|m| m.parse().unwrap()).collect();
+        let ipvs = ipvs_script(vip, &masters);
+        let reset = reset_script("/var/lib/kiln/data/my cluster", vip);
+        for script in [&ipvs, &reset, &hosts_entry(vip), &admin_kubeconfig_for_root("/d")] {
+            let out = std::process::Command::new("sh").arg("-n").arg("-c").arg(script).output().unwrap();
+            assert!(out.status.success(), "{script}\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        for m in &masters {
+            assert!(ipvs.contains(&format!("ipvsadm -a -t 10.103.97.2:6443 -r {m}:6443 -m")), "{ipvs}");
+        }
+        assert!(reset.contains("'/var/lib/kiln/data/my cluster/.kiln/kubernetes'"));
+        assert!(reset.contains("/# kiln-apiserver$/d"));
+    }
+}
