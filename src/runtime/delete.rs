@@ -116,7 +116,8 @@ async fn clean_host(
 ) -> Result<(), SshError> {
     let env = script_env(&clusterfile.cluster, host, master0, rootfs, &Default::default());
     // Kubernetes first (kubeadm reset needs the binaries the image's clean scripts remove).
-    let vip = clusterfile.cluster.env.get("VIP").and_then(|v| v.parse().ok()).unwrap_or(kubernetes::DEFAULT_VIP);
+    // An unreadable `VIP` could not have been used by a run: the default is what a run made.
+    let vip = kubernetes::cluster_vip(&clusterfile.cluster).unwrap_or(kubernetes::DEFAULT_VIP);
     session.run(&kubernetes::reset_script(dir, vip)).await?;
     let image_scripts = format!(
         "if [ -d {r} ]; then cd {r}; [ ! -f scripts/clean.sh ] || bash scripts/clean.sh; \

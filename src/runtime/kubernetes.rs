@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::journal;
 use super::run::{Context, RunError, RunReporter, on_hosts, step_error};
-use crate::clusterfile::{Host, Registry};
+use crate::clusterfile::{Cluster, Host, Registry};
 use crate::kubernetes::kubeadm_config::{JoinSpec, KubeadmConfig, KubeadmConfigError, KubeadmInputs};
 use crate::kubernetes::pki::{APISERVER_DOMAIN, APISERVER_PORT, ClusterPki, ControlPlaneNode, PkiError, PkiSettings};
 use crate::secret::Secret;
@@ -43,7 +43,7 @@ const IPVS_SCRIPT: &str = "/etc/kiln/apiserver-ipvs.sh";
 pub enum KubeError {
     #[error(transparent)]
     Config(#[from] KubeadmConfigError),
-    #[error("cluster PKI")]
+    #[error(transparent)]
     Pki(#[from] PkiError),
     #[error("`VIP` in the Clusterfile env is `{0}`, not an IP address")]
     Vip(String),
@@ -210,9 +210,9 @@ pub fn reset_script(dir: &str, vip: IpAddr) -> String {
     )
 }
 
-/// The VIP workers reach the masters through.
-fn vip(ctx: &Context<'_>) -> Result<IpAddr, KubeError> {
-    match ctx.request.clusterfile.cluster.env.get("VIP") {
+/// The VIP workers reach the masters through: env `VIP`, else [`DEFAULT_VIP`].
+pub fn cluster_vip(cluster: &Cluster) -> Result<IpAddr, KubeError> {
+    match cluster.env.get("VIP") {
         None => Ok(DEFAULT_VIP),
         Some(text) => text.parse().map_err(|_| KubeError::Vip(text.clone())),
     }
@@ -243,7 +243,7 @@ impl Plan {
             Registry::External { domain, port: None, .. } => domain.clone(),
         };
         let masters: Vec<IpAddr> = ctx.hosts().iter().filter(|h| h.is_master()).map(|h| h.ip).collect();
-        let vip = vip(ctx)?;
+        let vip = cluster_vip(cluster)?;
         let config = KubeadmConfig::generate(&KubeadmInputs {
             master0_name: ctx.node_names[&ctx.master0.ip].clone(),
             master0_ip: ctx.master0.ip,
