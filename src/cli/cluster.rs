@@ -12,6 +12,12 @@ use crate::runtime::ConnectOptions;
 use crate::secret::Secret;
 use crate::ssh::{self, HostKeyPolicy};
 
+/// Reads and validates a Clusterfile (errors at `file:line:col`).
+pub fn read_clusterfile(path: &std::path::Path) -> anyhow::Result<Clusterfile> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+    Clusterfile::parse(&path.display().to_string(), &text).map_err(|e| anyhow::Error::new(*e))
+}
+
 fn password(args: &HostArgs, printer: &Printer) -> anyhow::Result<Option<Secret>> {
     if let Some(path) = &args.passwd_file {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read `{}`", path.display()))?;
@@ -42,8 +48,7 @@ pub fn resolve(args: &HostArgs, image: Option<String>, printer: &Printer) -> any
     };
     let mut clusterfile = match &args.clusterfile {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read `{}`", path.display()))?;
-            let mut cf = Clusterfile::parse(&path.display().to_string(), &text).map_err(|e| anyhow::Error::new(*e))?;
+            let mut cf = read_clusterfile(path)?;
             if !flags.is_empty() {
                 flags.apply(&mut cf.cluster).map_err(UserError::new)?;
             }

@@ -16,7 +16,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use super::journal;
-use super::run::{Context, RunError, RunReporter, on_hosts, step_error};
+use super::run::{Context, RunError, RunReporter, master0_step, on_hosts, step_error};
 use crate::clusterfile::{Cluster, Host, Registry};
 use crate::kubernetes::kubeadm_config::{JoinSpec, KubeadmConfig, KubeadmConfigError, KubeadmInputs};
 use crate::kubernetes::pki::{APISERVER_DOMAIN, APISERVER_PORT, ClusterPki, ControlPlaneNode, PkiError, PkiSettings};
@@ -45,6 +45,8 @@ pub enum KubeError {
     Config(#[from] KubeadmConfigError),
     #[error(transparent)]
     Pki(#[from] PkiError),
+    #[error("the task making the cluster PKI stopped")]
+    PkiTask(#[from] tokio::task::JoinError),
     #[error("`VIP` in the Clusterfile env is `{0}`, not an IP address")]
     Vip(String),
     #[error(
@@ -256,9 +258,7 @@ impl Plan {
         })?;
         let pki_dir = ctx.request.state_dir.join("pki");
         let validity = ctx.request.cert_validity;
-        let pki = tokio::task::spawn_blocking(move || ClusterPki::load_or_create(&pki_dir, validity))
-            .await
-            .map_err(|e| KubeError::from(SshError::Lost { host: "-".into(), reason: e.to_string() }))??;
+        let pki = tokio::task::spawn_blocking(move || ClusterPki::load_or_create(&pki_dir, validity)).await??;
         let settings = PkiSettings {
             dns_domain: config.dns_domain(),
             service_cidrs: config.service_cidrs(),
@@ -376,16 +376,7 @@ pub(super) async fn bring_up(ctx: &Context<'_>, reporter: &dyn RunReporter) -> R
         on_hosts(ctx, "kube-join", workers, |host| join_host(ctx, plan, join, host, reporter)).await?;
     }
 
-    if !ctx.done("kube-nodes", journal::CLUSTER) {
-        match label_nodes(ctx, reporter).await {
-            Ok(()) => ctx.record("kube-nodes", journal::CLUSTER, Ok(()))?,
-            Err(e) => {
-                ctx.record("kube-nodes", journal::CLUSTER, Err(&crate::error_chain(&e)))?;
-                return Err(step_error("kube-nodes", ctx.master0.ip, e));
-            }
-        }
-    }
-    Ok(())
+    master0_step(ctx, "kube-nodes", journal::CLUSTER, label_nodes(ctx, reporter)).await
 }
 
 /// root's `~/.kube/config` on a master, unless root has one; recorded for delete.
@@ -549,17 +540,8 @@ pub fn readiness(node_list_json: &str, expected: &[&str]) -> Result<BTreeMap<Str
 
 /// Waits until every host's node is Ready; on timeout, reports each one that is not.
 pub(super) async fn wait_ready(ctx: &Context<'_>, reporter: &dyn RunReporter) -> Result<(), RunError> {
-    if ctx.done("nodes-ready", journal::CLUSTER) {
-        return Ok(());
-    }
     reporter.phase("nodes-ready", "wait until every node is Ready");
-    match poll_ready(ctx, reporter).await {
-        Ok(()) => ctx.record("nodes-ready", journal::CLUSTER, Ok(())),
-        Err(e) => {
-            ctx.record("nodes-ready", journal::CLUSTER, Err(&crate::error_chain(&e)))?;
-            Err(step_error("nodes-ready", ctx.master0.ip, e))
-        }
-    }
+    master0_step(ctx, "nodes-ready", journal::CLUSTER, poll_ready(ctx, reporter)).await
 }
 
 async fn poll_ready(ctx: &Context<'_>, reporter: &dyn RunReporter) -> Result<(), KubeError> {

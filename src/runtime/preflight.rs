@@ -105,7 +105,7 @@ impl PreflightOptions {
             self.ports_on_registry_hosts.push(r.port);
         }
         if let Some(image) = image {
-            if image.runtime_label() == Some("kubernetes") {
+            if super::run::ClusterRuntime::of(image) == Ok(super::run::ClusterRuntime::Kubernetes) {
                 self.ports_everywhere.extend(KUBELET_PORTS);
                 self.ports_on_masters.extend(CONTROL_PLANE_PORTS);
             }

@@ -78,11 +78,12 @@ pub enum ClusterRuntime {
 }
 
 impl ClusterRuntime {
-    pub fn from_label(label: &str) -> Option<Self> {
-        match label {
-            "kubernetes" => Some(Self::Kubernetes),
-            "shell" => Some(Self::Shell),
-            _ => None,
+    /// The runtime `image` asks for (unlabelled images are `shell`), or the label it has.
+    pub fn of(image: &Image) -> Result<Self, String> {
+        match image.runtime_label() {
+            Some("kubernetes") => Ok(Self::Kubernetes),
+            Some("shell") | None => Ok(Self::Shell),
+            Some(other) => Err(other.to_owned()),
         }
     }
 }
@@ -242,8 +243,7 @@ pub(super) fn step_error(
 /// Runs every phase; returns what was sent where.
 pub async fn run(request: &RunRequest<'_>, reporter: &dyn RunReporter) -> Result<RunOutcome, RunError> {
     let cluster = &request.clusterfile.cluster;
-    let label = request.image.runtime_label().unwrap_or("shell");
-    let runtime = ClusterRuntime::from_label(label).ok_or_else(|| RunError::Runtime(label.to_owned()))?;
+    let runtime = ClusterRuntime::of(&request.image).map_err(RunError::Runtime)?;
     reporter.phase(PHASES[0].0, PHASES[0].1);
     let journal_path = request.state_dir.join("journal.json");
     let mut preflight = request.preflight.clone();
@@ -478,6 +478,29 @@ fn record_all<T, E: std::error::Error + Send + Sync + 'static>(
         }
     }
     first_error.map_or(Ok(done), Err)
+}
+
+/// Runs `step` on master0 for the cluster as a whole (journaled as `who`), unless the journal
+/// has it done already; journals its result. (`step` is lazy: nothing runs when it is skipped.)
+pub(super) async fn master0_step<E>(
+    ctx: &Context<'_>,
+    phase: &'static str,
+    who: &str,
+    step: impl std::future::Future<Output = Result<(), E>>,
+) -> Result<(), RunError>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    if ctx.done(phase, who) {
+        return Ok(());
+    }
+    match step.await {
+        Ok(()) => ctx.record(phase, who, Ok(())),
+        Err(e) => {
+            ctx.record(phase, who, Err(&crate::error_chain(&e)))?;
+            Err(step_error(phase, ctx.master0.ip, e))
+        }
+    }
 }
 
 /// Runs `f` on each of `hosts` not yet done for `phase`, in parallel (bounded), journaling each.
@@ -737,16 +760,7 @@ async fn apps_phase(ctx: &Context<'_>, reporter: &dyn RunReporter) -> Result<(),
     let ext = ctx.platforms[&ctx.master0.ip].extension().ok().flatten().unwrap_or_default();
     for (i, command) in launch_commands(&ext, ctx.request.clusterfile).iter().enumerate() {
         let step = format!("{}#{i}", journal::CLUSTER);
-        if ctx.done("apps", &step) {
-            continue;
-        }
-        match ctx.script(reporter, &ctx.master0, command).await {
-            Ok(()) => ctx.record("apps", &step, Ok(()))?,
-            Err(e) => {
-                ctx.record("apps", &step, Err(&crate::error_chain(&e)))?;
-                return Err(step_error("apps", ctx.master0.ip, e));
-            }
-        }
+        master0_step(ctx, "apps", &step, ctx.script(reporter, &ctx.master0, command)).await?;
     }
     Ok(())
 }

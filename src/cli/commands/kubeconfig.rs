@@ -2,18 +2,14 @@
 //! cluster CA kiln keeps on this machine, pointing at master0 (every master's IP is in the
 //! apiserver certificate).
 
-use anyhow::Context as _;
-
 use crate::cli::KubeconfigArgs;
 use crate::cli::settings::Settings;
-use crate::clusterfile::Clusterfile;
 use crate::kubernetes::pki::{APISERVER_PORT, ClusterPki, Validity};
 use crate::output::{Printer, UserError};
 
 pub async fn run(settings: &Settings, printer: Printer, args: KubeconfigArgs) -> anyhow::Result<()> {
     let path = &args.clusterfile;
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read `{}`", path.display()))?;
-    let clusterfile = Clusterfile::parse(&path.display().to_string(), &text).map_err(|e| anyhow::Error::new(*e))?;
+    let clusterfile = crate::cli::cluster::read_clusterfile(path)?;
     let name = &clusterfile.cluster.name;
     let pki_dir = settings.root.join("clusters").join(name).join("pki");
     // Only an existing PKI: a new CA here would sign for a cluster that does not trust it.
