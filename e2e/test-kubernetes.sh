@@ -219,6 +219,86 @@ check "the apiserver certificate carries the Clusterfile's certSANs" bash -c "
 check "no join configuration (it holds a token) is left on the hosts" bash -c "
   for h in ${ALL[*]}; do '$HOSTS' ssh \$h -- 'test ! -e /var/lib/kiln/data/e2e-kube/.kiln/kubeadm-join.yaml' || exit 1; done"
 
+# --- kiln cert: expiry, renewal and more apiserver names, with the control plane restarted -------
+KH=(--known-hosts "$WORK/known_hosts")
+served_cert() { # MASTER_IP OPENSSL_X509_ARGS...: the certificate the apiserver serves now
+  local try pem
+  for try in 1 2 3 4 5; do
+    pem=$(echo | timeout 10 openssl s_client -connect "$1:6443" -CAfile "$WORK/ca.crt" 2>/dev/null) &&
+      openssl x509 -noout "${@:2}" <<< "$pem" 2>/dev/null && return 0
+    sleep 2
+  done
+  echo "  no certificate from $1:6443" >&2; return 1
+}
+kiln cert check-expiration -f "$WORK/Clusterfile" "${KH[@]}" > "$WORK/expiry.txt" 2> "$WORK/expiry.err"; rc=$?
+kiln cert check-expiration -f "$WORK/Clusterfile" "${KH[@]}" --json > "$WORK/expiry.json" 2>> "$WORK/expiry.err"
+expiry_ok() { # MIN_LEAF_DAYS MAX_LEAF_DAYS
+  python3 - "$WORK/expiry.json" "$1" "$2" "$H1" "$H3" "$H4" <<'PY2'
+import json, sys
+rows = json.load(open(sys.argv[1]))
+lo, hi, masters = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+problems = []
+for m in masters:
+    mine = {r["file"]: r for r in rows if r["host"] == m}
+    for f in ["pki/ca.crt", "pki/etcd/ca.crt", "pki/front-proxy-ca.crt"]:
+        if f not in mine or not mine[f]["is_ca"] or mine[f]["residual_days"] < 3640:
+            problems.append("%s %s: %s" % (m, f, mine.get(f)))
+    for f in ["pki/apiserver.crt", "pki/etcd/peer.crt", "pki/apiserver-kubelet-client.crt", "admin.conf", "scheduler.conf"]:
+        if f not in mine or mine[f]["is_ca"] or not lo <= mine[f]["residual_days"] <= hi:
+            problems.append("%s %s: %s" % (m, f, mine.get(f)))
+print("\n".join(problems) or "ok")
+PY2
+}
+EXPIRY=$(expiry_ok 363 365)
+check "kiln cert check-expiration lists every master's CAs (10 years) and leaves (1 year)" \
+  bash -c "[ $rc = 0 ] && grep -q 'pki/apiserver.crt' '$WORK/expiry.txt' && [ '$EXPIRY' = ok ]"
+[ "$EXPIRY" = ok ] || { cat "$WORK/expiry.err"; echo "$EXPIRY"; }
+OLD_END=$(served_cert "$H3" -enddate)
+kiln cert renew -f "$WORK/Clusterfile" "${KH[@]}" --cert-validity 730 > "$WORK/renew.out" 2>&1; rc=$?
+check "kiln cert renew --cert-validity 730 succeeds" [ "$rc" = 0 ]
+[ "$rc" = 0 ] || tail -n 20 "$WORK/renew.out"
+kiln cert check-expiration -f "$WORK/Clusterfile" "${KH[@]}" --json > "$WORK/expiry.json" 2>> "$WORK/expiry.err"
+EXPIRY=$(expiry_ok 728 730)
+check "after renew every master's leaves last 2 years and its CAs still 10" [ "$EXPIRY" = ok ]
+[ "$EXPIRY" = ok ] || echo "$EXPIRY"
+served_for_2y() {
+  local m end; for m in "$H1" "$H3" "$H4"; do
+    end=$(served_cert "$m" -enddate | cut -d= -f2) || return 1
+    [ -n "$end" ] && [ "$(( ($(date -d "$end" +%s) - $(date +%s)) / 86400 ))" -ge 728 ] || { echo "  $m serves until $end" >&2; return 1; }
+  done
+}
+check "every apiserver serves its renewed certificate (was: ${OLD_END#notAfter=})" served_for_2y
+for h in kiln-h1 kiln-h3 kiln-h4; do on "$h" -- cat /var/log/fake-kube/calls.log > "$WORK/calls-$h.log" 2>/dev/null; done
+python3 - "$WORK" > "$WORK/restarts.out" 2>&1 <<'PY2'
+import glob, json, sys
+calls = []
+for path in glob.glob(sys.argv[1] + "/calls-kiln-h[134].log"):
+    calls += [json.loads(l) for l in open(path) if l.strip()]
+restarts = sorted((c["t"], c["host"]) for c in calls if c["event"] == "restart" and c["argv"] == ["kube-apiserver"])
+hosts = [h for _, h in restarts]
+print("ok" if sorted(set(hosts)) == ["kiln-h1", "kiln-h3", "kiln-h4"] and len(hosts) == 3 else "apiserver restarts: %s" % restarts)
+PY2
+check "the kubelets restarted each master's apiserver once, one master after another" grep -qx ok "$WORK/restarts.out"
+grep -qx ok "$WORK/restarts.out" || cat "$WORK/restarts.out"
+check "the cluster still answers with the renewed admin.conf (5 nodes)" bash -c "
+  '$HOSTS' ssh kiln-h3 -- kubectl --kubeconfig /etc/kubernetes/admin.conf get nodes -o json | python3 -c 'import json,sys; sys.exit(len(json.load(sys.stdin)[\"items\"]) != 5)'"
+kiln cert --alt-names alt.e2e.example,192.0.2.20 -f "$WORK/Clusterfile" "${KH[@]}" > "$WORK/alt.out" 2>&1; rc=$?
+check "kiln cert --alt-names succeeds" [ "$rc" = 0 ]
+[ "$rc" = 0 ] || tail -n 20 "$WORK/alt.out"
+alt_names_served() {
+  local m sans end; for m in "$H1" "$H3" "$H4"; do
+    sans=$(served_cert "$m" -ext subjectAltName) || return 1
+    end=$(served_cert "$m" -enddate | cut -d= -f2) || return 1
+    [ "$(( ($(date -d "$end" +%s) - $(date +%s)) / 86400 ))" -ge 728 ] || { echo "  $m: new names cut the validity to $end" >&2; return 1; }
+    for want in DNS:alt.e2e.example "IP Address:192.0.2.20" DNS:kube.e2e.example "IP Address:$m"; do
+      grep -q "$want" <<< "$sans" || { echo "  $m lacks $want: $sans" >&2; return 1; }
+    done
+  done
+}
+check "every apiserver serves the new names beside the Clusterfile's certSANs, still valid 2 years" alt_names_served
+kiln cert --alt-names 'not a name!' -f "$WORK/Clusterfile" "${KH[@]}" > "$WORK/alt-bad.out" 2>&1; rc=$?
+check "a bad alt name is refused before anything changes" bash -c "[ $rc != 0 ] && grep -q 'neither a DNS name nor an IP address' '$WORK/alt-bad.out'"
+
 # --- a run on the finished cluster changes nothing ------------------------------------------------
 "${RUN[@]}" > "$WORK/again.out" 2>&1; rc=$?
 inits=$(on kiln-h1 -- "grep -c '\"event\": \"call\", \"argv\": \\[\"init\", \"--config\"' /var/log/fake-kube/calls.log")

@@ -106,6 +106,22 @@ check "and re-runs no finished script" [ "$inits" = 1 ]
 echo "  re-run on the finished cluster: $(echo "$t1 - $t0" | bc) s"
 check "secrets never appear in output or the run log" bash -c "! grep -rq -e kiln-e2e-root -e kiln-e2e-ops '$WORK'/*.out '$WORK'/*.err '$WORK/store/clusters/e2e-run/run.log'"
 
+# --- kiln exec: one command on many hosts, output prefixed, exit codes per host ----------------
+EXEC=(kiln exec --cluster e2e-run --known-hosts "$WORK/known_hosts")
+"${EXEC[@]}" -- 'echo "arch=$(uname -m) uid=$(id -u)"' > "$WORK/exec.out" 2> "$WORK/exec.err"; rc=$?
+check "kiln exec runs on every host as root, output prefixed by host (arm64 through sudo)" bash -c "[ $rc = 0 ] &&
+  grep -qx '$H1 | arch=x86_64 uid=0' '$WORK/exec.out' && grep -qx '$H2 | arch=x86_64 uid=0' '$WORK/exec.out' &&
+  grep -qx '$H3 | arch=aarch64 uid=0' '$WORK/exec.out'"
+[ "$rc" = 0 ] || cat "$WORK/exec.out" "$WORK/exec.err"
+"${EXEC[@]}" -r node -- hostname > "$WORK/exec-node.out" 2>/dev/null
+check "kiln exec -r node runs only on nodes" bash -c "[ \"\$(cat '$WORK/exec-node.out')\" = '$H3 | kiln-h3' ]"
+"${EXEC[@]}" --json -- 'test "$(hostname)" != kiln-h2' > "$WORK/exec.json" 2> "$WORK/exec-fail.err"; rc=$?
+check "a command failing on one host: exit 1, each host's exit code in the JSON" bash -c "[ $rc = 1 ] &&
+  python3 -c 'import json,sys; r={h[\"host\"]: h[\"exit_code\"] for h in json.load(open(sys.argv[1]))}; sys.exit(r != {\"$H1\": 0, \"$H2\": 1, \"$H3\": 0})' '$WORK/exec.json' &&
+  grep -q 'failed on 1 of 3 hosts' '$WORK/exec-fail.err'"
+"${EXEC[@]}" --hosts 10.213.0.250 -- true > /dev/null 2> "$WORK/exec-stranger.err"; rc=$?
+check "kiln exec refuses a host outside the cluster" bash -c "[ $rc = 1 ] && grep -q 'not a host of this cluster' '$WORK/exec-stranger.err'"
+
 # --- tuning was applied, and delete puts everything back ----------------------------------------
 check "the image's sysctls were applied" bash -c "[ \"\$('$HOSTS' ssh kiln-h3 -- sysctl -n net.core.somaxconn)\" = 1234 ]"
 kiln delete -f "$WORK/Clusterfile" --known-hosts "$WORK/known_hosts" > "$WORK/delete.out" 2>&1; rc=$?

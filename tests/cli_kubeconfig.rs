@@ -51,3 +51,31 @@ fn writes_a_private_admin_kubeconfig_signed_by_the_cluster_ca() {
     let printed = env.ok(&["kubeconfig", "-f", cf.to_str().unwrap(), "-o", "-", "--server", "lb.example:443"]);
     assert!(printed.contains("server: https://lb.example:443"), "{printed}");
 }
+
+#[test]
+fn cert_commands_refuse_a_cluster_without_pki_or_settings_and_bad_names() {
+    let env = Env::new();
+    let cf = env.file("Clusterfile", CLUSTERFILE);
+    let cf = cf.to_str().unwrap();
+    let stderr = env.fails(&["cert", "renew", "-f", cf], 1);
+    assert!(stderr.contains("cluster `prod` has no PKI on this machine"), "{stderr}");
+    let stderr = env.fails(&["cert", "--alt-names", "a.example", "-f", cf], 1);
+    assert!(stderr.contains("has no PKI"), "{stderr}");
+    // A PKI, but no run saved its certificate settings: nothing to reissue from.
+    let pki_dir = env.root().join("clusters/prod/pki");
+    ClusterPki::load_or_create(&pki_dir, Validity::default()).unwrap();
+    let stderr = env.fails(&["cert", "renew", "-f", cf], 1);
+    assert!(stderr.contains("certificate settings") && stderr.contains("kiln run"), "{stderr}");
+    kiln::kubernetes::pki::PkiSettings {
+        dns_domain: "cluster.local".into(),
+        service_cidrs: vec!["10.96.0.0/22".into()],
+        cert_sans: vec![],
+    }
+    .save(&pki_dir)
+    .unwrap();
+    let stderr = env.fails(&["cert", "--alt-names", "ok.example,not a name!", "-f", cf], 1);
+    assert!(stderr.contains("`not a name!` is neither a DNS name nor an IP address"), "{stderr}");
+    assert!(!pki_dir.join("alt-names").exists(), "a refused name is not kept");
+    let stderr = env.fails(&["cert", "-f", cf], 1);
+    assert!(stderr.contains("--alt-names"), "{stderr}");
+}

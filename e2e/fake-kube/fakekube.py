@@ -488,7 +488,14 @@ def serve_api(manifest_path, stop):
             sock, peer = self.socket.accept()
             return ctx.wrap_socket(sock, server_side=True), peer
 
-    server = Server((addr, port), Handler)
+    # A restarted apiserver may find the old one's socket still closing, as a real one can.
+    for attempt in range(60):
+        try:
+            server = Server((addr, port), Handler)
+            break
+        except OSError:
+            if attempt == 59 or stop.wait(0.5):
+                return
     threading.Thread(target=server.serve_forever, daemon=True).start()
     stop.wait()
     server.shutdown()
@@ -608,16 +615,31 @@ def kubelet(args):
         die("E: unable to load kubeconfig %s" % kubeconfig)
     record("kubelet", args, "start")
     name = flags.get("hostname-override") or socket.gethostname()
-    api_stop, api_thread = None, None
+    api_stop, api_thread, api_manifest = None, None, None
+    static_pods_seen = {}
     while True:
+        # Like the real kubelet: a static pod whose manifest changed is a new pod, started with
+        # the files as they are now (how certificate renewals take effect).
+        manifests = {}
+        if os.path.isdir(MANIFESTS):
+            for f in sorted(os.listdir(MANIFESTS)):
+                if f.endswith(".yaml"):
+                    manifests[f[:-5]] = open(os.path.join(MANIFESTS, f), "rb").read()
+        for pod, content in manifests.items():
+            if pod in static_pods_seen and static_pods_seen[pod] != content:
+                record("kubelet", [pod], "restart")
+        static_pods_seen = manifests
         manifest = MANIFESTS + "/kube-apiserver.yaml"
-        if os.path.exists(manifest) and api_thread is None:
+        current = manifests.get("kube-apiserver")
+        if api_thread is not None and current != api_manifest:
+            api_stop.set()
+            api_thread.join(10)
+            api_thread = None
+        if current is not None and api_thread is None:
             api_stop = threading.Event()
             api_thread = threading.Thread(target=serve_api, args=(manifest, api_stop), daemon=True)
             api_thread.start()
-        elif not os.path.exists(manifest) and api_thread is not None:
-            api_stop.set()
-            api_thread = None
+            api_manifest = current
         try:
             heartbeat(kubeconfig, name, flags)
         except (Fail, OSError, ssl.SSLError, KeyError, ValueError) as e:

@@ -32,20 +32,25 @@ fn password(args: &HostArgs, printer: &Printer) -> anyhow::Result<Option<Secret>
     Ok(None)
 }
 
-/// The cluster: the Clusterfile (if any) with the flag hosts appended.
-pub fn resolve(args: &HostArgs, image: Option<String>, printer: &Printer) -> anyhow::Result<Clusterfile> {
-    let password = password(args, printer)?;
-    let flags = FlagHosts {
+/// The hosts `-m`/`-n` name, with the SSH settings the flags give them.
+pub fn flag_hosts(args: &HostArgs, printer: &Printer) -> anyhow::Result<FlagHosts> {
+    Ok(FlagHosts {
         masters: args.masters.as_deref().map(parse_ip_list).transpose().map_err(UserError::new)?.unwrap_or_default(),
         nodes: args.nodes.as_deref().map(parse_ip_list).transpose().map_err(UserError::new)?.unwrap_or_default(),
         ssh: SshConfig {
             user: args.user.clone(),
             port: args.port,
-            password: password.clone(),
+            password: password(args, printer)?,
             private_key: args.private_key.clone(),
             key_passphrase: None,
         },
-    };
+    })
+}
+
+/// The cluster: the Clusterfile (if any) with the flag hosts appended.
+pub fn resolve(args: &HostArgs, image: Option<String>, printer: &Printer) -> anyhow::Result<Clusterfile> {
+    let flags = flag_hosts(args, printer)?;
+    let password = flags.ssh.password.clone();
     let mut clusterfile = match &args.clusterfile {
         Some(path) => {
             let mut cf = read_clusterfile(path)?;
@@ -139,4 +144,46 @@ pub fn saved_clusters(clusters_dir: &std::path::Path) -> Vec<String> {
         .unwrap_or_default();
     names.sort();
     names
+}
+
+/// The Clusterfile `kiln run` saved for cluster `name`.
+pub fn saved_clusterfile(clusters_dir: &std::path::Path, name: &str) -> anyhow::Result<Clusterfile> {
+    let path = clusters_dir.join(name).join("Clusterfile");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|_| UserError::new(format!("no cluster `{name}` was run from this machine")))?;
+    Clusterfile::parse(&path.display().to_string(), &text).map_err(|e| anyhow::Error::new(*e))
+}
+
+/// The cluster a command acts on: `--cluster NAME`, else the hosts given by flags or a
+/// Clusterfile, else the only cluster run from this machine.
+pub fn chosen_cluster(
+    clusters_dir: &std::path::Path,
+    cluster: Option<&str>,
+    hosts: &HostArgs,
+    printer: &Printer,
+) -> anyhow::Result<Clusterfile> {
+    if let Some(name) = cluster {
+        return saved_clusterfile(clusters_dir, name);
+    }
+    if hosts.clusterfile.is_some() || hosts.masters.is_some() || hosts.nodes.is_some() {
+        return resolve(hosts, None, printer);
+    }
+    chosen_saved_cluster(clusters_dir, None)
+}
+
+/// A cluster run from this machine: `name`, else the only one.
+pub fn chosen_saved_cluster(clusters_dir: &std::path::Path, name: Option<&str>) -> anyhow::Result<Clusterfile> {
+    if let Some(name) = name {
+        return saved_clusterfile(clusters_dir, name);
+    }
+    match saved_clusters(clusters_dir).as_slice() {
+        [only] => saved_clusterfile(clusters_dir, only),
+        [] => Err(UserError::new("no cluster was run from this machine: give `-f Clusterfile` or `-m IPS`").into()),
+        many => Err(UserError::new(format!(
+            "{} clusters were run from this machine ({}): name one with `--cluster`",
+            many.len(),
+            many.join(", ")
+        ))
+        .into()),
+    }
 }

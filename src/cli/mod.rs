@@ -68,10 +68,21 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Show a cluster's run state per host
     Status(StatusArgs),
+    /// Add hosts to a cluster run from this machine (`-m`, `-n`); only the new hosts change
+    #[command(visible_alias = "join")]
+    ScaleUp(Box<ScaleUpArgs>),
+    /// Remove hosts from a cluster run from this machine, leaving them as they were
+    ScaleDown(Box<ScaleDownArgs>),
+    /// Make a cluster match a Clusterfile: run it, or add and remove hosts (`--dry-run`: the diff)
+    Apply(Box<ApplyArgs>),
     /// Remove a cluster from its hosts, leaving them as they were before `kiln run`
     Delete(Box<DeleteArgs>),
     /// Write an admin kubeconfig for a `kubernetes`-runtime cluster run from this machine
     Kubeconfig(KubeconfigArgs),
+    /// A `kubernetes`-runtime cluster's certificates: expiry, renewal, more apiserver names
+    Cert(Box<CertArgs>),
+    /// Run a command on a cluster's hosts in parallel (as root), output prefixed by host
+    Exec(Box<ExecArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -396,6 +407,13 @@ pub struct RunArgs {
     /// Apps to launch instead of the image's LAUNCH list (`""`: none)
     #[arg(long, value_delimiter = ',', value_name = "APPS")]
     pub apps: Option<Vec<String>>,
+    #[command(flatten)]
+    pub options: RunOptions,
+}
+
+/// How a run goes, shared by `run`, `scale-up` and `apply`.
+#[derive(Debug, Args, Clone)]
+pub struct RunOptions {
     /// Connect, check and print the plan per host; change nothing
     #[arg(long)]
     pub dry_run: bool,
@@ -414,6 +432,50 @@ pub struct RunArgs {
     /// Print the result as JSON
     #[arg(long)]
     pub json: bool,
+}
+
+/// `kiln scale-up`: hosts join a cluster run from this machine.
+#[derive(Debug, Args)]
+pub struct ScaleUpArgs {
+    /// The cluster (its saved Clusterfile) [default: the only one run from this machine]
+    #[arg(short = 'c', long, value_name = "NAME")]
+    pub cluster: Option<String>,
+    /// The joining hosts (`-m`, `-n`) and how to reach them
+    #[command(flatten)]
+    pub hosts: HostArgs,
+    #[command(flatten)]
+    pub options: RunOptions,
+}
+
+/// `kiln scale-down`: hosts leave a cluster run from this machine.
+#[derive(Debug, Args)]
+pub struct ScaleDownArgs {
+    /// The cluster (its saved Clusterfile) [default: the only one run from this machine]
+    #[arg(short = 'c', long, value_name = "NAME")]
+    pub cluster: Option<String>,
+    /// The leaving hosts (`-m`, `-n`: either names any host) and SSH settings
+    #[command(flatten)]
+    pub hosts: HostArgs,
+    /// Take unreachable hosts out of the cluster without cleaning them (they are reported)
+    #[arg(long)]
+    pub force: bool,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `kiln apply -f Clusterfile`: the cluster made to match the file.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Cluster image for a cluster not yet run (else the Clusterfile's `spec.image`)
+    pub image: Option<String>,
+    #[command(flatten)]
+    pub hosts: HostArgs,
+    /// Take unreachable leaving hosts out without cleaning them
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub options: RunOptions,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -468,6 +530,74 @@ pub struct KubeconfigArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub hosts: HostArgs,
+    /// A cluster run from this machine (its saved Clusterfile) [default: the only one]
+    #[arg(short = 'c', long, value_name = "NAME")]
+    pub cluster: Option<String>,
+    /// Only hosts with one of these roles (`master`, `node` or a custom role)
+    #[arg(short = 'r', long = "role", value_delimiter = ',', value_name = "ROLES")]
+    pub roles: Vec<String>,
+    /// Only these hosts of the cluster: `IP,IP` or ranges
+    #[arg(long = "hosts", value_name = "IPS")]
+    pub only: Option<String>,
+    /// Print each host's exit code and output as JSON
+    #[arg(long)]
+    pub json: bool,
+    /// The command, after `--` (run as root under `sh -c`)
+    #[arg(required = true, last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// `kiln cert --alt-names NAMES` (Sealer's form), or a subcommand.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct CertArgs {
+    #[command(subcommand)]
+    pub command: Option<CertCommand>,
+    /// Add these DNS names or IP addresses to every master's apiserver certificate (kept for
+    /// later runs and renewals); the apiservers are restarted one at a time
+    #[arg(long, value_delimiter = ',', value_name = "NAMES", required = true)]
+    pub alt_names: Vec<String>,
+    #[command(flatten)]
+    pub hosts: HostArgs,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Show when each certificate on each master expires
+    CheckExpiration(CertCheckArgs),
+    /// Reissue every master's certificates and kubeconfigs from the cluster's CAs and restart
+    /// the control plane, one master at a time
+    Renew(CertRenewArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CertCheckArgs {
+    #[command(flatten)]
+    pub hosts: HostArgs,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CertRenewArgs {
+    #[command(flatten)]
+    pub hosts: HostArgs,
+    /// Days the renewed certificates are valid
+    #[arg(long, default_value_t = 365, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub cert_validity: u32,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Cluster name (default: every cluster this machine ran)
     pub cluster: Option<String>,
@@ -486,9 +616,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pull(a) => a.json,
         Command::Load(a) => a.json,
         Command::Check(a) => a.json,
-        Command::Run(a) => a.json,
+        Command::Run(a) => a.options.json,
+        Command::ScaleUp(a) => a.options.json,
+        Command::ScaleDown(a) => a.json,
+        Command::Apply(a) => a.options.json,
         Command::Status(a) => a.json,
         Command::Delete(a) => a.json,
+        Command::Exec(a) => a.json,
+        Command::Cert(a) => match &a.command {
+            None => a.json,
+            Some(CertCommand::CheckExpiration(c)) => c.json,
+            Some(CertCommand::Renew(r)) => r.json,
+        },
         _ => false,
     };
     let printer = settings.printer(json);
@@ -507,8 +646,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Registry(RegistryCommand::Serve(args)) => commands::serve::run(&settings, printer, args).await,
         Command::Check(args) => commands::check::run(&settings, printer, args).await,
         Command::Run(args) => commands::run::run(&settings, printer, *args).await,
+        Command::ScaleUp(args) => commands::scale::scale_up(&settings, printer, *args).await,
+        Command::ScaleDown(args) => commands::scale::scale_down(&settings, printer, *args).await,
+        Command::Apply(args) => commands::scale::apply(&settings, printer, *args).await,
         Command::Status(args) => commands::status::run(&settings, printer, args).await,
         Command::Delete(args) => commands::delete::run(&settings, printer, *args).await,
         Command::Kubeconfig(args) => commands::kubeconfig::run(&settings, printer, args).await,
+        Command::Cert(args) => commands::cert::run(&settings, printer, *args).await,
+        Command::Exec(args) => commands::exec::run(&settings, printer, *args).await,
     }
 }

@@ -18,7 +18,7 @@ use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
     KeyPair, KeyUsagePurpose, SanType,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::image::store::{FileError, create_private_dir, read_if_exists, write_private, write_public};
 use crate::secret::Secret;
@@ -49,6 +49,8 @@ pub enum PkiError {
     Corrupt { path: PathBuf, reason: String },
     #[error("generating a certificate: {0}")]
     Certificate(#[from] rcgen::Error),
+    #[error("`{0}` is neither a DNS name nor an IP address")]
+    AltName(String),
     #[error("service CIDR `{0}` is not an IP network (e.g. 10.96.0.0/22 or fd00:10:96::/112)")]
     ServiceCidr(String),
 }
@@ -83,8 +85,9 @@ pub struct ControlPlaneNode {
     pub ip: IpAddr,
 }
 
-/// Cluster settings the certificates depend on.
-#[derive(Debug, Clone)]
+/// Cluster settings the certificates depend on; kept beside the CAs by every run
+/// ([`PkiSettings::save`]) so `kiln cert` reissues with the names the run used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PkiSettings {
     pub dns_domain: String,
     /// Service CIDRs (`10.96.0.0/22`, or dual-stack `a,b`): their first address is the
@@ -110,6 +113,122 @@ impl std::fmt::Debug for PkiFile {
     }
 }
 
+/// Which of a node's files `kiln cert` reissues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reissue {
+    /// `kiln cert renew`: every leaf certificate and the control plane's kubeconfigs.
+    AllButKubelet,
+    /// `kiln cert --alt-names`: the apiserver's certificate, with the new names, valid for
+    /// `days` (what the one it replaces had left).
+    ApiServer { days: u32 },
+}
+
+const SETTINGS_FILE: &str = "settings.json";
+/// Names added by `kiln cert --alt-names`, one per line; every later run and renewal keeps them.
+const ALT_NAMES_FILE: &str = "alt-names";
+
+impl PkiSettings {
+    /// Writes these settings beside the CAs in `dir`.
+    pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
+        let json = serde_json::to_vec_pretty(self).map_err(|e| corrupt(&dir.join(SETTINGS_FILE), e))?;
+        Ok(write_public(&dir.join(SETTINGS_FILE), &json)?)
+    }
+
+    /// The settings the last run saved in `dir`, if any.
+    pub fn load(dir: &Path) -> Result<Option<Self>, PkiError> {
+        let path = dir.join(SETTINGS_FILE);
+        match read_if_exists(&path)? {
+            None => Ok(None),
+            Some(text) => serde_json::from_str(&text).map(Some).map_err(|e| corrupt(&path, e)),
+        }
+    }
+
+    /// Adds the names `kiln cert --alt-names` kept in `dir` (see [`add_alt_names`]).
+    pub fn with_alt_names(mut self, dir: &Path) -> Result<Self, PkiError> {
+        let added = alt_names(dir)?;
+        self.cert_sans = dedup(self.cert_sans.into_iter().chain(added).collect());
+        Ok(self)
+    }
+}
+
+/// The names `kiln cert --alt-names` added to the cluster's apiserver certificates.
+pub fn alt_names(dir: &Path) -> Result<Vec<String>, PkiError> {
+    Ok(read_if_exists(&dir.join(ALT_NAMES_FILE))?
+        .map(|text| text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect())
+        .unwrap_or_default())
+}
+
+/// Checks `names` (each a DNS name or an IP address) and keeps them for every later run.
+pub fn add_alt_names(dir: &Path, names: &[String]) -> Result<Vec<String>, PkiError> {
+    if let Some(bad) = names.iter().find(|n| n.parse::<IpAddr>().is_err() && !is_dns_name(n)) {
+        return Err(PkiError::AltName(bad.clone()));
+    }
+    let all = dedup(alt_names(dir)?.into_iter().chain(names.iter().cloned()).collect());
+    write_public(&dir.join(ALT_NAMES_FILE), format!("{}\n", all.join("\n")).as_bytes())?;
+    Ok(all)
+}
+
+/// A DNS name a certificate can carry: dot-separated labels of letters, digits and inner
+/// hyphens, at most 253 characters, optionally under a leading `*.`.
+fn is_dns_name(name: &str) -> bool {
+    let name = name.strip_prefix("*.").unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// What `kiln cert check-expiration` shows of one certificate.
+#[derive(Debug, Clone, Serialize)]
+pub struct CertificateSummary {
+    pub subject: String,
+    pub issuer: String,
+    pub not_after: chrono::DateTime<chrono::Utc>,
+    pub is_ca: bool,
+    /// DNS names and IP addresses.
+    pub names: Vec<String>,
+}
+
+/// Reads one PEM certificate.
+pub fn summarize(pem: &str) -> Result<CertificateSummary, String> {
+    use x509_parser::extensions::GeneralName;
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| format!("not PEM: {e}"))?;
+    let cert = block.parse_x509().map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    let common_name = |name: &x509_parser::x509::X509Name<'_>| {
+        name.iter_common_name().next().and_then(|cn| cn.as_str().ok()).unwrap_or_default().to_owned()
+    };
+    let not_after = chrono::DateTime::from_timestamp(cert.validity().not_after.timestamp(), 0)
+        .ok_or_else(|| "its expiry date is out of range".to_owned())?;
+    let names = match cert.subject_alternative_name() {
+        Ok(Some(ext)) => ext
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::DNSName(d) => Some((*d).to_owned()),
+                GeneralName::IPAddress(b) => match b.len() {
+                    4 => <[u8; 4]>::try_from(*b).ok().map(|a| IpAddr::from(a).to_string()),
+                    16 => <[u8; 16]>::try_from(*b).ok().map(|a| IpAddr::from(a).to_string()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok(CertificateSummary {
+        subject: common_name(cert.subject()),
+        issuer: common_name(cert.issuer()),
+        not_after,
+        is_ca: cert.is_ca(),
+        names,
+    })
+}
+
 impl ClusterPki {
     /// Loads the shared CAs from `dir` (kubeadm's names under it), creating what is missing.
     pub fn load_or_create(dir: &Path, validity: Validity) -> Result<Self, PkiError> {
@@ -128,6 +247,23 @@ impl ClusterPki {
             }
         };
         Ok(Self { ca, front_proxy_ca, etcd_ca, sa_key, validity })
+    }
+
+    /// Loads the shared CAs from `dir`, refusing to make any: for commands on a running
+    /// cluster, where a new CA would sign for a cluster that does not trust it.
+    pub fn load(dir: &Path, validity: Validity) -> Result<Self, PkiError> {
+        for name in
+            ["ca.crt", "ca.key", "front-proxy-ca.crt", "front-proxy-ca.key", "etcd/ca.crt", "etcd/ca.key", "sa.key"]
+        {
+            if !dir.join(name).is_file() {
+                return Err(PkiError::Corrupt {
+                    path: dir.join(name),
+                    reason: "missing: the cluster's CAs are incomplete; restore them from a backup of this directory"
+                        .into(),
+                });
+            }
+        }
+        Self::load_or_create(dir, validity)
     }
 
     /// The cluster CA certificate (PEM): what kubeconfigs and `--discovery-token-ca-cert-hash` use.
@@ -151,52 +287,90 @@ impl ClusterPki {
         settings: &PkiSettings,
     ) -> Result<Vec<PkiFile>, PkiError> {
         let mut files = self.shared_files();
-        let leaf = |params: CertificateParams, issuer: &Authority, name: &str| -> Result<Vec<PkiFile>, PkiError> {
-            let key = rsa_key()?;
-            let cert = params.signed_by(&key, &issuer.issuer())?;
-            Ok(vec![
-                public(&format!("pki/{name}.crt"), cert.pem()),
-                private(&format!("pki/{name}.key"), key.serialize_pem()),
-            ])
-        };
-        let apiserver = self.leaf_params(
-            "kube-apiserver",
-            None,
-            ExtendedKeyUsagePurpose::ServerAuth,
-            &apiserver_names(node, settings)?,
-        )?;
-        files.extend(leaf(apiserver, &self.ca, "apiserver")?);
-        let kubelet_client = self.leaf_params(
-            "kube-apiserver-kubelet-client",
-            Some("system:masters"),
-            ExtendedKeyUsagePurpose::ClientAuth,
-            &[],
-        )?;
-        files.extend(leaf(kubelet_client, &self.ca, "apiserver-kubelet-client")?);
-        let front_proxy_client =
-            self.leaf_params("front-proxy-client", None, ExtendedKeyUsagePurpose::ClientAuth, &[])?;
-        files.extend(leaf(front_proxy_client, &self.front_proxy_ca, "front-proxy-client")?);
+        files.extend(self.node_files(node, settings, self.validity.leaf_days, |_| true)?);
+        Ok(files)
+    }
 
+    /// The files `kiln cert` reissues on a control-plane node from the same CAs: every leaf
+    /// certificate and the control plane's kubeconfigs, or only the apiserver's certificate.
+    /// kubelet.conf is never among them: the kubelet rotates its own client certificate.
+    pub fn reissued_files(
+        &self,
+        node: &ControlPlaneNode,
+        settings: &PkiSettings,
+        which: Reissue,
+    ) -> Result<Vec<PkiFile>, PkiError> {
+        match which {
+            Reissue::AllButKubelet => {
+                self.node_files(node, settings, self.validity.leaf_days, |leaf| leaf != "kubelet.conf")
+            }
+            Reissue::ApiServer { days } => self.node_files(node, settings, days, |leaf| leaf == "apiserver"),
+        }
+    }
+
+    /// A node's own certificates and kubeconfigs, valid for `days`, each made only when
+    /// `wanted(name)` (`apiserver`, `etcd/peer`, `admin.conf`, ...).
+    fn node_files(
+        &self,
+        node: &ControlPlaneNode,
+        settings: &PkiSettings,
+        days: u32,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<Vec<PkiFile>, PkiError> {
+        let mut files = Vec::new();
+        let mut leaf = |name: &str, issuer: &Authority, params: &dyn Fn() -> Result<CertificateParams, PkiError>| {
+            if !wanted(name) {
+                return Ok::<(), PkiError>(());
+            }
+            let key = rsa_key()?;
+            let cert = params()?.signed_by(&key, &issuer.issuer())?;
+            files.push(public(&format!("pki/{name}.crt"), cert.pem()));
+            files.push(private(&format!("pki/{name}.key"), key.serialize_pem()));
+            Ok(())
+        };
+        leaf("apiserver", &self.ca, &|| {
+            self.leaf_params(
+                days,
+                "kube-apiserver",
+                None,
+                ExtendedKeyUsagePurpose::ServerAuth,
+                &apiserver_names(node, settings)?,
+            )
+        })?;
+        leaf("apiserver-kubelet-client", &self.ca, &|| {
+            self.leaf_params(
+                days,
+                "kube-apiserver-kubelet-client",
+                Some("system:masters"),
+                ExtendedKeyUsagePurpose::ClientAuth,
+                &[],
+            )
+        })?;
+        leaf("front-proxy-client", &self.front_proxy_ca, &|| {
+            self.leaf_params(days, "front-proxy-client", None, ExtendedKeyUsagePurpose::ClientAuth, &[])
+        })?;
         // etcd: server and peer certificates name the node and its addresses.
-        let etcd_names = vec![
+        let etcd_names = dedup(vec![
             node.name.clone(),
             "localhost".to_owned(),
             node.ip.to_string(),
             "127.0.0.1".to_owned(),
             "::1".to_owned(),
-        ];
-        for file in ["etcd/server", "etcd/peer"] {
-            let mut params =
-                self.leaf_params(&node.name, None, ExtendedKeyUsagePurpose::ServerAuth, &dedup(etcd_names.clone()))?;
-            params.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
-            files.extend(leaf(params, &self.etcd_ca, file)?);
+        ]);
+        for name in ["etcd/server", "etcd/peer"] {
+            leaf(name, &self.etcd_ca, &|| {
+                let mut params =
+                    self.leaf_params(days, &node.name, None, ExtendedKeyUsagePurpose::ServerAuth, &etcd_names)?;
+                params.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
+                Ok(params)
+            })?;
         }
-        let healthcheck =
-            self.leaf_params("kube-etcd-healthcheck-client", None, ExtendedKeyUsagePurpose::ClientAuth, &[])?;
-        files.extend(leaf(healthcheck, &self.etcd_ca, "etcd/healthcheck-client")?);
-        let etcd_client =
-            self.leaf_params("kube-apiserver-etcd-client", None, ExtendedKeyUsagePurpose::ClientAuth, &[])?;
-        files.extend(leaf(etcd_client, &self.etcd_ca, "apiserver-etcd-client")?);
+        leaf("etcd/healthcheck-client", &self.etcd_ca, &|| {
+            self.leaf_params(days, "kube-etcd-healthcheck-client", None, ExtendedKeyUsagePurpose::ClientAuth, &[])
+        })?;
+        leaf("apiserver-etcd-client", &self.etcd_ca, &|| {
+            self.leaf_params(days, "kube-apiserver-etcd-client", None, ExtendedKeyUsagePurpose::ClientAuth, &[])
+        })?;
 
         // kubeconfigs: admin and kubelet through the shared endpoint; the controller manager
         // and scheduler talk to their own node's apiserver (kubeadm checks both).
@@ -208,14 +382,18 @@ impl ClusterPki {
             ("controller-manager.conf", "system:kube-controller-manager", None, &local),
             ("scheduler.conf", "system:kube-scheduler", None, &local),
         ] {
-            files.push(self.kubeconfig(file, user, group, server)?);
+            if wanted(file) {
+                files.push(self.kubeconfig(days, file, user, group, server)?);
+            }
         }
         Ok(files)
     }
 
     /// An admin kubeconfig for `server` (used by `kiln kubeconfig` on the operator).
     pub fn admin_kubeconfig(&self, server: &str) -> Result<Secret, PkiError> {
-        Ok(self.kubeconfig("admin.conf", "kubernetes-admin", Some("system:masters"), server)?.contents)
+        Ok(self
+            .kubeconfig(self.validity.leaf_days, "admin.conf", "kubernetes-admin", Some("system:masters"), server)?
+            .contents)
     }
 
     /// The shared CAs and the service-account pair, as kubeadm stores them.
@@ -234,6 +412,7 @@ impl ClusterPki {
 
     fn leaf_params(
         &self,
+        days: u32,
         common_name: &str,
         organization: Option<&str>,
         usage: ExtendedKeyUsagePurpose,
@@ -250,12 +429,19 @@ impl ClusterPki {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         params.extended_key_usages = vec![usage];
         params.use_authority_key_identifier_extension = true;
-        set_validity(&mut params, self.validity.leaf_days);
+        set_validity(&mut params, days);
         Ok(params)
     }
 
-    fn kubeconfig(&self, file: &str, user: &str, group: Option<&str>, server: &str) -> Result<PkiFile, PkiError> {
-        let params = self.leaf_params(user, group, ExtendedKeyUsagePurpose::ClientAuth, &[])?;
+    fn kubeconfig(
+        &self,
+        days: u32,
+        file: &str,
+        user: &str,
+        group: Option<&str>,
+        server: &str,
+    ) -> Result<PkiFile, PkiError> {
+        let params = self.leaf_params(days, user, group, ExtendedKeyUsagePurpose::ClientAuth, &[])?;
         let key = rsa_key()?;
         let cert = params.signed_by(&key, &self.ca.issuer())?;
         Ok(private(file, kubeconfig_yaml(&self.ca.cert_pem, server, user, &cert, &key)))
@@ -578,5 +764,78 @@ mod tests {
         for bad in ["10.96.0.0", "10.96.0.0/33", "x/8", "10.0.0.1/32"] {
             assert!(first_service_ip(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn reissued_files_are_the_chosen_leaves_signed_by_the_same_cas() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let first = ClusterPki::load_or_create(state.path(), Validity::default()).expect("pki");
+        let etc = tempfile::tempdir().expect("tempdir");
+        install(&first.control_plane_files(&node(), &settings()).expect("files"), etc.path());
+        // A renewal later, with a longer validity, from the CAs as stored.
+        let renewing = ClusterPki::load(state.path(), Validity { ca_days: 3650, leaf_days: 730 }).expect("load");
+        let renewed = renewing.reissued_files(&node(), &settings(), Reissue::AllButKubelet).expect("renew");
+        let paths: BTreeSet<&str> = renewed.iter().map(|f| f.path.as_str()).collect();
+        assert!(!paths.contains("kubelet.conf"), "the kubelet rotates its own certificate");
+        assert!(!paths.iter().any(|p| p.ends_with("ca.crt") || p.ends_with("ca.key") || p.starts_with("pki/sa.")));
+        for want in ["pki/apiserver.crt", "pki/apiserver.key", "pki/etcd/peer.crt", "admin.conf", "scheduler.conf"] {
+            assert!(paths.contains(want), "{want} in {paths:?}");
+        }
+        install(&renewed, etc.path());
+        let root = etc.path();
+        for (cert, ca) in [("pki/apiserver.crt", "pki/ca.crt"), ("pki/etcd/server.crt", "pki/etcd/ca.crt")] {
+            let out = openssl(&["verify", "-CAfile", &p(root, ca), &p(root, cert)]);
+            assert!(out.contains(": OK"), "{cert}: {out}");
+        }
+        let summary = summarize(&fs::read_to_string(root.join("pki/apiserver.crt")).expect("read")).expect("parse");
+        let days = (summary.not_after - chrono::Utc::now()).num_days();
+        assert!((729..=730).contains(&days), "renewed for {days} days");
+        assert_eq!(summary.subject, "kube-apiserver");
+        assert_eq!(summary.issuer, "kubernetes");
+        assert!(!summary.is_ca);
+        assert!(
+            summary.names.contains(&"10.96.0.1".to_owned()) && summary.names.contains(&"k8s.example.com".to_owned())
+        );
+        let ca = summarize(&fs::read_to_string(root.join("pki/ca.crt")).expect("read")).expect("parse");
+        assert!(ca.is_ca && (ca.not_after - chrono::Utc::now()).num_days() >= 3649);
+
+        let only_apiserver =
+            renewing.reissued_files(&node(), &settings(), Reissue::ApiServer { days: 100 }).expect("apiserver");
+        let paths: Vec<&str> = only_apiserver.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["pki/apiserver.crt", "pki/apiserver.key"]);
+        let days =
+            (summarize(only_apiserver[0].contents.expose()).expect("parse").not_after - chrono::Utc::now()).num_days();
+        assert!((99..=100).contains(&days), "the replaced certificate's remaining {days} days");
+        assert!(summarize("not a certificate").is_err());
+    }
+
+    #[test]
+    fn loading_for_a_running_cluster_never_makes_a_new_ca() {
+        let state = tempfile::tempdir().expect("tempdir");
+        assert!(matches!(ClusterPki::load(state.path(), Validity::default()), Err(PkiError::Corrupt { .. })));
+        assert!(!state.path().join("ca.crt").exists(), "nothing was created");
+        ClusterPki::load_or_create(state.path(), Validity::default()).expect("create");
+        fs::remove_file(state.path().join("etcd/ca.key")).expect("remove");
+        assert!(matches!(ClusterPki::load(state.path(), Validity::default()), Err(PkiError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn settings_and_alt_names_are_kept_beside_the_cas() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(PkiSettings::load(dir.path()).expect("load"), None);
+        settings().save(dir.path()).expect("save");
+        assert_eq!(PkiSettings::load(dir.path()).expect("load"), Some(settings()));
+        let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        add_alt_names(dir.path(), &names(&["alt.example.com", "192.0.2.20"])).expect("add");
+        let all = add_alt_names(dir.path(), &names(&["*.apps.example.com", "alt.example.com"])).expect("add");
+        assert_eq!(all, names(&["alt.example.com", "192.0.2.20", "*.apps.example.com"]));
+        let merged = settings().with_alt_names(dir.path()).expect("merge");
+        assert_eq!(merged.cert_sans.len(), settings().cert_sans.len() + 3);
+        for bad in ["not a name!", "-lead.example", "a..b", "", "x_y.example"] {
+            assert!(matches!(add_alt_names(dir.path(), &names(&[bad])), Err(PkiError::AltName(_))), "{bad:?}");
+        }
+        assert_eq!(alt_names(dir.path()).expect("read").len(), 3, "a refused name changes nothing");
+        fs::write(dir.path().join(SETTINGS_FILE), "{").expect("write");
+        assert!(matches!(PkiSettings::load(dir.path()), Err(PkiError::Corrupt { .. })));
     }
 }

@@ -104,7 +104,7 @@ pub async fn delete(
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn clean_host(
+pub(super) async fn clean_host(
     session: &Session,
     clusterfile: &Clusterfile,
     host: &Host,

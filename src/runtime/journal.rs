@@ -99,6 +99,14 @@ impl Journal {
         self.completed_at = None;
     }
 
+    /// Drops every step of `host` (it left the cluster; if it joins again, it starts afresh).
+    pub fn forget_host(&mut self, host: &str) {
+        for steps in self.steps.values_mut() {
+            steps.remove(host);
+        }
+        self.steps.retain(|_, steps| !steps.is_empty());
+    }
+
     pub fn mark_completed(&mut self) {
         self.completed_at = Some(now());
     }

@@ -15,8 +15,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use super::journal;
-use super::run::{Context, RunError, RunReporter, master0_step, on_hosts, step_error};
+use super::run::{Context, RunError, RunReporter, on_hosts, step_error};
 use crate::clusterfile::{Cluster, Host, Registry};
 use crate::kubernetes::kubeadm_config::{JoinSpec, KubeadmConfig, KubeadmConfigError, KubeadmInputs};
 use crate::kubernetes::pki::{APISERVER_DOMAIN, APISERVER_PORT, ClusterPki, ControlPlaneNode, PkiError, PkiSettings};
@@ -258,12 +257,16 @@ impl Plan {
         })?;
         let pki_dir = ctx.request.state_dir.join("pki");
         let validity = ctx.request.cert_validity;
-        let pki = tokio::task::spawn_blocking(move || ClusterPki::load_or_create(&pki_dir, validity)).await??;
+        let dir = pki_dir.clone();
+        let pki = tokio::task::spawn_blocking(move || ClusterPki::load_or_create(&dir, validity)).await??;
+        // Names added by `kiln cert --alt-names` stay; `kiln cert` reissues with what is saved.
         let settings = PkiSettings {
             dns_domain: config.dns_domain(),
             service_cidrs: config.service_cidrs(),
             cert_sans: config.cert_sans(),
-        };
+        }
+        .with_alt_names(&pki_dir)?;
+        settings.save(&pki_dir)?;
         Ok(Self { config, pki, settings, vip, masters, init_config: format!("{}/.kiln/kubeadm-init.yaml", ctx.dir) })
     }
 
@@ -310,7 +313,7 @@ pub(super) async fn bring_up(ctx: &Context<'_>, reporter: &dyn RunReporter) -> R
     let plan = &plan;
 
     // Masters name the apiserver master0 until they run one themselves; workers, the VIP.
-    on_hosts(ctx, "kube-prepare", ctx.hosts(), |host| async move {
+    on_hosts(ctx, "kube-prepare", ctx.targets(), |host| async move {
         let session = ctx.session_for(host)?;
         let marker = format!("{}/.kiln/kubernetes", ctx.dir);
         let apiserver = if host.is_master() { ctx.master0.ip } else { plan.vip };
@@ -351,12 +354,12 @@ pub(super) async fn bring_up(ctx: &Context<'_>, reporter: &dyn RunReporter) -> R
     .await?;
 
     let masters: Vec<&Host> = ctx
-        .hosts()
+        .targets()
         .iter()
         .filter(|h| h.is_master() && h.ip != ctx.master0.ip && !ctx.done("kube-join", &h.ip.to_string()))
         .collect();
     let workers: Vec<&Host> =
-        ctx.hosts().iter().filter(|h| !h.is_master() && !ctx.done("kube-join", &h.ip.to_string())).collect();
+        ctx.targets().iter().filter(|h| !h.is_master() && !ctx.done("kube-join", &h.ip.to_string())).collect();
     if !masters.is_empty() || !workers.is_empty() {
         let join =
             join_data(ctx, plan, !masters.is_empty()).await.map_err(|e| step_error("kube-join", ctx.master0.ip, e))?;
@@ -376,7 +379,47 @@ pub(super) async fn bring_up(ctx: &Context<'_>, reporter: &dyn RunReporter) -> R
         on_hosts(ctx, "kube-join", workers, |host| join_host(ctx, plan, join, host, reporter)).await?;
     }
 
-    master0_step(ctx, "kube-nodes", journal::CLUSTER, label_nodes(ctx, reporter)).await
+    // Joining masters change the workers' virtual server: the existing workers get it again.
+    if ctx.targets().iter().any(Host::is_master) {
+        refresh_worker_vips(ctx, plan, reporter).await;
+    }
+    on_hosts(ctx, "kube-nodes", ctx.targets(), |host| async move {
+        label_node(ctx, host).await?;
+        reporter.step(&host.ip.to_string(), "node labelled and tainted");
+        Ok::<(), SshError>(())
+    })
+    .await
+}
+
+/// The apiserver virtual server on the workers this run does not act on, over every master
+/// now. A worker that cannot be reached keeps its old list (still working through the
+/// masters it has) and is reported.
+async fn refresh_worker_vips(ctx: &Context<'_>, plan: &Plan, reporter: &dyn RunReporter) {
+    let workers: Vec<Host> = ctx.others().filter(|h| !h.is_master()).cloned().collect();
+    if workers.is_empty() {
+        return;
+    }
+    let fleet = super::Fleet::connect(&workers, &ctx.request.connect).await;
+    let script = ipvs_script(plan.vip, &plan.masters);
+    for (ip, session) in &fleet.sessions {
+        match session.run(&script).await {
+            Ok(_) => reporter.step(&ip.to_string(), "apiserver virtual server lists every master"),
+            Err(e) => {
+                reporter.step(&ip.to_string(), &format!("warning: its apiserver virtual server was not updated: {e}"))
+            }
+        }
+    }
+    for (ip, e) in &fleet.failed {
+        reporter.step(
+            &ip.to_string(),
+            &format!(
+                "warning: unreachable ({}); its apiserver virtual server still lists the old masters: \
+                 `kiln apply` updates it when it is back",
+                crate::error_chain(e)
+            ),
+        );
+    }
+    fleet.close().await;
 }
 
 /// root's `~/.kube/config` on a master, unless root has one; recorded for delete.
@@ -461,28 +504,25 @@ async fn join_host(
     Ok(())
 }
 
-/// `node-role.kubernetes.io/<role>` for each role, `hosts[].labels` and `hosts[].taints`.
-async fn label_nodes(ctx: &Context<'_>, reporter: &dyn RunReporter) -> Result<(), SshError> {
-    let mut script = String::from("set -e\n");
-    for host in ctx.hosts() {
-        let name = quote(&ctx.node_names[&host.ip]);
-        let mut labels: Vec<String> = host.roles.iter().map(|r| format!("node-role.kubernetes.io/{r}=")).collect();
-        labels.extend(host.labels.iter().map(|(k, v)| format!("{k}={v}")));
-        let labels: Vec<String> = labels.iter().map(|l| quote(l)).collect();
+/// `node-role.kubernetes.io/<role>` for each role, `hosts[].labels` and `hosts[].taints`, set
+/// through master0 on `host`'s node.
+async fn label_node(ctx: &Context<'_>, host: &Host) -> Result<(), SshError> {
+    let name = quote(&ctx.node_names[&host.ip]);
+    let mut labels: Vec<String> = host.roles.iter().map(|r| format!("node-role.kubernetes.io/{r}=")).collect();
+    labels.extend(host.labels.iter().map(|(k, v)| format!("{k}={v}")));
+    let labels: Vec<String> = labels.iter().map(|l| quote(l)).collect();
+    let mut script = format!(
+        "set -e\nkubectl --kubeconfig {ADMIN_CONF} label node {name} {} --overwrite >/dev/null\n",
+        labels.join(" ")
+    );
+    if !host.taints.is_empty() {
+        let taints: Vec<String> = host.taints.iter().map(|t| quote(&t.to_string())).collect();
         script.push_str(&format!(
-            "kubectl --kubeconfig {ADMIN_CONF} label node {name} {} --overwrite >/dev/null\n",
-            labels.join(" ")
+            "kubectl --kubeconfig {ADMIN_CONF} taint node {name} {} --overwrite >/dev/null\n",
+            taints.join(" ")
         ));
-        if !host.taints.is_empty() {
-            let taints: Vec<String> = host.taints.iter().map(|t| quote(&t.to_string())).collect();
-            script.push_str(&format!(
-                "kubectl --kubeconfig {ADMIN_CONF} taint node {name} {} --overwrite >/dev/null\n",
-                taints.join(" ")
-            ));
-        }
     }
     ctx.session_for(&ctx.master0)?.run(&script).await?;
-    reporter.step(&ctx.master0.ip.to_string(), "nodes labelled and tainted");
     Ok(())
 }
 
@@ -541,13 +581,22 @@ pub fn readiness(node_list_json: &str, expected: &[&str]) -> Result<BTreeMap<Str
 /// Waits until every host's node is Ready; on timeout, reports each one that is not.
 pub(super) async fn wait_ready(ctx: &Context<'_>, reporter: &dyn RunReporter) -> Result<(), RunError> {
     reporter.phase("nodes-ready", "wait until every node is Ready");
-    master0_step(ctx, "nodes-ready", journal::CLUSTER, poll_ready(ctx, reporter)).await
+    let pending: Vec<&Host> = ctx.targets().iter().filter(|h| !ctx.done("nodes-ready", &h.ip.to_string())).collect();
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let result = poll_ready(ctx, &pending, reporter).await;
+    let error = result.as_ref().err().map(|e| crate::error_chain(e));
+    for host in &pending {
+        ctx.record("nodes-ready", &host.ip.to_string(), error.as_deref().map_or(Ok(()), Err))?;
+    }
+    result.map_err(|e| step_error("nodes-ready", ctx.master0.ip, e))
 }
 
-async fn poll_ready(ctx: &Context<'_>, reporter: &dyn RunReporter) -> Result<(), KubeError> {
+async fn poll_ready(ctx: &Context<'_>, hosts: &[&Host], reporter: &dyn RunReporter) -> Result<(), KubeError> {
     let session = ctx.session_for(&ctx.master0)?;
     let host = ctx.master0.ip.to_string();
-    let expected: Vec<&str> = ctx.hosts().iter().map(|h| ctx.node_names[&h.ip].as_str()).collect();
+    let expected: Vec<&str> = hosts.iter().map(|h| ctx.node_names[&h.ip].as_str()).collect();
     let timeout = ctx.request.ready_timeout;
     let started = Instant::now();
     loop {

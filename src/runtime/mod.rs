@@ -2,14 +2,17 @@
 //! gathers facts and runs preflight. Later phases (tuning, distribution, registry, bring-up)
 //! build on [`Fleet`].
 
+pub mod certs;
 pub mod delete;
 pub mod distribute;
+pub mod exec;
 pub mod facts;
 pub mod journal;
 pub mod kubernetes;
 pub mod preflight;
 pub mod registry_access;
 pub mod run;
+pub mod scale;
 pub mod tune;
 
 use std::collections::BTreeMap;

@@ -105,6 +105,19 @@ pub struct RunRequest<'a> {
     pub cert_validity: crate::kubernetes::pki::Validity,
     /// Connect, check and plan; change nothing.
     pub dry_run: bool,
+    /// The hosts the run acts on.
+    pub scope: Scope,
+}
+
+/// Which hosts a run acts on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Scope {
+    /// Every host of the Clusterfile (`kiln run`).
+    #[default]
+    Cluster,
+    /// Only these hosts, joining a running cluster (`kiln scale-up`). Of the others, only
+    /// master0 is reached (preflight, join data); nothing is sent to them.
+    Join(BTreeSet<IpAddr>),
 }
 
 /// What a run would do on one host (`--dry-run`).
@@ -138,13 +151,25 @@ pub(super) struct Context<'a> {
     pub(super) rootfs: String,
     registry_hosts: BTreeSet<IpAddr>,
     pub(super) master0: Host,
+    targets: Vec<Host>,
     journal: std::sync::Mutex<Journal>,
     journal_path: PathBuf,
 }
 
 impl Context<'_> {
+    /// Every host of the cluster (for env, the masters list, the apiserver VIP).
     pub(super) fn hosts(&self) -> &[Host] {
         &self.request.clusterfile.cluster.hosts
+    }
+
+    /// The hosts this run acts on: all of them, or the joining ones.
+    pub(super) fn targets(&self) -> &[Host] {
+        &self.targets
+    }
+
+    /// The hosts of the cluster this run does not act on (scale-up's existing hosts).
+    pub(super) fn others(&self) -> impl Iterator<Item = &Host> {
+        self.hosts().iter().filter(|h| !self.targets.iter().any(|t| t.ip == h.ip))
     }
 
     #[allow(clippy::result_large_err)] // the same error the session's own calls return
@@ -266,13 +291,28 @@ pub async fn run(request: &RunRequest<'_>, reporter: &dyn RunReporter) -> Result
             }
         }
     }
-    let (report, fleet): (CheckReport, Fleet) = super::check(cluster, &request.connect, &preflight).await;
+    let master0 = request.clusterfile.master0().cloned().ok_or_else(|| RunError::Step {
+        phase: "preflight",
+        host: "-".into(),
+        source: "no master".into(),
+    })?;
+    let targets: Vec<Host> = match &request.scope {
+        Scope::Cluster => cluster.hosts.clone(),
+        Scope::Join(joining) => cluster.hosts.iter().filter(|h| joining.contains(&h.ip)).cloned().collect(),
+    };
+    // The hosts reached: the targets, and master0 for what joining needs from the cluster.
+    let mut reached = targets.clone();
+    if !reached.iter().any(|h| h.ip == master0.ip) {
+        reached.insert(0, master0.clone());
+    }
+    let reached_cluster = crate::clusterfile::Cluster { hosts: reached, ..cluster.clone() };
+    let (report, fleet): (CheckReport, Fleet) = super::check(&reached_cluster, &request.connect, &preflight).await;
     if report.failed() > 0 {
         fleet.close().await;
         return Err(RunError::Preflight { failed: report.failed(), results: report.results });
     }
     let mut platforms = BTreeMap::new();
-    for host in &cluster.hosts {
+    for host in &reached_cluster.hosts {
         let facts = &report.facts[&host.ip];
         let variant = request
             .image
@@ -281,12 +321,8 @@ pub async fn run(request: &RunRequest<'_>, reporter: &dyn RunReporter) -> Result
             .ok_or_else(|| RunError::NoVariant { host: host.ip.to_string(), platform: facts.platform() })?;
         platforms.insert(host.ip, variant);
     }
-    let node_names = cluster.hosts.iter().map(|h| (h.ip, report.facts[&h.ip].hostname.to_lowercase())).collect();
-    let master0 = request.clusterfile.master0().cloned().ok_or_else(|| RunError::Step {
-        phase: "preflight",
-        host: "-".into(),
-        source: "no master".into(),
-    })?;
+    let node_names =
+        reached_cluster.hosts.iter().map(|h| (h.ip, report.facts[&h.ip].hostname.to_lowercase())).collect();
     let dir = distribute::cluster_dir(&cluster.data_root, &cluster.name);
     let journal = Journal::load_for(&journal_path, &cluster.name, &request.image.entry.digest.to_string())?;
     let ctx = Context {
@@ -299,6 +335,7 @@ pub async fn run(request: &RunRequest<'_>, reporter: &dyn RunReporter) -> Result
         dir,
         registry_hosts: super::preflight::registry_hosts(cluster),
         master0,
+        targets,
         journal: std::sync::Mutex::new(journal),
         journal_path,
     };
@@ -315,8 +352,12 @@ pub async fn run(request: &RunRequest<'_>, reporter: &dyn RunReporter) -> Result
         j.mark_completed();
         j.save(&ctx.journal_path)?;
     }
-    // master0 keeps a copy of the journal, so state survives the operator's laptop.
-    if let (Ok(bytes), Some(session)) = (std::fs::read(&ctx.journal_path), ctx.fleet.sessions.get(&ctx.master0.ip)) {
+    // master0 keeps a copy of the journal, so state survives the operator's laptop. A failed
+    // join leaves the existing hosts, master0 among them, exactly as they were.
+    let joining = matches!(request.scope, Scope::Join(_));
+    if (result.is_ok() || !joining)
+        && let (Ok(bytes), Some(session)) = (std::fs::read(&ctx.journal_path), ctx.fleet.sessions.get(&ctx.master0.ip))
+    {
         let _ = session.upload(&bytes[..], &format!("{}/.kiln/journal.json", ctx.dir), 0o600).await;
     }
     ctx.fleet.close().await;
@@ -326,7 +367,7 @@ pub async fn run(request: &RunRequest<'_>, reporter: &dyn RunReporter) -> Result
 /// Read-only: which blobs each host lacks, and which phases would touch it.
 async fn plan(ctx: &Context<'_>) -> Vec<HostPlan> {
     let mut out = Vec::new();
-    for host in ctx.hosts() {
+    for host in ctx.targets() {
         let image = &ctx.platforms[&host.ip];
         let registry_host = ctx.registry_hosts.contains(&host.ip);
         // The same listing and rules as the distribution itself, read-only.
@@ -435,7 +476,7 @@ async fn distribute_phase(
     // Always re-checked (cheap: a listing and an id compare), so a host that lost its
     // rootfs since the last run gets it again.
     let results: Vec<(IpAddr, Result<DistributeOutcome, DistributeError>)> =
-        futures_util::stream::iter(ctx.hosts().iter())
+        futures_util::stream::iter(ctx.targets().iter())
             .map(|host| {
                 let plan = &plans[&ctx.platforms[&host.ip].manifest_digest.to_string()];
                 let distributor = &distributor;
@@ -530,7 +571,7 @@ where
 async fn tune_phase(ctx: &Context<'_>, reporter: &dyn RunReporter) -> Result<(), RunError> {
     reporter.phase(PHASES[2].0, PHASES[2].1);
     let script = super::tune::apply_script(&ctx.dir, &ctx.rootfs);
-    on_hosts(ctx, "os-tune", ctx.hosts(), |host| {
+    on_hosts(ctx, "os-tune", ctx.targets(), |host| {
         let script = script.clone();
         async move { ctx.session_for(host)?.run(&script).await.map(|_| ()) }
     })
@@ -551,7 +592,7 @@ async fn registry_phase(ctx: &Context<'_>, reporter: &dyn RunReporter) -> Result
         ctx.registry_hosts.iter().copied(),
     )?;
     let htpasswd = access.credentials.htpasswd()?;
-    let registry_hosts: Vec<&Host> = ctx.hosts().iter().filter(|h| ctx.registry_hosts.contains(&h.ip)).collect();
+    let registry_hosts: Vec<&Host> = ctx.targets().iter().filter(|h| ctx.registry_hosts.contains(&h.ip)).collect();
     on_hosts(ctx, "registry", registry_hosts, |host| {
         let (access, htpasswd) = (&access, &htpasswd);
         async move {
@@ -588,7 +629,7 @@ async fn registry_phase(ctx: &Context<'_>, reporter: &dyn RunReporter) -> Result
     let endpoint_for =
         |host: &Host| -> IpAddr { if ctx.registry_hosts.contains(&host.ip) { host.ip } else { ctx.master0.ip } };
     let client = RegistryClientConfig::new(registry, &access);
-    on_hosts(ctx, "registry-clients", ctx.hosts(), |host| {
+    on_hosts(ctx, "registry-clients", ctx.targets(), |host| {
         let client = &client;
         async move {
             let session = ctx.session_for(host)?;
@@ -694,7 +735,7 @@ async fn container_runtime_phase(ctx: &Context<'_>, reporter: &dyn RunReporter) 
     reporter.phase(PHASES[4].0, PHASES[4].1);
     let cri = ctx.request.clusterfile.cluster.container_runtime.clone().unwrap_or_else(|| "containerd".into());
     let script = format!("scripts/{cri}.sh");
-    on_hosts(ctx, "container-runtime", ctx.hosts(), |host| {
+    on_hosts(ctx, "container-runtime", ctx.targets(), |host| {
         let command = format!("if [ -f {s} ]; then bash {s}; fi", s = quote(&script));
         async move { ctx.script(reporter, host, &command).await }
     })
@@ -703,9 +744,11 @@ async fn container_runtime_phase(ctx: &Context<'_>, reporter: &dyn RunReporter) 
 
 async fn bring_up_phase(ctx: &Context<'_>, reporter: &dyn RunReporter) -> Result<(), RunError> {
     reporter.phase(PHASES[5].0, PHASES[5].1);
-    let masters: Vec<&Host> = ctx.hosts().iter().filter(|h| h.is_master() && h.ip != ctx.master0.ip).collect();
-    let nodes: Vec<&Host> = ctx.hosts().iter().filter(|h| h.roles.contains(&Role::Node) || !h.is_master()).collect();
-    on_hosts(ctx, "bring-up", [&ctx.master0], |host| async move {
+    let masters: Vec<&Host> = ctx.targets().iter().filter(|h| h.is_master() && h.ip != ctx.master0.ip).collect();
+    let nodes: Vec<&Host> = ctx.targets().iter().filter(|h| h.roles.contains(&Role::Node) || !h.is_master()).collect();
+    // A joining host never re-initialises the cluster: master0 ran init when the cluster began.
+    let master0 = ctx.targets().iter().filter(|h| h.ip == ctx.master0.ip);
+    on_hosts(ctx, "bring-up", master0, |host| async move {
         ctx.script(reporter, host, "bash scripts/init-master0.sh").await
     })
     .await?;

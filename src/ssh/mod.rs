@@ -387,7 +387,14 @@ impl Session {
 
     /// [`Session::run`], handing each line of output (stdout and stderr) to `on_line` as it
     /// arrives, so a long script is watched live rather than reported when it ends.
-    pub async fn run_live(&self, command: &str, mut on_line: impl FnMut(&str)) -> Result<Output, SshError> {
+    pub async fn run_live(&self, command: &str, on_line: impl FnMut(&str)) -> Result<Output, SshError> {
+        let out = self.exec_live(command, on_line).await?;
+        self.check_status(command, out)
+    }
+
+    /// [`Session::exec`] (a non-zero exit is no error), handing each line of output to
+    /// `on_line` as it arrives.
+    pub async fn exec_live(&self, command: &str, mut on_line: impl FnMut(&str)) -> Result<Output, SshError> {
         let (sink, mut received) = tokio::sync::mpsc::unbounded_channel();
         let run = self.exec_to(command, Some(sink));
         let show = async {
@@ -396,7 +403,7 @@ impl Session {
             }
         };
         let (out, ()) = tokio::join!(run, show);
-        self.check_status(command, out?)
+        out
     }
 
     async fn exec_to(&self, command: &str, lines: Option<LineSink>) -> Result<Output, SshError> {
@@ -595,6 +602,20 @@ impl Session {
             return Err(lost(format!("`{}` ended without an exit status", first_line(command))));
         }
         Ok(out)
+    }
+
+    /// A TCP connection that the host makes to `address:port` (as the host sees it), carried
+    /// by this session: how kiln talks to services that listen only inside the cluster.
+    pub async fn tunnel(&self, address: &str, port: u16) -> Result<russh::ChannelStream<client::Msg>, SshError> {
+        let channel =
+            self.handle.channel_open_direct_tcpip(address.to_owned(), u32::from(port), "127.0.0.1", 0).await.map_err(
+                |e| SshError::Connect {
+                    host: self.target.host.to_string(),
+                    port,
+                    reason: format!("the host could not open a connection to {address}:{port} for kiln: {e}"),
+                },
+            )?;
+        Ok(channel.into_stream())
     }
 
     /// Closes the connection politely.

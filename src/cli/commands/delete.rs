@@ -1,16 +1,11 @@
 use crate::cli::DeleteArgs;
 use crate::cli::settings::Settings;
 use crate::clusterfile::Clusterfile;
-use crate::output::{Printer, RunProgress, UserError};
+use crate::output::{Printer, RunProgress};
 
 pub async fn run(settings: &Settings, printer: Printer, args: DeleteArgs) -> anyhow::Result<()> {
     let clusters_dir = settings.root.join("clusters");
-    let saved = |name: &str| -> anyhow::Result<Clusterfile> {
-        let path = clusters_dir.join(name).join("Clusterfile");
-        let text = std::fs::read_to_string(&path)
-            .map_err(|_| UserError::new(format!("no cluster `{name}` was run from this machine")))?;
-        Clusterfile::parse(&path.display().to_string(), &text).map_err(|e| anyhow::Error::new(*e))
-    };
+    let saved = |name: &str| crate::cli::cluster::saved_clusterfile(&clusters_dir, name);
     let targets: Vec<Clusterfile> = if args.all {
         crate::cli::cluster::saved_clusters(&clusters_dir).iter().map(|n| saved(n)).collect::<anyhow::Result<_>>()?
     } else if let Some(name) = &args.cluster {

@@ -31,10 +31,9 @@ pub async fn run(settings: &Settings, printer: Printer, args: KubeconfigArgs) ->
             }
         }
     };
-    let kubeconfig = tokio::task::spawn_blocking(move || {
-        ClusterPki::load_or_create(&pki_dir, Validity::default())?.admin_kubeconfig(&server)
-    })
-    .await??;
+    let kubeconfig =
+        tokio::task::spawn_blocking(move || ClusterPki::load(&pki_dir, Validity::default())?.admin_kubeconfig(&server))
+            .await??;
     if args.output == "-" {
         printer.data(kubeconfig.expose());
         return Ok(());

@@ -1,8 +1,10 @@
 //! One file per command: resolve, call one capability, show the result.
 
 pub mod build;
+pub mod cert;
 pub mod check;
 pub mod delete;
+pub mod exec;
 pub mod images;
 pub mod inspect;
 pub mod kubeconfig;
@@ -13,6 +15,7 @@ pub mod push;
 pub mod rmi;
 pub mod run;
 pub mod save;
+pub mod scale;
 pub mod serve;
 pub mod status;
 pub mod tag;

@@ -2,11 +2,12 @@ use std::os::unix::fs::OpenOptionsExt;
 
 use anyhow::Context as _;
 
-use crate::cli::RunArgs;
 use crate::cli::settings::{Settings, parse_ref};
+use crate::cli::{RunArgs, RunOptions};
+use crate::clusterfile::Clusterfile;
 use crate::output::{Printer, RunProgress, Table, UserError};
 use crate::runtime::preflight::Outcome;
-use crate::runtime::run::{RunError, RunRequest};
+use crate::runtime::run::{RunError, RunOutcome, RunRequest, Scope};
 
 pub async fn run(settings: &Settings, printer: Printer, args: RunArgs) -> anyhow::Result<()> {
     let mut clusterfile = crate::cli::cluster::resolve(&args.hosts, args.image.clone(), &printer)?;
@@ -20,10 +21,57 @@ pub async fn run(settings: &Settings, printer: Printer, args: RunArgs) -> anyhow
     if let Some(apps) = &args.apps {
         clusterfile.cluster.app_names = Some(apps.iter().filter(|a| !a.is_empty()).cloned().collect());
     }
+    // The effective Clusterfile is saved before anything runs, so a failed run can be resumed
+    // or deleted.
+    if !args.options.dry_run {
+        save_clusterfile(settings, &clusterfile)?;
+    }
+    let started = std::time::Instant::now();
+    let Some(outcome) = execute(settings, printer, &clusterfile, &args.hosts, &args.options, Scope::Cluster).await?
+    else {
+        return Ok(());
+    };
+    if printer.json {
+        return printer.json(&outcome);
+    }
+    printer.status(&format!(
+        "Cluster `{}` is up ({} hosts) in {:.1}s; state in {}",
+        clusterfile.cluster.name,
+        clusterfile.cluster.hosts.len(),
+        started.elapsed().as_secs_f64(),
+        state_dir(settings, &clusterfile).display()
+    ));
+    Ok(())
+}
+
+pub(crate) fn state_dir(settings: &Settings, clusterfile: &Clusterfile) -> std::path::PathBuf {
+    settings.root.join("clusters").join(&clusterfile.cluster.name)
+}
+
+/// Saves the cluster's effective Clusterfile. It holds credentials: mode 0600.
+pub(crate) fn save_clusterfile(settings: &Settings, clusterfile: &Clusterfile) -> anyhow::Result<()> {
+    let dir = state_dir(settings, clusterfile);
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("Clusterfile");
+    let yaml = clusterfile.to_yaml().map_err(anyhow::Error::msg)?;
+    crate::image::store::write_atomic(&path, yaml.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Runs `clusterfile` over `scope`; `None` after a dry run (its plan is printed). Output of
+/// scripts goes to the terminal and the cluster's run log.
+pub(crate) async fn execute(
+    settings: &Settings,
+    printer: Printer,
+    clusterfile: &Clusterfile,
+    hosts: &crate::cli::HostArgs,
+    options: &RunOptions,
+    scope: Scope,
+) -> anyhow::Result<Option<RunOutcome>> {
     let Some(image_name) = clusterfile.cluster.image.clone() else {
         return Err(UserError::new("no cluster image: `kiln run IMAGE …`, or `spec.image` in the Clusterfile").into());
     };
-    let connect = crate::cli::cluster::connect_options(&args.hosts, &clusterfile)?;
+    let connect = crate::cli::cluster::connect_options(hosts, clusterfile)?;
     let store = settings.store()?;
     let reference = parse_ref(&image_name)?;
     let image = {
@@ -31,39 +79,32 @@ pub async fn run(settings: &Settings, printer: Printer, args: RunArgs) -> anyhow
         super::blocking(move || super::require_image(&store, &reference)).await?
     };
     let preflight =
-        crate::cli::cluster::preflight_options(&args.checks)?.for_cluster(&clusterfile.cluster, Some(&image));
-    let state_dir = settings.root.join("clusters").join(&clusterfile.cluster.name);
+        crate::cli::cluster::preflight_options(&options.checks)?.for_cluster(&clusterfile.cluster, Some(&image));
+    let state_dir = state_dir(settings, clusterfile);
     std::fs::create_dir_all(&state_dir)?;
-    // The effective Clusterfile is saved before anything runs, so a failed run can be resumed
-    // or deleted. It holds credentials: mode 0600.
-    if !args.dry_run {
-        let path = state_dir.join("Clusterfile");
-        let yaml = clusterfile.to_yaml().map_err(anyhow::Error::msg)?;
-        crate::image::store::write_atomic(&path, yaml.as_bytes())
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
     let log = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(state_dir.join("run.log")).ok();
     let reporter = RunProgress::new(printer, log);
     let request = RunRequest {
         store: &store,
-        clusterfile: &clusterfile,
+        clusterfile,
         image,
         connect,
         preflight,
-        layer_transfer: args.layer_transfer.into(),
+        layer_transfer: options.layer_transfer.into(),
         state_dir: state_dir.clone(),
-        ready_timeout: std::time::Duration::from_secs(args.wait_ready),
+        ready_timeout: std::time::Duration::from_secs(options.wait_ready),
         cert_validity: crate::kubernetes::pki::Validity {
-            leaf_days: args.cert_validity,
+            leaf_days: options.cert_validity,
             ..crate::kubernetes::pki::Validity::default()
         },
-        dry_run: args.dry_run,
+        dry_run: options.dry_run,
+        scope,
     };
-    let started = std::time::Instant::now();
     match crate::runtime::run::run(&request, &reporter).await {
-        Ok(outcome) if args.dry_run => {
+        Ok(outcome) if options.dry_run => {
             if printer.json {
-                return printer.json(&outcome.plan);
+                printer.json(&outcome.plan)?;
+                return Ok(None);
             }
             let mut table = Table::new(&["HOST", "ROLES", "PLATFORM", "REGISTRY", "TO SEND", "PHASES"]);
             for p in &outcome.plan {
@@ -78,21 +119,9 @@ pub async fn run(settings: &Settings, printer: Printer, args: RunArgs) -> anyhow
             }
             printer.data(&table.render());
             printer.status("Dry run: nothing was changed");
-            Ok(())
+            Ok(None)
         }
-        Ok(outcome) => {
-            if printer.json {
-                return printer.json(&outcome);
-            }
-            printer.status(&format!(
-                "Cluster `{}` is up ({} hosts) in {:.1}s; state in {}",
-                clusterfile.cluster.name,
-                clusterfile.cluster.hosts.len(),
-                started.elapsed().as_secs_f64(),
-                state_dir.display()
-            ));
-            Ok(())
-        }
+        Ok(outcome) => Ok(Some(outcome)),
         Err(RunError::Preflight { failed, results }) => {
             if printer.json {
                 printer.json(&serde_json::json!({ "preflight": results }))?;

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# e2e: scaling the etcd demo (shell runtime, real etcd) on mixed architectures.
+#
+# 3 members (kiln-h1..h3) → `kiln scale-up -m h4,h5` (one amd64, one arm64). The first try loses
+# kiln-h5 (powered off) while it joins: the scale-up fails naming the host and phase, and the
+# existing hosts are unchanged (listing before/after); the host back, the same command
+# completes: 5 healthy members, data written before still there, and the existing hosts were
+# sent no rootfs bytes (kiln's count and bytes on their veths are printed). Then
+# `kiln scale-down -m h1,h2`, master0 among them: master0 moves to kiln-h3, 3 healthy members,
+# the data still there, and the hosts that left are as before the run. `kiln delete` ends it.
+# Prints `N passed, N failed`.
+#
+#   e2e/test-scale.sh KILN_BINARY
+set -uo pipefail
+KILN=$(realpath "$1")
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+HOSTS=$ROOT/e2e/hosts.sh
+WORK=$(mktemp -d /tmp/kiln-e2e-scale.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+. "$ROOT/e2e/lib.sh"
+export KILN_ROOT=$WORK/store
+KH=(--known-hosts "$WORK/known_hosts" --accept-new-host-keys)
+
+build_demo_images "$KILN" || { echo "0 passed, 1 failed (demo images did not build)"; exit 1; }
+"$HOSTS" up --hosts 5 --arch amd64,amd64,arm64,amd64,arm64 >/dev/null || { echo "0 passed, 1 failed (hosts did not come up)"; exit 1; }
+INV=$("$HOSTS" inventory)
+KEY=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ssh_key"])' "$INV")
+H1=$(ip_of kiln-h1); H2=$(ip_of kiln-h2); H3=$(ip_of kiln-h3); H4=$(ip_of kiln-h4); H5=$(ip_of kiln-h5)
+wire() { cat "/sys/class/net/kv-${1#kiln-}/statistics/tx_bytes"; }
+etcd() { on "$1" -- "ETCDCTL_API=3 etcdctl --endpoints http://$(ip_of "$1"):2379 ${*:2}"; }
+healthy() { # HOST COUNT: COUNT members, every one healthy
+  local out; out=$(etcd "$1" endpoint health --cluster 2>&1)
+  [ "$(grep -c 'is healthy' <<< "$out")" = "$2" ] && [ "$(etcd "$1" member list | wc -l)" = "$2" ] || { echo "$out" >&2; return 1; }
+}
+
+demo_clusterfile "$WORK/Clusterfile"
+BEFORE_RUN=$(snapshot kiln-h1 kiln-h2)
+"$KILN" run -f "$WORK/Clusterfile" "${KH[@]}" > "$WORK/run.out" 2>&1; rc=$?
+delivered() { [ "$rc" = 0 ] && healthy kiln-h1 3; }
+check "kiln run delivers 3 etcd members" delivered
+[ "$rc" = 0 ] || tail -20 "$WORK/run.out"
+etcd kiln-h2 put kiln-e2e/before-scaling "written by 3 members" > /dev/null
+
+# --- scale-up, first try: a joining host loses power ------------------------------------------
+EXISTING=$(snapshot kiln-h1 kiln-h2 kiln-h3)
+UP=("$KILN" scale-up -m "$H4,$H5" --pk "$KEY" "${KH[@]}" --json)
+"${UP[@]}" > "$WORK/up1.json" 2> "$WORK/up1.err" & pid=$!
+# kiln-h4 joins first (masters join one at a time); kiln-h5 is switched off as its turn comes.
+for _ in $(seq 600); do
+  grep -q "etcd member etcd-${H4//./-} joined" "$KILN_ROOT/clusters/demo/run.log" 2>/dev/null && break
+  kill -0 "$pid" 2>/dev/null || break
+  sleep 0.5
+done
+"$HOSTS" stop kiln-h5 > /dev/null
+wait "$pid"; rc=$?
+check "a joining host powered off: scale-up fails naming the host and the phase" bash -c "[ $rc != 0 ] && grep -q \"phase \\\`bring-up\\\` failed on $H5\" '$WORK/up1.err'"
+[ "$rc" != 0 ] && grep -q "failed on $H5" "$WORK/up1.err" || tail -n 15 "$WORK/up1.err"
+check "the existing hosts are unchanged (listing before and after)" [ "$EXISTING" = "$(snapshot kiln-h1 kiln-h2 kiln-h3)" ]
+check "the saved Clusterfile does not list the joining hosts yet" bash -c "! grep -q '$H4\|$H5' '$KILN_ROOT/clusters/demo/Clusterfile'"
+"$HOSTS" start kiln-h5 > /dev/null
+
+# --- the same command again completes ----------------------------------------------------------
+declare -A WIRE_BEFORE
+for h in kiln-h1 kiln-h2 kiln-h3 kiln-h4 kiln-h5; do WIRE_BEFORE[$h]=$(wire "$h"); done
+"${UP[@]}" > "$WORK/up2.json" 2> "$WORK/up2.err"; rc=$?
+check "the same scale-up again completes" [ "$rc" = 0 ]
+[ "$rc" = 0 ] || tail -n 20 "$WORK/up2.err"
+check "5 members, all healthy (2 of them arm64)" healthy kiln-h5 5
+readable() { etcd "$1" get kiln-e2e/before-scaling | grep -qx 'written by 3 members'; }
+check "the data written before scaling is readable on a new member" readable kiln-h4
+arch_of() { on "$1" -- 'etcd --version | sed -n "s/.*OS\/Arch: //p"'; }
+check "each new member runs its own architecture's etcd" bash -c "[ '$(arch_of kiln-h4)' = linux/amd64 ] && [ '$(arch_of kiln-h5)' = linux/arm64 ]"
+echo "  bytes on the wire to each host during the completing scale-up, and rootfs bytes kiln sent:"
+for h in kiln-h1 kiln-h2 kiln-h3 kiln-h4 kiln-h5; do
+  ip=$(ip_of "$h")
+  sent=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("distributed", {}).get(sys.argv[2], {}).get("bytes_sent", 0))' "$WORK/up2.json" "$ip")
+  echo "    $h: $(( $(wire "$h") - ${WIRE_BEFORE[$h]} )) bytes on the wire, $sent rootfs bytes"
+done
+python3 - "$WORK/up1.json" "$WORK/up2.json" "$H1" "$H2" "$H3" "$H4" "$H5" > "$WORK/bytes.out" 2>&1 <<'PY'
+import json, sys
+runs = []
+for path in sys.argv[1:3]:
+    try:
+        runs.append(json.load(open(path)).get("distributed", {}))
+    except ValueError:
+        runs.append({})
+existing, new = sys.argv[3:6], sys.argv[6:8]
+problems = ["%s (existing) was sent rootfs bytes" % h for run in runs for h in existing if h in run]
+total = {h: sum(run.get(h, {}).get("bytes_sent", 0) for run in runs) for h in new}
+problems += ["%s (new) got no rootfs" % h for h, n in total.items() if n == 0 and h not in runs[1]]
+print("\n".join(problems) or "ok")
+PY
+check "existing hosts were sent no rootfs bytes (both tries); the new ones got theirs" grep -qx ok "$WORK/bytes.out"
+grep -qx ok "$WORK/bytes.out" || cat "$WORK/bytes.out"
+on_wire_small() { for h in kiln-h1 kiln-h2 kiln-h3; do [ $(( $(wire "$h") - ${WIRE_BEFORE[$h]} )) -lt 4000000 ] || return 1; done; }
+check "each existing host received under 4 MB on the wire (commands and etcd traffic only)" on_wire_small
+"$KILN" scale-up -m "$H4" --pk "$KEY" "${KH[@]}" > /dev/null 2> "$WORK/up-again.err"; rc=$?
+check "adding a host that is already in the cluster is refused" bash -c "[ $rc = 1 ] && grep -q 'listed twice' '$WORK/up-again.err'"
+
+# --- scale-down 5 → 3, master0 among the leaving ----------------------------------------------
+"$KILN" scale-down -m "$H1,$H2" "${KH[@]}" > "$WORK/down.out" 2>&1; rc=$?
+check "scale-down of 2 members, master0 among them, succeeds" [ "$rc" = 0 ]
+[ "$rc" = 0 ] || tail -n 20 "$WORK/down.out"
+check "master0 moved to kiln-h3" grep -q "master0 is now $H3" "$WORK/down.out"
+check "3 members remain, all healthy" healthy kiln-h3 3
+check "the data written before scaling is still readable (arm64 member)" readable kiln-h5
+check "the saved Clusterfile lists the 3 remaining hosts, kiln-h3 first" bash -c "
+  f='$KILN_ROOT/clusters/demo/Clusterfile'; ! grep -q '$H1\|$H2' \"\$f\" && grep -q '$H4' \"\$f\" && grep -q '$H5' \"\$f\""
+check "the hosts that left are as before the run" [ "$BEFORE_RUN" = "$(snapshot kiln-h1 kiln-h2)" ]
+"$KILN" scale-down -m "$H3,$H4,$H5" "${KH[@]}" > /dev/null 2> "$WORK/last.err"; rc=$?
+check "removing the last master is refused" bash -c "[ $rc = 1 ] && grep -q 'leave no master' '$WORK/last.err'"
+"$KILN" exec --cluster demo "${KH[@]}" -- 'systemctl is-active kiln-etcd' > "$WORK/exec.out" 2>&1
+check "kiln exec on the new cluster reaches the 3 remaining members" bash -c "[ \$(grep -c '| active' '$WORK/exec.out') = 3 ]"
+
+"$KILN" delete --cluster demo --known-hosts "$WORK/known_hosts" > "$WORK/delete.out" 2>&1
+check "kiln delete removes the rest" [ $? = 0 ]
+"$HOSTS" down >/dev/null 2>&1
+finish
