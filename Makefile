@@ -60,13 +60,15 @@ test-hosts: deps
 	e2e/test-hosts.sh
 
 # Scenarios on the test hosts with the kiln binary: connect, host keys, facts, preflight; run,
-# failure, status, resume, delete; power loss and partition; the etcd demo on mixed architectures;
-# the kubernetes runtime (kubeadm stand-ins) on 3 masters + 2 workers.
+# failure, status, resume, delete, exec; power loss and partition; the etcd demo on mixed
+# architectures and scaled 3 → 5 → 3; the kubernetes runtime (kubeadm stand-ins) on 3 masters +
+# 2 workers, with cert renewal and scaling.
 test-e2e: deps build
 	e2e/test-check.sh $(KILN_DEBUG)
 	e2e/test-run.sh $(KILN_DEBUG)
 	e2e/test-faults.sh $(KILN_DEBUG)
 	e2e/test-demo.sh $(KILN_DEBUG)
+	e2e/test-scale.sh $(KILN_DEBUG)
 	e2e/test-kubernetes.sh $(KILN_DEBUG)
 
 test-unit:

@@ -38,6 +38,16 @@ snapshot() {
   done | sha256sum
 }
 
+# listing HOST...: like snapshot, without the sysctl values (which running services move, e.g.
+# conntrack counters): what must stay the same on hosts an operation leaves alone.
+listing() {
+  local dirs="/etc /usr/bin /usr/local/bin /var/lib/kiln ${SNAPSHOT_EXTRA_DIRS:-}"
+  for h in "$@"; do
+    on "$h" -- "find $dirs -xdev -printf '%p %y %m\n' 2>/dev/null | sort
+      find $dirs -xdev -type f -exec sha256sum {} + 2>/dev/null | sort" 2>/dev/null
+  done | sha256sum
+}
+
 # build_demo_images KILN: fetches the demo's Debian binaries (cached) and builds the base and
 # the etcd cluster images (both architectures) into $KILN_ROOT.
 build_demo_images() {

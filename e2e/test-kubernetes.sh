@@ -24,10 +24,11 @@ trap 'rm -rf "$WORK"' EXIT
 kiln() { "$KILN" --root "$WORK/store" "$@"; }
 ALL=(kiln-h1 kiln-h2 kiln-h3 kiln-h4 kiln-h5)
 
-"$HOSTS" up --hosts 5 --arch amd64,amd64,arm64,amd64,arm64 >/dev/null || { echo "0 passed, 1 failed (hosts did not come up)"; exit 1; }
+"$HOSTS" up --hosts 7 --arch amd64,amd64,arm64,amd64,arm64,amd64,amd64 >/dev/null || { echo "0 passed, 1 failed (hosts did not come up)"; exit 1; }
 INV=$("$HOSTS" inventory)
 KEY=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ssh_key"])' "$INV")
 H1=$(ip_of kiln-h1); H2=$(ip_of kiln-h2); H3=$(ip_of kiln-h3); H4=$(ip_of kiln-h4); H5=$(ip_of kiln-h5)
+H6=$(ip_of kiln-h6); H7=$(ip_of kiln-h7)
 
 # --- images: the stand-in base from rootfs/, then the test image with a CNI and an app -----------
 "$ROOT/kubefiles/prepare.sh" >/dev/null || { echo "0 passed, 1 failed (prepare.sh)"; exit 1; }
@@ -80,6 +81,7 @@ apiServer:
 EOF
 SNAPSHOT_EXTRA_DIRS="/var/lib/kubelet /var/lib/etcd /opt/cni /root/.kube /var/lib/fake-kube /var/log/fake-kube"
 BEFORE=$(snapshot "${ALL[@]}")
+BEFORE_H4=$(snapshot kiln-h4); BEFORE_H7=$(snapshot kiln-h7)
 RUN=(kiln run -f "$WORK/Clusterfile" --known-hosts "$WORK/known_hosts" --accept-new-host-keys --wait-ready 120)
 
 # --- a worker's kubeadm join fails: the run stops with a report ---------------------------------
@@ -305,13 +307,48 @@ inits=$(on kiln-h1 -- "grep -c '\"event\": \"call\", \"argv\": \\[\"init\", \"--
 joins=$(on kiln-h2 -- "grep -c '\"event\": \"call\", \"argv\": \\[\"join\"' /var/log/fake-kube/calls.log")
 check "a run on the finished cluster succeeds without kubeadm init or join again" bash -c "[ '$rc' = 0 ] && [ '$inits' = 1 ] && [ '$joins' = 1 ]"
 
+# --- scale: a worker joins while another is unreachable; a master joins; a master and a worker leave
+node_names() { on kiln-h1 -- kubectl get nodes -o json | python3 -c 'import json,sys; print(" ".join(sorted(n["metadata"]["name"] for n in json.load(sys.stdin)["items"] if [c for c in n["status"]["conditions"] if c["type"] == "Ready" and c["status"] == "True"])))'; }
+ipvs_lists() { # WORKER MASTER_IP...: the worker's virtual server has exactly these masters
+  local out m; out=$(on "$1" -- ipvsadm -Ln) || return 1
+  for m in "${@:2}"; do grep -q -- "-> $m:6443" <<< "$out" || { echo "  $1 lacks $m: $out" >&2; return 1; }; done
+  [ "$(grep -c -- '-> .*:6443' <<< "$out")" = "$(( $# - 1 ))" ] || { echo "  $1 lists more: $out" >&2; return 1; }
+}
+"$HOSTS" partition kiln-h5 > /dev/null
+kiln scale-up -n "$H7" --pk "$KEY" "${KH[@]}" --accept-new-host-keys --wait-ready 120 --json > "$WORK/up-worker.json" 2> "$WORK/up-worker.err"; rc=$?
+"$HOSTS" heal kiln-h5 > /dev/null
+check "a worker joins while an existing worker (kiln-h5) is unreachable" [ "$rc" = 0 ]
+[ "$rc" = 0 ] || tail -n 20 "$WORK/up-worker.err"
+check "the new worker's virtual server lists the three masters" ipvs_lists kiln-h7 "$H1" "$H3" "$H4"
+check "no existing host was sent rootfs bytes, the new worker was" python3 -c "
+import json, sys; d = json.load(open('$WORK/up-worker.json'))['distributed']
+sys.exit(not (list(d) == ['$H7'] and d['$H7']['bytes_sent'] > 0))"
+kiln scale-up -m "$H6" --pk "$KEY" "${KH[@]}" --accept-new-host-keys --wait-ready 120 > "$WORK/up-master.out" 2>&1; rc=$?
+check "a master joins" [ "$rc" = 0 ]
+[ "$rc" = 0 ] || tail -n 20 "$WORK/up-master.out"
+check "every worker's virtual server now lists four masters" bash -c "$(declare -f on ipvs_lists); HOSTS='$HOSTS'
+  for w in kiln-h2 kiln-h5 kiln-h7; do ipvs_lists \$w $H1 $H3 $H4 $H6 || exit 1; done"
+check "7 nodes Ready" [ "$(node_names)" = "kiln-h1 kiln-h2 kiln-h3 kiln-h4 kiln-h5 kiln-h6 kiln-h7" ]
+check "the new master is labelled and serves the API" bash -c "
+  '$HOSTS' ssh kiln-h1 -- kubectl get nodes kiln-h6 -o json | grep -q 'node-role.kubernetes.io/control-plane' &&
+  '$HOSTS' ssh kiln-h6 -- kubectl --kubeconfig /etc/kubernetes/admin.conf get nodes -o json | grep -q kiln-h7"
+kiln scale-down -m "$H4" -n "$H7" "${KH[@]}" > "$WORK/down.out" 2>&1; rc=$?
+check "a master and a worker leave" [ "$rc" = 0 ]
+[ "$rc" = 0 ] || tail -n 20 "$WORK/down.out"
+check "5 nodes remain" [ "$(node_names)" = "kiln-h1 kiln-h2 kiln-h3 kiln-h5 kiln-h6" ]
+check "the workers' virtual servers follow: the three remaining masters" bash -c "$(declare -f on ipvs_lists); HOSTS='$HOSTS'
+  ipvs_lists kiln-h2 $H1 $H3 $H6 && ipvs_lists kiln-h5 $H1 $H3 $H6"
+check "the hosts that left are as before the run" bash -c "[ '$BEFORE_H4' = '$(snapshot kiln-h4)' ] && [ '$BEFORE_H7' = '$(snapshot kiln-h7)' ]"
+check "the leaving nodes were drained before they were reset" bash -c "
+  '$HOSTS' ssh kiln-h1 -- cat /var/log/fake-kube/calls.log | grep -c '\"drain\"' | grep -qx 2"
+
 # --- delete leaves the hosts as they were -------------------------------------------------------
-kiln delete -f "$WORK/Clusterfile" --known-hosts "$WORK/known_hosts" > "$WORK/delete.out" 2>&1; rc=$?
+kiln delete --cluster e2e-kube --known-hosts "$WORK/known_hosts" > "$WORK/delete.out" 2>&1; rc=$?
 check "kiln delete succeeds" [ "$rc" = 0 ]
 [ "$rc" = 0 ] || tail -20 "$WORK/delete.out"
 AFTER=$(snapshot "${ALL[@]}")
 check "after delete the hosts are as before the run (files, modes, contents, sysctls)" [ "$BEFORE" = "$AFTER" ]
 check "no kubelet, IPVS service or VIP link is left" bash -c "
-  for h in ${ALL[*]}; do '$HOSTS' ssh \$h -- '! systemctl is-active --quiet kubelet && ! ip link show kiln-ipvs0 >/dev/null 2>&1' || exit 1; done"
+  for h in ${ALL[*]} kiln-h6 kiln-h7; do '$HOSTS' ssh \$h -- '! systemctl is-active --quiet kubelet && ! ip link show kiln-ipvs0 >/dev/null 2>&1' || exit 1; done"
 
 finish

@@ -564,6 +564,7 @@ def route(state, method, path, body, user):
                     return 404, {"message": "nodes %r not found" % name}
                 node["metadata"]["labels"] = body["metadata"]["labels"]
                 node["spec"]["taints"] = body["spec"].get("taints", [])
+                node["spec"]["unschedulable"] = body["spec"].get("unschedulable", False)
             d["nodes"][name] = node
             state.save()
             return 200, node
@@ -1012,7 +1013,8 @@ def kubectl(args):
     record("kubectl", args)
     flags, positional = parse_flags(args, {"kubeconfig", "o", "output", "n", "namespace", "f", "filename",
                                            "timeout", "l", "selector"},
-                                    bool_flags={"overwrite", "A", "all-namespaces", "all"})
+                                    bool_flags={"overwrite", "A", "all-namespaces", "all", "ignore-daemonsets",
+                                                "delete-emptydir-data", "force", "ignore-not-found"})
     path = flags.get("kubeconfig") or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
     client = Client.from_kubeconfig(path)
     output = flags.get("o") or flags.get("output")
@@ -1071,6 +1073,17 @@ def kubectl(args):
                     doc["metadata"].setdefault("namespace", flags.get("n") or flags.get("namespace"))
                 r = client.request("POST", "/apis/fake-kube/objects", doc)
                 print("%s/%s %s" % (doc["kind"].lower(), doc["metadata"]["name"], r["result"]))
+    elif verb == "drain":
+        if len(positional) != 2:
+            raise Fail("error: USAGE: kubectl drain NODE [options]")
+        objects = client.request("GET", "/apis/fake-kube/objects")["items"]
+        if any(o["kind"] == "DaemonSet" for o in objects) and flags.get("ignore-daemonsets") != "true":
+            raise Fail("error: cannot delete DaemonSet-managed Pods (use --ignore-daemonsets to ignore)")
+        name = positional[1]
+        node = client.request("GET", "/api/v1/nodes/%s" % name)
+        node["spec"]["unschedulable"] = True
+        client.request("PUT", "/api/v1/nodes/%s" % name, node)
+        print("node/%s cordoned\nnode/%s drained" % (name, name))
     elif verb == "delete" and positional[1:2] in (["node"], ["nodes"]):
         for name in positional[2:]:
             client.request("DELETE", "/api/v1/nodes/%s" % name)
