@@ -12,6 +12,7 @@ pub mod image;
 pub mod kubefile;
 pub mod kubernetes;
 pub mod output;
+pub mod plugins;
 pub mod registry;
 pub mod runtime;
 pub mod secret;

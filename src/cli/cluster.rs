@@ -187,3 +187,36 @@ pub fn chosen_saved_cluster(clusters_dir: &std::path::Path, name: Option<&str>) 
         .into()),
     }
 }
+
+/// The cluster a scaling command acts on: with `--from-master0`, the state a run left on that
+/// host is taken first (replacing this machine's copy); then the saved cluster as
+/// [`chosen_saved_cluster`] finds it.
+pub async fn cluster_from_state(
+    clusters_dir: &std::path::Path,
+    source: &crate::cli::StateSourceArgs,
+    hosts: &HostArgs,
+    printer: &Printer,
+) -> anyhow::Result<Clusterfile> {
+    let Some(ip) = source.from_master0 else {
+        return chosen_saved_cluster(clusters_dir, source.cluster.as_deref());
+    };
+    let mut flags = flag_hosts(hosts, printer)?;
+    flags.masters = vec![ip];
+    flags.nodes.clear();
+    let reach = flags.into_clusterfile(None).map_err(UserError::new)?;
+    let connect = connect_options(hosts, &reach)?;
+    let fleet = crate::runtime::Fleet::connect(&reach.cluster.hosts, &connect).await;
+    let fetched = match fleet.sessions.get(&ip) {
+        Some(session) => crate::runtime::state::fetch(session, &source.data_root, source.cluster.as_deref()).await,
+        None => {
+            let why = fleet.failed.get(&ip).map(|e| crate::error_chain(e)).unwrap_or_default();
+            fleet.close().await;
+            return Err(UserError::new(format!("cannot reach master0 {ip}: {why}")).into());
+        }
+    };
+    fleet.close().await;
+    let (name, tar) = fetched.map_err(|e| UserError::new(crate::error_chain(&e)))?;
+    crate::runtime::state::unpack(&tar, &clusters_dir.join(&name), &ip.to_string())?;
+    printer.status(&format!("Took the state of cluster `{name}` from master0 {ip}"));
+    saved_clusterfile(clusters_dir, &name)
+}

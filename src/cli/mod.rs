@@ -434,12 +434,26 @@ pub struct RunOptions {
     pub json: bool,
 }
 
-/// `kiln scale-up`: hosts join a cluster run from this machine.
-#[derive(Debug, Args)]
-pub struct ScaleUpArgs {
+/// Which cluster a command acts on, and where its state comes from.
+#[derive(Debug, Args, Clone)]
+pub struct StateSourceArgs {
     /// The cluster (its saved Clusterfile) [default: the only one run from this machine]
     #[arg(short = 'c', long, value_name = "NAME")]
     pub cluster: Option<String>,
+    /// Take the cluster's state from its master0 (every finished run leaves a copy there), for
+    /// a cluster run from another machine; reached with the SSH flags
+    #[arg(long, value_name = "IP")]
+    pub from_master0: Option<std::net::IpAddr>,
+    /// With --from-master0: the cluster's data root on its hosts
+    #[arg(long, default_value = crate::clusterfile::DEFAULT_DATA_ROOT, value_name = "DIR", requires = "from_master0")]
+    pub data_root: String,
+}
+
+/// `kiln scale-up`: hosts join a cluster run from this machine.
+#[derive(Debug, Args)]
+pub struct ScaleUpArgs {
+    #[command(flatten)]
+    pub state: StateSourceArgs,
     /// The joining hosts (`-m`, `-n`) and how to reach them
     #[command(flatten)]
     pub hosts: HostArgs,
@@ -450,9 +464,8 @@ pub struct ScaleUpArgs {
 /// `kiln scale-down`: hosts leave a cluster run from this machine.
 #[derive(Debug, Args)]
 pub struct ScaleDownArgs {
-    /// The cluster (its saved Clusterfile) [default: the only one run from this machine]
-    #[arg(short = 'c', long, value_name = "NAME")]
-    pub cluster: Option<String>,
+    #[command(flatten)]
+    pub state: StateSourceArgs,
     /// The leaving hosts (`-m`, `-n`: either names any host) and SSH settings
     #[command(flatten)]
     pub hosts: HostArgs,

@@ -252,6 +252,8 @@ pub struct RawDocument {
     pub text: String,
     /// 1-based line of the document's first line.
     pub line: usize,
+    /// The file it came from, for errors.
+    pub file: String,
 }
 
 impl Clusterfile {
@@ -367,7 +369,12 @@ impl Parser<'_> {
                 }
                 "Config" => {
                     configs.push(self.config(&doc, self.decode(&doc)?)?);
-                    documents.push(RawDocument { kind: "Config".into(), text: doc.text.to_owned(), line: doc.line });
+                    documents.push(RawDocument {
+                        kind: "Config".into(),
+                        text: doc.text.to_owned(),
+                        line: doc.line,
+                        file: self.file.to_owned(),
+                    });
                 }
                 "Application" => {
                     applications.push(self.application(&doc, self.decode(&doc)?)?);
@@ -375,10 +382,16 @@ impl Parser<'_> {
                         kind: "Application".into(),
                         text: doc.text.to_owned(),
                         line: doc.line,
+                        file: self.file.to_owned(),
                     });
                 }
                 k if PASSTHROUGH_KINDS.contains(&k) => {
-                    documents.push(RawDocument { kind: k.to_owned(), text: doc.text.to_owned(), line: doc.line })
+                    documents.push(RawDocument {
+                        kind: k.to_owned(),
+                        text: doc.text.to_owned(),
+                        line: doc.line,
+                        file: self.file.to_owned(),
+                    })
                 }
                 other => {
                     let mut valid = vec!["Cluster", "Config", "Application"];

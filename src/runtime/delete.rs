@@ -11,7 +11,8 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::run::{RunReporter, script_env};
-use super::{ConnectOptions, Fleet, distribute, kubernetes, tune};
+use super::{ConnectOptions, Fleet, distribute, hooks, kubernetes, tune};
+use crate::plugins::{Phase, PluginSet};
 use crate::clusterfile::{Clusterfile, Host};
 use crate::ssh::{Session, SshError, quote, with_env};
 
@@ -24,6 +25,12 @@ pub enum DeleteError {
         host: String,
         #[source]
         source: SshError,
+    },
+    #[error("a plugin hook failed on {host}")]
+    Hook {
+        host: String,
+        #[source]
+        source: Box<super::hooks::HookError>,
     },
 }
 
@@ -51,6 +58,7 @@ pub async fn delete(
     clusterfile: &Clusterfile,
     connect: &ConnectOptions,
     force: bool,
+    plugins: &PluginSet,
     reporter: &dyn RunReporter,
 ) -> Result<DeleteOutcome, DeleteError> {
     let cluster = &clusterfile.cluster;
@@ -72,35 +80,92 @@ pub async fn delete(
     let dir = distribute::cluster_dir(&cluster.data_root, &cluster.name);
     let rootfs = distribute::rootfs_dir(&dir);
     let master0 = clusterfile.master0().cloned();
+    let master0_session = master0.as_ref().and_then(|m| fleet.sessions.get(&m.ip).cloned());
+    if let (Some(m0), Some(session)) = (&master0, &master0_session) {
+        let env = script_env(cluster, m0, m0, &rootfs, &Default::default());
+        for plugin in plugins.hooks(Phase::PreUninstall) {
+            hooks::run_hook(session, &env, Some(&rootfs), plugin, Phase::PreUninstall, |l| reporter.step(&m0.ip.to_string(), l))
+                .await
+                .map_err(|e| DeleteError::Hook { host: m0.ip.to_string(), source: Box::new(e) })?;
+        }
+    }
     reporter.phase("clean", "run the image's clean scripts and undo kiln's changes");
     let cri = cluster.container_runtime.clone().unwrap_or_else(|| "containerd".into());
-    let results: Vec<(IpAddr, Result<(), SshError>)> = futures_util::stream::iter(cluster.hosts.iter())
+    let results: Vec<(IpAddr, Result<(), DeleteError>)> = futures_util::stream::iter(cluster.hosts.iter())
         .filter_map(|h| {
             let session = fleet.sessions.get(&h.ip).cloned();
             async move { session.map(|s| (h, s)) }
         })
         .map(|(host, session)| {
             let (dir, rootfs, cri, master0) = (&dir, &rootfs, &cri, master0.as_ref().unwrap_or(host));
+            let plugins = plugins;
             async move {
-                let r = clean_host(&session, clusterfile, host, master0, dir, rootfs, cri, reporter).await;
+                let r = clean_with_hooks(&session, clusterfile, host, master0, dir, rootfs, cri, plugins, reporter).await;
                 (host.ip, r)
             }
         })
         .buffer_unordered(connect.max_hosts)
         .collect()
         .await;
-    fleet.close().await;
     let mut first_error = None;
     for (ip, r) in results {
         match r {
             Ok(()) => outcome.cleaned.push(ip),
-            Err(source) => {
-                first_error.get_or_insert(DeleteError::Clean { host: ip.to_string(), source });
+            Err(e) => {
+                first_error.get_or_insert(e);
             }
         }
     }
+    // The cluster is gone: `post-uninstall` runs on what was master0, from `/`.
+    if first_error.is_none()
+        && let (Some(m0), Some(session)) = (&master0, &master0_session)
+    {
+        let env = script_env(cluster, m0, m0, &rootfs, &Default::default());
+        for plugin in plugins.hooks(Phase::PostUninstall) {
+            if let Err(e) =
+                hooks::run_hook(session, &env, None, plugin, Phase::PostUninstall, |l| reporter.step(&m0.ip.to_string(), l)).await
+            {
+                first_error = Some(DeleteError::Hook { host: m0.ip.to_string(), source: Box::new(e) });
+                break;
+            }
+        }
+    }
+    fleet.close().await;
     outcome.cleaned.sort();
     first_error.map_or(Ok(outcome), Err)
+}
+
+/// [`clean_host`] between the host's `pre-clean-host` and `post-clean-host` hooks (the latter
+/// from `/`: the rootfs is gone by then).
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn clean_with_hooks(
+    session: &Session,
+    clusterfile: &Clusterfile,
+    host: &Host,
+    master0: &Host,
+    dir: &str,
+    rootfs: &str,
+    cri: &str,
+    plugins: &PluginSet,
+    reporter: &dyn RunReporter,
+) -> Result<(), DeleteError> {
+    let who = host.ip.to_string();
+    let env = script_env(&clusterfile.cluster, host, master0, rootfs, &Default::default());
+    let hook_error = |e| DeleteError::Hook { host: who.clone(), source: Box::new(e) };
+    for plugin in plugins.hooks(Phase::PreCleanHost).filter(|p| p.applies_to(host)) {
+        hooks::run_hook(session, &env, Some(rootfs), plugin, Phase::PreCleanHost, |l| reporter.step(&who, l))
+            .await
+            .map_err(hook_error)?;
+    }
+    clean_host(session, clusterfile, host, master0, dir, rootfs, cri, reporter)
+        .await
+        .map_err(|source| DeleteError::Clean { host: who.clone(), source })?;
+    for plugin in plugins.hooks(Phase::PostCleanHost).filter(|p| p.applies_to(host)) {
+        hooks::run_hook(session, &env, None, plugin, Phase::PostCleanHost, |l| reporter.step(&who, l))
+            .await
+            .map_err(hook_error)?;
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -7,12 +7,14 @@ pub mod delete;
 pub mod distribute;
 pub mod exec;
 pub mod facts;
+pub mod hooks;
 pub mod journal;
 pub mod kubernetes;
 pub mod preflight;
 pub mod registry_access;
 pub mod run;
 pub mod scale;
+pub mod state;
 pub mod tune;
 
 use std::collections::BTreeMap;

@@ -14,12 +14,14 @@ use super::distribute::{
     self, DistributeError, DistributeOutcome, DistributeReporter, Distributor, HostHoldings, LayerSpool, LayerTransfer,
     RootfsPlan,
 };
+use super::hooks;
 use super::journal::{self, Journal, JournalError};
 use super::preflight::{CheckResult, PreflightOptions};
 use super::registry_access::{self, RegistryAccess};
 use super::{CheckReport, ConnectOptions, Fleet};
 use crate::clusterfile::{Clusterfile, Host, LocalRegistry, Registry, Role};
 use crate::image::{Digest, Image, ImageExtension, Platform, PlatformImage, Store, media};
+use crate::plugins::Phase;
 use crate::secret::Secret;
 use crate::ssh::{Session, SshError, quote, with_env};
 
@@ -107,6 +109,8 @@ pub struct RunRequest<'a> {
     pub dry_run: bool,
     /// The hosts the run acts on.
     pub scope: Scope,
+    /// The image's and the Clusterfile's plugins, loaded and checked.
+    pub plugins: crate::plugins::PluginSet,
 }
 
 /// Which hosts a run acts on.
@@ -120,6 +124,16 @@ pub enum Scope {
     Join(BTreeSet<IpAddr>),
 }
 
+impl Scope {
+    /// The plugin phases on master0 before and after this run's work.
+    pub fn cluster_phases(&self) -> (Phase, Phase) {
+        match self {
+            Self::Cluster => (Phase::PreInstall, Phase::PostInstall),
+            Self::Join(_) => (Phase::PreScaleup, Phase::PostScaleup),
+        }
+    }
+}
+
 /// What a run would do on one host (`--dry-run`).
 #[derive(Debug, Serialize)]
 pub struct HostPlan {
@@ -130,6 +144,8 @@ pub struct HostPlan {
     pub blobs_to_send: usize,
     pub bytes_to_send: u64,
     pub phases: Vec<&'static str>,
+    /// Plugin hooks that would run here, `phase: plugin, plugin` per phase.
+    pub hooks: Vec<String>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -203,7 +219,7 @@ impl Context<'_> {
     }
 
     /// Env for a script on `host`.
-    fn env_for(&self, host: &Host) -> BTreeMap<String, String> {
+    pub(super) fn env_for(&self, host: &Host) -> BTreeMap<String, String> {
         let image_env =
             self.platforms.get(&host.ip).and_then(|p| p.extension().ok().flatten()).map(|e| e.env).unwrap_or_default();
         script_env(&self.request.clusterfile.cluster, host, &self.master0, &self.rootfs, &image_env)
@@ -360,6 +376,15 @@ pub async fn run(request: &RunRequest<'_>, reporter: &dyn RunReporter) -> Result
     {
         let _ = session.upload(&bytes[..], &format!("{}/.kiln/journal.json", ctx.dir), 0o600).await;
     }
+    // And the whole state once a run finished, so another machine can take the cluster over.
+    if result.is_ok()
+        && let Some(session) = ctx.fleet.sessions.get(&ctx.master0.ip)
+    {
+        let copied = super::state::copy_to_master0(session, &ctx.dir, &request.state_dir, request.clusterfile).await;
+        if let Err(e) = copied {
+            reporter.step(&ctx.master0.ip.to_string(), &format!("warning: master0's copy of the state: {e}"));
+        }
+    }
     ctx.fleet.close().await;
     result.map(|()| outcome)
 }
@@ -420,7 +445,15 @@ async fn plan(ctx: &Context<'_>) -> Vec<HostPlan> {
         if ctx.runtime == ClusterRuntime::Kubernetes {
             phases.push("nodes-ready");
         }
+        let (before, after) = ctx.request.scope.cluster_phases();
+        let hooks = super::hooks::planned(
+            &ctx.request.plugins,
+            host,
+            host.ip == ctx.master0.ip,
+            &[before, Phase::PreInitHost, Phase::PostInitHost, after],
+        );
         out.push(HostPlan {
+            hooks,
             host: host.ip,
             roles: host.roles.iter().map(ToString::to_string).collect(),
             platform: image.platform.to_string(),
@@ -434,22 +467,29 @@ async fn plan(ctx: &Context<'_>) -> Vec<HostPlan> {
 }
 
 async fn phases(ctx: &Context<'_>, reporter: &dyn RunReporter, outcome: &mut RunOutcome) -> Result<(), RunError> {
+    let (before, after) = ctx.request.scope.cluster_phases();
     distribute_phase(ctx, reporter, outcome).await?;
+    // Hooks run in the rootfs, so after distribution; `pre-init-host` before anything else
+    // changes a host.
+    hooks::cluster_hooks(ctx, reporter, before).await?;
+    hooks::host_hooks(ctx, reporter, Phase::PreInitHost, ctx.targets()).await?;
     tune_phase(ctx, reporter).await?;
     registry_phase(ctx, reporter).await?;
     container_runtime_phase(ctx, reporter).await?;
+    hooks::host_hooks(ctx, reporter, Phase::PostInitHost, ctx.targets()).await?;
     match ctx.runtime {
         ClusterRuntime::Shell => {
             bring_up_phase(ctx, reporter).await?;
-            apps_phase(ctx, reporter).await
+            apps_phase(ctx, reporter).await?;
         }
         ClusterRuntime::Kubernetes => {
             reporter.phase(PHASES[5].0, PHASES[5].1);
             super::kubernetes::bring_up(ctx, reporter).await?;
             apps_phase(ctx, reporter).await?;
-            super::kubernetes::wait_ready(ctx, reporter).await
+            super::kubernetes::wait_ready(ctx, reporter).await?;
         }
     }
+    hooks::cluster_hooks(ctx, reporter, after).await
 }
 
 async fn distribute_phase(

@@ -48,6 +48,12 @@ pub enum ScaleError {
         #[source]
         source: Box<SshError>,
     },
+    #[error("{host} left the cluster but was not cleaned")]
+    Clean {
+        host: IpAddr,
+        #[source]
+        source: Box<delete::DeleteError>,
+    },
     #[error(transparent)]
     Journal(#[from] JournalError),
 }
@@ -62,6 +68,8 @@ pub struct LeaveRequest<'a> {
     pub state_dir: PathBuf,
     /// Take unreachable hosts out of the cluster without cleaning them.
     pub force: bool,
+    /// The cluster's plugins (`pre-clean-host` and `post-clean-host` run on leaving hosts).
+    pub plugins: crate::plugins::PluginSet,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -199,6 +207,10 @@ pub async fn leave(request: &LeaveRequest<'_>, reporter: &dyn RunReporter) -> Re
     if let Ok(bytes) = std::fs::read(&journal_path) {
         let _ = ctx.master0_session.upload(&bytes[..], &format!("{}/.kiln/journal.json", ctx.dir), 0o600).await;
     }
+    let copied = super::state::copy_to_master0(&ctx.master0_session, &ctx.dir, &request.state_dir, &after).await;
+    if let Err(e) = copied {
+        outcome.not_updated.insert(new_master0.ip, format!("its copy of the cluster state: {e}"));
+    }
     outcome.removed.sort();
     Ok(outcome)
 }
@@ -259,7 +271,7 @@ impl Leaving<'_> {
         let unreachable = match &session {
             Some(session) => {
                 // kubeadm reset (and a master's etcd member) first, then the image's clean scripts.
-                delete::clean_host(
+                delete::clean_with_hooks(
                     session,
                     self.request.clusterfile,
                     host,
@@ -267,10 +279,11 @@ impl Leaving<'_> {
                     &self.dir,
                     &self.rootfs,
                     &cri(self.after),
+                    &self.request.plugins,
                     reporter,
                 )
                 .await
-                .map_err(fail)?;
+                .map_err(|e| ScaleError::Clean { host: host.ip, source: Box::new(e) })?;
                 None
             }
             None => Some("unreachable: taken out of the cluster, not cleaned".to_owned()),

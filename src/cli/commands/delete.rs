@@ -22,7 +22,8 @@ pub async fn run(settings: &Settings, printer: Printer, args: DeleteArgs) -> any
         let name = &clusterfile.cluster.name;
         let connect = crate::cli::cluster::connect_options(&args.hosts, clusterfile)?;
         let reporter = RunProgress::new(printer, None);
-        let outcome = crate::runtime::delete::delete(clusterfile, &connect, args.force, &reporter)
+        let plugins = super::plugins_of(settings, &printer, clusterfile).await?;
+        let outcome = crate::runtime::delete::delete(clusterfile, &connect, args.force, &plugins, &reporter)
             .await
             .map_err(|e| anyhow::Error::new(e).context(format!("deleting cluster `{name}`")))?;
         for (ip, why) in &outcome.not_cleaned {
@@ -47,3 +48,4 @@ pub async fn run(settings: &Settings, printer: Printer, args: DeleteArgs) -> any
     }
     Ok(())
 }
+

@@ -51,3 +51,32 @@ pub(crate) fn transport(args: &crate::cli::TransportArgs) -> crate::registry::Tr
         auth_files: crate::registry::auth::AuthFiles::discover(args.authfile.clone()),
     }
 }
+
+/// The cluster's plugins: the Clusterfile's, and the image's when it is in the local store
+/// (else those cannot run, which is said).
+pub(crate) async fn plugins_of(
+    settings: &crate::cli::Settings,
+    printer: &crate::output::Printer,
+    clusterfile: &crate::clusterfile::Clusterfile,
+) -> anyhow::Result<crate::plugins::PluginSet> {
+    let image = match &clusterfile.cluster.image {
+        Some(name) => {
+            let store = settings.store()?;
+            let reference = crate::cli::settings::parse_ref(name)?;
+            let found = {
+                let store = store.clone();
+                blocking(move || Ok(store.image(&reference)?)).await?
+            };
+            if found.is_none() {
+                printer.warn(&format!("image `{name}` is not in the local store: only the Clusterfile's plugins run"));
+            }
+            found.map(|image| (store, image))
+        }
+        None => None,
+    };
+    let clusterfile = clusterfile.clone();
+    blocking(move || {
+        run::plugins_or_error(crate::plugins::for_cluster(image.as_ref().map(|(s, i)| (s, i)), &clusterfile))
+    })
+    .await
+}

@@ -80,6 +80,15 @@ pub(crate) async fn execute(
     };
     let preflight =
         crate::cli::cluster::preflight_options(&options.checks)?.for_cluster(&clusterfile.cluster, Some(&image));
+    // Plugins are checked before anything runs: a mistake in one changes nothing anywhere.
+    let plugins = {
+        let (store, image, clusterfile) = (store.clone(), image.clone(), clusterfile.clone());
+        super::blocking(move || plugins_or_error(crate::plugins::for_cluster(Some((&store, &image)), &clusterfile)))
+            .await?
+    };
+    for choice in &plugins.choices {
+        printer.status(choice);
+    }
     let state_dir = state_dir(settings, clusterfile);
     std::fs::create_dir_all(&state_dir)?;
     let log = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(state_dir.join("run.log")).ok();
@@ -99,6 +108,7 @@ pub(crate) async fn execute(
         },
         dry_run: options.dry_run,
         scope,
+        plugins,
     };
     match crate::runtime::run::run(&request, &reporter).await {
         Ok(outcome) if options.dry_run => {
@@ -106,7 +116,7 @@ pub(crate) async fn execute(
                 printer.json(&outcome.plan)?;
                 return Ok(None);
             }
-            let mut table = Table::new(&["HOST", "ROLES", "PLATFORM", "REGISTRY", "TO SEND", "PHASES"]);
+            let mut table = Table::new(&["HOST", "ROLES", "PLATFORM", "REGISTRY", "TO SEND", "PHASES", "PLUGINS"]);
             for p in &outcome.plan {
                 table.row(vec![
                     p.host.to_string(),
@@ -115,6 +125,7 @@ pub(crate) async fn execute(
                     if p.registry_host { "yes".into() } else { String::new() },
                     format!("{} ({} blobs)", crate::output::human_size(p.bytes_to_send), p.blobs_to_send),
                     p.phases.join(", "),
+                    p.hooks.join("; "),
                 ]);
             }
             printer.data(&table.render());
@@ -142,4 +153,14 @@ pub(crate) async fn execute(
             state_dir.display()
         ))),
     }
+}
+
+/// A plugin that does not load is the user's to fix, shown at its `file:line:col`.
+pub(crate) fn plugins_or_error(
+    loaded: Result<crate::plugins::PluginSet, crate::plugins::PluginLoadError>,
+) -> anyhow::Result<crate::plugins::PluginSet> {
+    loaded.map_err(|e| match e {
+        crate::plugins::PluginLoadError::Source(source) => anyhow::Error::new(*source),
+        other => anyhow::Error::new(other),
+    })
 }

@@ -20,7 +20,8 @@ pub async fn scale_up(settings: &Settings, printer: Printer, args: ScaleUpArgs) 
             .with_hint("to make a cluster match a Clusterfile, use `kiln apply -f FILE`")
             .into());
     }
-    let current = crate::cli::cluster::chosen_saved_cluster(&settings.root.join("clusters"), args.cluster.as_deref())?;
+    let clusters_dir = settings.root.join("clusters");
+    let current = crate::cli::cluster::cluster_from_state(&clusters_dir, &args.state, &args.hosts, &printer).await?;
     let flags = crate::cli::cluster::flag_hosts(&args.hosts, &printer)?;
     if flags.is_empty() {
         return Err(UserError::new("name the joining hosts with `-m IPS` (masters) and/or `-n IPS` (nodes)").into());
@@ -79,7 +80,8 @@ fn bytes_table(current: &Clusterfile, joined: &Clusterfile, outcome: &RunOutcome
 }
 
 pub async fn scale_down(settings: &Settings, printer: Printer, args: ScaleDownArgs) -> anyhow::Result<()> {
-    let current = crate::cli::cluster::chosen_saved_cluster(&settings.root.join("clusters"), args.cluster.as_deref())?;
+    let clusters_dir = settings.root.join("clusters");
+    let current = crate::cli::cluster::cluster_from_state(&clusters_dir, &args.state, &args.hosts, &printer).await?;
     let parse = |list: &Option<String>| -> anyhow::Result<Vec<IpAddr>> {
         Ok(list.as_deref().map(parse_ip_list).transpose().map_err(UserError::new)?.unwrap_or_default())
     };
@@ -110,6 +112,7 @@ async fn leave(
         connect: crate::cli::cluster::connect_options(hosts, current)?,
         state_dir: state_dir(settings, current),
         force,
+        plugins: super::plugins_of(settings, &printer, current).await?,
     };
     let log =
         std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(request.state_dir.join("run.log")).ok();
