@@ -69,6 +69,7 @@ test-e2e: deps build
 	e2e/test-faults.sh $(KILN_DEBUG)
 	e2e/test-demo.sh $(KILN_DEBUG)
 	e2e/test-scale.sh $(KILN_DEBUG)
+	e2e/test-plugins.sh $(KILN_DEBUG)
 	e2e/test-kubernetes.sh $(KILN_DEBUG)
 
 test-unit:

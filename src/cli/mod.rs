@@ -83,6 +83,27 @@ pub enum Command {
     Cert(Box<CertArgs>),
     /// Run a command on a cluster's hosts in parallel (as root), output prefixed by host
     Exec(Box<ExecArgs>),
+    /// Plugins: what an image and a Clusterfile bring, checked
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// List the plugins of an image and/or a Clusterfile (checked as a run checks them)
+    List(PluginListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PluginListArgs {
+    /// Cluster image (else the Clusterfile's `spec.image`)
+    pub image: Option<String>,
+    /// Clusterfile whose Plugin documents (and roles) count too
+    #[arg(short = 'f', long = "clusterfile", value_name = "FILE")]
+    pub clusterfile: Option<PathBuf>,
+    /// Print the list as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -636,6 +657,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(a) => a.json,
         Command::Delete(a) => a.json,
         Command::Exec(a) => a.json,
+        Command::Plugin(PluginCommand::List(a)) => a.json,
         Command::Cert(a) => match &a.command {
             None => a.json,
             Some(CertCommand::CheckExpiration(c)) => c.json,
@@ -667,5 +689,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Kubeconfig(args) => commands::kubeconfig::run(&settings, printer, args).await,
         Command::Cert(args) => commands::cert::run(&settings, printer, *args).await,
         Command::Exec(args) => commands::exec::run(&settings, printer, *args).await,
+        Command::Plugin(PluginCommand::List(args)) => commands::plugin::list(&settings, printer, args).await,
     }
 }

@@ -385,14 +385,12 @@ impl Parser<'_> {
                         file: self.file.to_owned(),
                     });
                 }
-                k if PASSTHROUGH_KINDS.contains(&k) => {
-                    documents.push(RawDocument {
-                        kind: k.to_owned(),
-                        text: doc.text.to_owned(),
-                        line: doc.line,
-                        file: self.file.to_owned(),
-                    })
-                }
+                k if PASSTHROUGH_KINDS.contains(&k) => documents.push(RawDocument {
+                    kind: k.to_owned(),
+                    text: doc.text.to_owned(),
+                    line: doc.line,
+                    file: self.file.to_owned(),
+                }),
                 other => {
                     let mut valid = vec!["Cluster", "Config", "Application"];
                     valid.extend(PASSTHROUGH_KINDS);

@@ -29,14 +29,15 @@ pub enum ImagePluginError {
 /// every architecture): `plugins/*.yaml`/`*.yml` and packages' `plugins/<dir>/plugin.yaml`.
 pub fn sources(store: &Store, image: &Image) -> Result<Vec<PluginSource>, ImagePluginError> {
     let Some(platform) = image.platforms.first() else { return Ok(Vec::new()) };
-    let scratch = tempfile::tempdir().map_err(|source| ImagePluginError::Read { path: "a scratch directory".into(), source })?;
+    let scratch =
+        tempfile::tempdir().map_err(|source| ImagePluginError::Read { path: "a scratch directory".into(), source })?;
     let keep = |p: &Path| p.components().next().is_some_and(|c| c.as_os_str() == "plugins");
     for l in platform.manifest.layers().iter().filter(|l| !media::is_registry_layer(l)) {
         let digest = Digest::from_oci(l.digest()).map_err(|e| ImagePluginError::Layer {
             digest: l.digest().to_string(),
             source: Box::new(std::io::Error::other(e.to_string())),
         })?;
-        let reader = layer::open_layer(store, &digest, &l.media_type().to_string())?;
+        let reader = layer::open_layer(store, &digest, l.media_type().as_ref())?;
         layer::apply_layer_where(reader, scratch.path(), &keep)
             .map_err(|e| ImagePluginError::Layer { digest: digest.to_string(), source: Box::new(e) })?;
     }
@@ -46,7 +47,8 @@ pub fn sources(store: &Store, image: &Image) -> Result<Vec<PluginSource>, ImageP
 /// Plugin files under a `plugins/` directory, in name order.
 pub fn read_dir(dir: &Path) -> Result<Vec<PluginSource>, ImagePluginError> {
     let read = |path: &Path| {
-        std::fs::read_to_string(path).map_err(|source| ImagePluginError::Read { path: path.display().to_string(), source })
+        std::fs::read_to_string(path)
+            .map_err(|source| ImagePluginError::Read { path: path.display().to_string(), source })
     };
     let Ok(entries) = std::fs::read_dir(dir) else { return Ok(Vec::new()) };
     let mut names: Vec<_> = entries.flatten().map(|e| e.path()).collect();
@@ -64,7 +66,11 @@ pub fn read_dir(dir: &Path) -> Result<Vec<PluginSource>, ImagePluginError> {
                 });
             }
         } else if name.ends_with(".yaml") || name.ends_with(".yml") {
-            sources.push(PluginSource { file: format!("plugins/{name}"), text: read(&path)?, kind: SourceKind::ImageFile });
+            sources.push(PluginSource {
+                file: format!("plugins/{name}"),
+                text: read(&path)?,
+                kind: SourceKind::ImageFile,
+            });
         }
     }
     Ok(sources)

@@ -34,14 +34,26 @@ pub fn for_cluster(
     store: Option<(&crate::image::Store, &crate::image::Image)>,
     clusterfile: &Clusterfile,
 ) -> Result<PluginSet, PluginLoadError> {
+    let mut roles: BTreeSet<String> = ["master", "node"].iter().map(|s| (*s).to_owned()).collect();
+    roles.extend(clusterfile.cluster.hosts.iter().flat_map(|h| h.roles.iter().map(ToString::to_string)));
+    load(store, Some(clusterfile), Some(&roles))
+}
+
+/// The plugins of an image and/or a Clusterfile (`kiln plugin list`), scopes checked against
+/// `roles` when given.
+pub fn load(
+    store: Option<(&crate::image::Store, &crate::image::Image)>,
+    clusterfile: Option<&Clusterfile>,
+    roles: Option<&BTreeSet<String>>,
+) -> Result<PluginSet, PluginLoadError> {
     let mut sources = match store {
         Some((store, image)) => image::sources(store, image)?,
         None => Vec::new(),
     };
-    sources.extend(clusterfile.documents.iter().filter(|d| d.kind == "Plugin").map(PluginSource::from_clusterfile));
-    let mut roles: BTreeSet<String> = ["master", "node"].iter().map(|s| (*s).to_owned()).collect();
-    roles.extend(clusterfile.cluster.hosts.iter().flat_map(|h| h.roles.iter().map(ToString::to_string)));
-    Ok(PluginSet::load(&sources, &roles)?)
+    if let Some(cf) = clusterfile {
+        sources.extend(cf.documents.iter().filter(|d| d.kind == "Plugin").map(PluginSource::from_clusterfile));
+    }
+    Ok(PluginSet::load(&sources, roles)?)
 }
 
 /// When a hook runs. Cluster phases run on master0; host phases on the hosts in `scope`.
@@ -104,7 +116,10 @@ impl Phase {
 
     /// Runs on the hosts of the plugin's scope (else once, on master0).
     pub fn on_hosts(self) -> bool {
-        matches!(self, Self::PreInitHost | Self::PostInitHost | Self::PreCleanHost | Self::PostCleanHost | Self::UpgradeHost)
+        matches!(
+            self,
+            Self::PreInitHost | Self::PostInitHost | Self::PreCleanHost | Self::PostCleanHost | Self::UpgradeHost
+        )
     }
 }
 
@@ -177,10 +192,14 @@ pub struct PluginSource {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceKind {
-    Clusterfile { line: usize },
+    Clusterfile {
+        line: usize,
+    },
     ImageFile,
     /// `plugins/<dir>/plugin.yaml`.
-    Package { dir: String },
+    Package {
+        dir: String,
+    },
 }
 
 impl PluginSource {
@@ -241,8 +260,8 @@ type LoadResult<T> = Result<T, Box<SourceError>>;
 
 impl PluginSet {
     /// Loads every source; `roles` are the roles a scope may name (the cluster's, plus
-    /// `master` and `node`).
-    pub fn load(sources: &[PluginSource], roles: &BTreeSet<String>) -> LoadResult<Self> {
+    /// `master` and `node`; `None` when no cluster is known, e.g. listing an image's plugins).
+    pub fn load(sources: &[PluginSource], roles: Option<&BTreeSet<String>>) -> LoadResult<Self> {
         let mut set = Self::default();
         for source in sources {
             for plugin in parse_source(source, roles)? {
@@ -288,7 +307,7 @@ impl PluginSet {
     }
 }
 
-fn parse_source(source: &PluginSource, roles: &BTreeSet<String>) -> LoadResult<Vec<Plugin>> {
+fn parse_source(source: &PluginSource, roles: Option<&BTreeSet<String>>) -> LoadResult<Vec<Plugin>> {
     let text: Arc<str> = Arc::from(source.text.as_str());
     let error = |offset: usize, message: String, label: &str| -> Box<SourceError> {
         let end = text[offset.min(text.len())..].find('\n').map_or(text.len(), |e| offset + e.max(1));
@@ -325,7 +344,11 @@ fn parse_source(source: &PluginSource, roles: &BTreeSet<String>) -> LoadResult<V
         match &spec.kind {
             Some(t) if t.value == "SHELL" => {}
             Some(t) => {
-                return Err(error(here(t), format!("plugin type `{}` is not known (kiln runs `SHELL`)", t.value), "type"));
+                return Err(error(
+                    here(t),
+                    format!("plugin type `{}` is not known (kiln runs `SHELL`)", t.value),
+                    "type",
+                ));
             }
             None => return Err(error(spec_at, format!("plugin `{}` needs `type: SHELL`", name.value), "spec")),
         }
@@ -355,7 +378,7 @@ fn parse_source(source: &PluginSource, roles: &BTreeSet<String>) -> LoadResult<V
         let mut scope = BTreeSet::new();
         if let Some(s) = &spec.scope {
             for role in s.value.split('|').map(str::trim) {
-                if role.is_empty() || !roles.contains(role) {
+                if role.is_empty() || roles.is_some_and(|r| !r.contains(role)) {
                     return Err(Box::new(
                         SourceError::new(
                             &source.file,
@@ -366,7 +389,7 @@ fn parse_source(source: &PluginSource, roles: &BTreeSet<String>) -> LoadResult<V
                         )
                         .with_help(format!(
                             "roles: {}",
-                            roles.iter().map(String::as_str).collect::<Vec<_>>().join(", ")
+                            roles.into_iter().flatten().map(String::as_str).collect::<Vec<_>>().join(", ")
                         )),
                     ));
                 }
@@ -387,7 +410,9 @@ fn parse_source(source: &PluginSource, roles: &BTreeSet<String>) -> LoadResult<V
             return Err(error(spec_at, format!("plugin `{}` has no `data` (the script to run)", name.value), "spec"));
         };
         let origin = match &source.kind {
-            SourceKind::Clusterfile { .. } => Origin::Clusterfile { file: source.file.clone(), line: line_of(&text, kind_at) },
+            SourceKind::Clusterfile { .. } => {
+                Origin::Clusterfile { file: source.file.clone(), line: line_of(&text, kind_at) }
+            }
             SourceKind::ImageFile => Origin::Image { file: source.file.clone() },
             SourceKind::Package { dir } => Origin::Package { dir: dir.clone() },
         };

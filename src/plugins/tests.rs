@@ -9,7 +9,7 @@ fn source(text: &str) -> PluginSource {
 }
 
 fn load(text: &str) -> LoadResult<PluginSet> {
-    PluginSet::load(&[source(text)], &roles())
+    PluginSet::load(&[source(text)], Some(&roles()))
 }
 
 const GOOD: &str = "apiVersion: sealer.io/v1\nkind: Plugin\nmetadata:\n  name: zz-iscsi\nspec:\n  type: SHELL\n  action: pre-init-host|post-install\n  scope: master|db\n  data: |\n    touch /tmp/marker\n";
@@ -56,7 +56,7 @@ fn clusterfile_documents_keep_the_files_line_numbers() {
         line: 20,
         file: "my/Clusterfile".into(),
     };
-    let err = PluginSet::load(&[PluginSource::from_clusterfile(&doc)], &roles()).unwrap_err();
+    let err = PluginSet::load(&[PluginSource::from_clusterfile(&doc)], Some(&roles())).unwrap_err();
     assert_eq!(err.location().to_string(), "my/Clusterfile:26:11");
 }
 
@@ -67,13 +67,23 @@ fn one_revision_of_a_name_is_loaded_and_the_choice_is_told() {
         text: GOOD.replace("  name: zz-iscsi\n", &format!("  name: zz-iscsi\n  revision: {revision}\n")),
         kind: SourceKind::Package { dir: "plugins/backup".into() },
     };
-    let set = PluginSet::load(&[source(GOOD), package(2), package(1)], &roles()).unwrap();
+    let set = PluginSet::load(&[source(GOOD), package(2), package(1)], Some(&roles())).unwrap();
     let p = &set.plugins["zz-iscsi"];
     assert_eq!((p.revision, p.work_dir()), (2, "plugins/backup".to_owned()));
     assert_eq!(set.choices.len(), 2, "{:?}", set.choices);
     assert!(set.choices[0].contains("revision 2 from image package plugins/backup/ is used, not revision 0"));
     // At an equal revision the Clusterfile wins over the image.
-    let mine = PluginSource { kind: SourceKind::Clusterfile { line: 1 }, file: "Clusterfile".into(), text: GOOD.replace("touch", "rm") };
-    let set = PluginSet::load(&[source(GOOD), mine], &roles()).unwrap();
+    let mine = PluginSource {
+        kind: SourceKind::Clusterfile { line: 1 },
+        file: "Clusterfile".into(),
+        text: GOOD.replace("touch", "rm"),
+    };
+    let set = PluginSet::load(&[source(GOOD), mine], Some(&roles())).unwrap();
     assert!(set.plugins["zz-iscsi"].data.starts_with("rm"));
+}
+
+#[test]
+fn without_a_cluster_any_role_is_a_scope() {
+    let set = PluginSet::load(&[source(&GOOD.replace("master|db", "gpu"))], None).unwrap();
+    assert!(set.plugins["zz-iscsi"].scope.contains("gpu"));
 }

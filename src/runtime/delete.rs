@@ -12,8 +12,8 @@ use serde::Serialize;
 
 use super::run::{RunReporter, script_env};
 use super::{ConnectOptions, Fleet, distribute, hooks, kubernetes, tune};
-use crate::plugins::{Phase, PluginSet};
 use crate::clusterfile::{Clusterfile, Host};
+use crate::plugins::{Phase, PluginSet};
 use crate::ssh::{Session, SshError, quote, with_env};
 
 #[derive(Debug, thiserror::Error)]
@@ -84,9 +84,11 @@ pub async fn delete(
     if let (Some(m0), Some(session)) = (&master0, &master0_session) {
         let env = script_env(cluster, m0, m0, &rootfs, &Default::default());
         for plugin in plugins.hooks(Phase::PreUninstall) {
-            hooks::run_hook(session, &env, Some(&rootfs), plugin, Phase::PreUninstall, |l| reporter.step(&m0.ip.to_string(), l))
-                .await
-                .map_err(|e| DeleteError::Hook { host: m0.ip.to_string(), source: Box::new(e) })?;
+            hooks::run_hook(session, &env, Some(&rootfs), plugin, Phase::PreUninstall, |l| {
+                reporter.step(&m0.ip.to_string(), l)
+            })
+            .await
+            .map_err(|e| DeleteError::Hook { host: m0.ip.to_string(), source: Box::new(e) })?;
         }
     }
     reporter.phase("clean", "run the image's clean scripts and undo kiln's changes");
@@ -98,9 +100,9 @@ pub async fn delete(
         })
         .map(|(host, session)| {
             let (dir, rootfs, cri, master0) = (&dir, &rootfs, &cri, master0.as_ref().unwrap_or(host));
-            let plugins = plugins;
             async move {
-                let r = clean_with_hooks(&session, clusterfile, host, master0, dir, rootfs, cri, plugins, reporter).await;
+                let r =
+                    clean_with_hooks(&session, clusterfile, host, master0, dir, rootfs, cri, plugins, reporter).await;
                 (host.ip, r)
             }
         })
@@ -122,8 +124,10 @@ pub async fn delete(
     {
         let env = script_env(cluster, m0, m0, &rootfs, &Default::default());
         for plugin in plugins.hooks(Phase::PostUninstall) {
-            if let Err(e) =
-                hooks::run_hook(session, &env, None, plugin, Phase::PostUninstall, |l| reporter.step(&m0.ip.to_string(), l)).await
+            if let Err(e) = hooks::run_hook(session, &env, None, plugin, Phase::PostUninstall, |l| {
+                reporter.step(&m0.ip.to_string(), l)
+            })
+            .await
             {
                 first_error = Some(DeleteError::Hook { host: m0.ip.to_string(), source: Box::new(e) });
                 break;

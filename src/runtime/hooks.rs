@@ -149,9 +149,11 @@ async fn hook_on(
     plugin: &Plugin,
     phase: Phase,
 ) -> Result<(), HookError> {
-    let session = ctx
-        .session_for(host)
-        .map_err(|e| HookError::Ssh { plugin: plugin.name.clone(), phase, source: Box::new(e) })?;
+    let session = ctx.session_for(host).map_err(|e| HookError::Ssh {
+        plugin: plugin.name.clone(),
+        phase,
+        source: Box::new(e),
+    })?;
     let who = host.ip.to_string();
     run_hook(session, &ctx.env_for(host), Some(&ctx.rootfs), plugin, phase, |line| reporter.step(&who, line)).await
 }

@@ -48,4 +48,3 @@ pub async fn run(settings: &Settings, printer: Printer, args: DeleteArgs) -> any
     }
     Ok(())
 }
-

@@ -10,6 +10,7 @@ pub mod inspect;
 pub mod kubeconfig;
 pub mod load;
 pub mod login;
+pub mod plugin;
 pub mod pull;
 pub mod push;
 pub mod rmi;
