@@ -15,7 +15,7 @@ CARGO_FLAGS := --locked --features "$(FEATURES)"
 # Debian packages the tests use as real peers and tools.
 TEST_PACKAGES := skopeo docker-registry containerd apache2-utils openssl jq time bc tar gzip zstd coreutils util-linux python3 curl \
   debootstrap qemu-user-static binfmt-support systemd-container iproute2 openssh-client sshpass procps \
-  protobuf-compiler
+  protobuf-compiler fio
 
 .PHONY: all build release test test-unit test-hosts test-e2e deps demo bench-build bench-share bench-offline bench-run fuzz lint clean help
 

@@ -7,7 +7,10 @@
 # completes: 5 healthy members, data written before still there, and the existing hosts were
 # sent no rootfs bytes (kiln's count and bytes on their veths are printed). Then
 # `kiln scale-down -m h1,h2`, master0 among them: master0 moves to kiln-h3, 3 healthy members,
-# the data still there, and the hosts that left are as before the run. `kiln delete` ends it.
+# the data still there, and the hosts that left are as before the run, with the state taken
+# from master0 (this machine's copy removed). `kiln apply` brings the old master0 back and removes
+# a member. The bundled etcd-backup plugin saved a snapshot before each change, brought back to
+# this machine. `kiln delete` ends it.
 # Prints `N passed, N failed`.
 #
 #   e2e/test-scale.sh KILN_BINARY
@@ -33,7 +36,14 @@ healthy() { # HOST COUNT: COUNT members, every one healthy
   [ "$(grep -c 'is healthy' <<< "$out")" = "$2" ] && [ "$(etcd "$1" member list | wc -l)" = "$2" ] || { echo "$out" >&2; return 1; }
 }
 
+# The demo image with the bundled etcd-backup plugin (snapshots before every change).
+mkdir -p "$WORK/backup-ctx/plugins"
+cp -a "$ROOT/plugins/etcd-backup" "$WORK/backup-ctx/plugins/"
+printf 'FROM kiln-demo/etcd:1\nCOPY plugins plugins\n' > "$WORK/backup-ctx/Kubefile"
+"$KILN" build -q -t kiln-demo/etcd-backup:1 --build-mode lite --platform linux/amd64,linux/arm64 "$WORK/backup-ctx" >/dev/null \
+  || { echo "0 passed, 1 failed (etcd-backup image build)"; exit 1; }
 demo_clusterfile "$WORK/Clusterfile"
+sed -i 's|image: kiln-demo/etcd:1|image: kiln-demo/etcd-backup:1|' "$WORK/Clusterfile"
 BEFORE_RUN=$(snapshot kiln-h1 kiln-h2)
 "$KILN" run -f "$WORK/Clusterfile" "${KH[@]}" > "$WORK/run.out" 2>&1; rc=$?
 delivered() { [ "$rc" = 0 ] && healthy kiln-h1 3; }
@@ -129,7 +139,7 @@ kind: Cluster
 metadata:
   name: demo
 spec:
-  image: kiln-demo/etcd:1
+  image: kiln-demo/etcd-backup:1
   hosts:
     - ips: [$H3]
       roles: [master]
@@ -152,5 +162,33 @@ check "and the data is still there" readable kiln-h1
 
 "$KILN" delete --cluster demo --known-hosts "$WORK/known_hosts" > "$WORK/delete.out" 2>&1
 check "kiln delete removes the rest" [ $? = 0 ]
+
+# --- the etcd-backup plugin's snapshots, brought back to this machine --------------------------
+ETCDCTL=$ROOT/kubefiles/etcd/bin/amd64/etcdctl
+# (The first ones were saved to the state this machine then forgot, in state-elsewhere/.)
+find "$WORK/state-elsewhere/plugins/etcd-backup" "$KILN_ROOT/clusters/demo/plugins/etcd-backup" -name '*.db' 2>/dev/null | sort > "$WORK/snapshots.txt"
+sed 's|.*/etcd-backup/|  snapshot: |' "$WORK/snapshots.txt"
+python3 - "$WORK/snapshots.txt" "$H1" "$H2" "$H3" "$H5" > "$WORK/snapshots.out" <<'PY'
+import os, sys
+names = [os.path.basename(l.strip()) for l in open(sys.argv[1]) if l.strip()]
+h1, h2, h3, h5 = sys.argv[2:6]
+want = {"etcd-%s-pre-scaleup.db" % h1,               # before h4, h5 joined (master0)
+        "etcd-%s-pre-clean-host.db" % h1, "etcd-%s-pre-clean-host.db" % h2,   # leaving masters
+        "etcd-%s-pre-scaleup.db" % h3, "etcd-%s-pre-clean-host.db" % h5,      # kiln apply
+        "etcd-%s-pre-uninstall.db" % h3}              # delete: once, on master0
+missing = sorted(want - set(names))
+extra = [n for n in names if n not in want]
+print("ok" if not missing and not extra else "missing %s, unexpected %s" % (missing, extra))
+PY
+check "etcd-backup saved a snapshot before each change, on this machine (delete: once, from master0)" grep -qx ok "$WORK/snapshots.out"
+grep -qx ok "$WORK/snapshots.out" || cat "$WORK/snapshots.out"
+statuses_ok() {
+  local f; while read -r f; do
+    "$ETCDCTL" snapshot status "$f" -w json > "$WORK/status.json" 2>/dev/null || { echo "  not a snapshot: $f" >&2; return 1; }
+    python3 -c 'import json,sys; sys.exit(json.load(open(sys.argv[1]))["totalKey"] < 2)' "$WORK/status.json" || return 1
+  done < "$WORK/snapshots.txt"
+  [ -s "$WORK/snapshots.txt" ] && [ "$(xargs stat -c %a < "$WORK/snapshots.txt" | sort -u)" = 600 ]
+}
+check "every snapshot passes etcdctl snapshot status, holds the cluster's keys, and is 0600" statuses_ok
 "$HOSTS" down >/dev/null 2>&1
 finish

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make bench-run: distribution of a rootfs by `kiln run` to 1, 2 and 4 test hosts, beside
 # parallel `scp -r` of the same tree to the same hosts, in the same run. Two trees, each built
-# from this machine's own files: 10 000 small files (0.5-16 KiB) and 1 GiB of big files.
+# from this machine's own files: 10 000 small files (0.5-16 KiB) and 1 GiB of big files, the
+# big one twice: in an image with gzip layers (the default) and with zstd layers.
 # Prints wall time, bytes on the wire per host (counted on each host's veth, so SSH overhead
 # included for both) and kiln's peak RSS; then a re-run of kiln on the finished hosts and the
 # share of bytes it sent. The veths run at memory speed and the hosts share this machine's
@@ -34,18 +35,23 @@ SSH_OPTS=(-q -i "$KEY" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/nu
 on() { "$HOSTS" ssh "$1" -- "$2"; }
 wire() { cat "/sys/class/net/kv-${1#kiln-}/statistics/tx_bytes"; }
 
-# The trees and their cluster images (cached between runs).
-for kind in small big; do
-  tree=$WORK/ctx-$kind/tree
+# The trees and their cluster images (cached between runs). `big-zstd` is the big tree in an
+# image built with `--compression zstd` (the layers kiln sends as they are to hosts with zstd).
+KINDS=${BENCH_KINDS:-small big big-zstd}
+tree_of() { echo "$WORK/ctx-${1%-zstd}/tree"; }
+for kind in $KINDS; do
+  src=${kind%-zstd}; tree=$(tree_of "$kind")
   if [ ! -d "$tree" ]; then
-    echo "Generating the $kind-file tree (cached in $tree)..."
-    rm -rf "$WORK/ctx-$kind"; mkdir -p "$WORK/ctx-$kind/scripts"
-    python3 "$(dirname "$0")/gen_tree.py" "$kind" "$tree.tmp" && mv "$tree.tmp" "$tree"
+    echo "Generating the $src-file tree (cached in $tree)..."
+    rm -rf "$WORK/ctx-$src"; mkdir -p "$WORK/ctx-$src/scripts"
+    python3 "$(dirname "$0")/gen_tree.py" "$src" "$tree.tmp" && mv "$tree.tmp" "$tree"
   fi
-  printf '#!/bin/bash\ntrue\n' > "$WORK/ctx-$kind/scripts/init-master0.sh"
+  printf '#!/bin/bash\ntrue\n' > "$WORK/ctx-$src/scripts/init-master0.sh"
   printf 'FROM scratch\nLABEL cluster.alpha.sealer.io/cluster-runtime-type=shell\nCOPY scripts scripts\nCOPY tree tree\n' \
-    > "$WORK/ctx-$kind/Kubefile"
-  "$KILN" -q build --build-mode lite -t "bench.local/run/$kind:1" "$WORK/ctx-$kind" >/dev/null
+    > "$WORK/Kubefile.$kind"
+  compression=gzip; [ "$kind" = "$src" ] || compression=zstd
+  "$KILN" -q build --build-mode lite --compression "$compression" -t "bench.local/run/$kind:1" \
+    -f "$WORK/Kubefile.$kind" "$WORK/ctx-$src" >/dev/null
 done
 
 clusterfile() { # KIND N
@@ -83,7 +89,7 @@ kiln_clean() { # KIND N
 scp_all() { # KIND N
   local i pids=()
   for i in $(seq 0 $(($2 - 1))); do
-    scp "${SSH_OPTS[@]}" -r "$WORK/ctx-$1/tree" "root@${IPS[$i]}:/root/scp-bench" & pids+=($!)
+    scp "${SSH_OPTS[@]}" -r "$(tree_of "$1")" "root@${IPS[$i]}:/root/scp-bench" & pids+=($!)
   done
   for p in "${pids[@]}"; do wait "$p"; done
 }
@@ -94,9 +100,9 @@ trap 'stop_servers; "$HOSTS" down >/dev/null 2>&1 || true' EXIT
 declare -A RATIO
 echo
 printf '%-6s %5s  %9s %11s  %9s %11s  %6s  %9s  %s\n' tree hosts "kiln s" "kiln B/host" "scp s" "scp B/host" ratio "kiln RSS" "layers sent (link)"
-for kind in small big; do
-  size=$(du -sb "$WORK/ctx-$kind/tree" | cut -f1)
-  files=$(find "$WORK/ctx-$kind/tree" -type f | wc -l)
+for kind in $KINDS; do
+  size=$(du -sb "$(tree_of "$kind")" | cut -f1)
+  files=$(find "$(tree_of "$kind")" -type f | wc -l)
   for n in 1 2 4; do
     kiln_clean "$kind" "$n"
     read -r kt kb < <(measure "$n" kiln_run "$kind" "$n")
@@ -121,5 +127,6 @@ for kind in small big; do
   kiln_clean "$kind" 4
   echo "       ($kind tree: $files files, $(human "$size"))"
 done
-echo "targets: small files <= 0.5x scp (got ${RATIO[small.1]}, ${RATIO[small.2]}, ${RATIO[small.4]});" \
-  "big files <= 1.0x (got ${RATIO[big.1]}, ${RATIO[big.2]}, ${RATIO[big.4]}); re-run <= 1 % of the bytes"
+got() { echo "${RATIO[$1.1]:--}, ${RATIO[$1.2]:--}, ${RATIO[$1.4]:--}"; }
+echo "targets: small files <= 0.5x scp (got $(got small)); big files <= 1.0x (gzip layers: $(got big);" \
+  "zstd layers: $(got big-zstd)); re-run <= 1 % of the bytes"

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::path::Path;
 
 use futures_util::StreamExt;
 use serde::Serialize;
@@ -59,6 +60,7 @@ pub async fn delete(
     connect: &ConnectOptions,
     force: bool,
     plugins: &PluginSet,
+    outputs: Option<&Path>,
     reporter: &dyn RunReporter,
 ) -> Result<DeleteOutcome, DeleteError> {
     let cluster = &clusterfile.cluster;
@@ -81,10 +83,11 @@ pub async fn delete(
     let rootfs = distribute::rootfs_dir(&dir);
     let master0 = clusterfile.master0().cloned();
     let master0_session = master0.as_ref().and_then(|m| fleet.sessions.get(&m.ip).cloned());
+    let operation = hooks::Operation::Delete;
     if let (Some(m0), Some(session)) = (&master0, &master0_session) {
         let env = script_env(cluster, m0, m0, &rootfs, &Default::default());
         for plugin in plugins.hooks(Phase::PreUninstall) {
-            hooks::run_hook(session, &env, Some(&rootfs), plugin, Phase::PreUninstall, |l| {
+            hooks::run_hook(session, operation, &env, Some(&rootfs), plugin, Phase::PreUninstall, outputs, |l| {
                 reporter.step(&m0.ip.to_string(), l)
             })
             .await
@@ -101,8 +104,20 @@ pub async fn delete(
         .map(|(host, session)| {
             let (dir, rootfs, cri, master0) = (&dir, &rootfs, &cri, master0.as_ref().unwrap_or(host));
             async move {
-                let r =
-                    clean_with_hooks(&session, clusterfile, host, master0, dir, rootfs, cri, plugins, reporter).await;
+                let r = clean_with_hooks(
+                    &session,
+                    clusterfile,
+                    host,
+                    master0,
+                    dir,
+                    rootfs,
+                    cri,
+                    plugins,
+                    operation,
+                    outputs,
+                    reporter,
+                )
+                .await;
                 (host.ip, r)
             }
         })
@@ -124,10 +139,11 @@ pub async fn delete(
     {
         let env = script_env(cluster, m0, m0, &rootfs, &Default::default());
         for plugin in plugins.hooks(Phase::PostUninstall) {
-            if let Err(e) = hooks::run_hook(session, &env, None, plugin, Phase::PostUninstall, |l| {
-                reporter.step(&m0.ip.to_string(), l)
-            })
-            .await
+            if let Err(e) =
+                hooks::run_hook(session, operation, &env, None, plugin, Phase::PostUninstall, outputs, |l| {
+                    reporter.step(&m0.ip.to_string(), l)
+                })
+                .await
             {
                 first_error = Some(DeleteError::Hook { host: m0.ip.to_string(), source: Box::new(e) });
                 break;
@@ -151,23 +167,29 @@ pub(super) async fn clean_with_hooks(
     rootfs: &str,
     cri: &str,
     plugins: &PluginSet,
+    operation: hooks::Operation,
+    outputs: Option<&Path>,
     reporter: &dyn RunReporter,
 ) -> Result<(), DeleteError> {
     let who = host.ip.to_string();
     let env = script_env(&clusterfile.cluster, host, master0, rootfs, &Default::default());
     let hook_error = |e| DeleteError::Hook { host: who.clone(), source: Box::new(e) };
     for plugin in plugins.hooks(Phase::PreCleanHost).filter(|p| p.applies_to(host)) {
-        hooks::run_hook(session, &env, Some(rootfs), plugin, Phase::PreCleanHost, |l| reporter.step(&who, l))
-            .await
-            .map_err(hook_error)?;
+        hooks::run_hook(session, operation, &env, Some(rootfs), plugin, Phase::PreCleanHost, outputs, |l| {
+            reporter.step(&who, l)
+        })
+        .await
+        .map_err(hook_error)?;
     }
     clean_host(session, clusterfile, host, master0, dir, rootfs, cri, reporter)
         .await
         .map_err(|source| DeleteError::Clean { host: who.clone(), source })?;
     for plugin in plugins.hooks(Phase::PostCleanHost).filter(|p| p.applies_to(host)) {
-        hooks::run_hook(session, &env, None, plugin, Phase::PostCleanHost, |l| reporter.step(&who, l))
-            .await
-            .map_err(hook_error)?;
+        hooks::run_hook(session, operation, &env, None, plugin, Phase::PostCleanHost, outputs, |l| {
+            reporter.step(&who, l)
+        })
+        .await
+        .map_err(hook_error)?;
     }
     Ok(())
 }

@@ -89,7 +89,7 @@ pub enum Sent {
     Raw,
 }
 
-/// Below this many compressed bytes to send, [`LayerTransfer::Auto`] does not measure (that
+/// Below this many gzip bytes to send, [`LayerTransfer::Auto`] does not measure (that
 /// would cost more than raw could save) and sends them compressed.
 const AUTO_MEASURES_FROM: u64 = 128 << 20;
 
@@ -337,11 +337,14 @@ impl Distributor<'_> {
 
         // Raw layers are not kept, so only a rebuild can take them.
         let compressed_bytes: u64 = missing.iter().filter(|l| l.is_compressed()).map(|l| l.size).sum();
+        // Only gzip is worth measuring: a host core unpacks zstd faster than links carry it.
+        let gzip_bytes: u64 =
+            missing.iter().filter(|l| l.compression() == Some(Compression::Gzip)).map(|l| l.size).sum();
         let transfer = match self.transfer {
             _ if !rebuild || compressed_bytes == 0 => Sent::Compressed,
             LayerTransfer::Compressed => Sent::Compressed,
             LayerTransfer::Raw => Sent::Raw,
-            LayerTransfer::Auto if compressed_bytes < AUTO_MEASURES_FROM => Sent::Compressed,
+            LayerTransfer::Auto if gzip_bytes < AUTO_MEASURES_FROM => Sent::Compressed,
             LayerTransfer::Auto => {
                 let (link, gunzip) = measure_host(session).await?;
                 outcome.link_bytes_per_sec = Some(link);

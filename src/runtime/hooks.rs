@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::path::{Component, Path, PathBuf};
 
 use futures_util::StreamExt;
 
@@ -18,6 +19,8 @@ use crate::ssh::{Session, SshError, quote, with_env};
 pub enum HookError {
     #[error("plugin `{plugin}` ({phase}) failed on {host} with exit code {status}\n{output}")]
     Failed { plugin: String, phase: Phase, host: String, status: u32, output: String },
+    #[error("plugin `{plugin}` ({phase}) ran, but its files could not be brought back: {reason}")]
+    Collect { plugin: String, phase: Phase, reason: String },
     #[error("plugin `{plugin}` ({phase}) could not run")]
     Ssh {
         plugin: String,
@@ -29,30 +32,133 @@ pub enum HookError {
 
 /// Runs one hook on `session`'s host: `cd` into the plugin's directory in `rootfs` (or `/`
 /// when the rootfs is gone, for the phases after a clean) and the plugin's script, with the
-/// host's env plus `PluginName` and `PluginPhase`. Each line of output goes to `on_line`.
+/// host's env plus `PluginName`, `PluginPhase`, `KilnOperation` (`run`, `scale-up`,
+/// `scale-down`, `delete`) and `PluginOutDir`, an empty directory whose
+/// files, when `collect` names a directory here, are brought back to
+/// `collect/<plugin>/<phase>-<host>-<time>/` (a backup to the operator). Each line of output
+/// goes to `on_line`.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_hook(
     session: &Session,
+    operation: Operation,
     env: &BTreeMap<String, String>,
     rootfs: Option<&str>,
     plugin: &Plugin,
     phase: Phase,
-    on_line: impl FnMut(&str),
+    collect: Option<&Path>,
+    mut on_line: impl FnMut(&str),
 ) -> Result<(), HookError> {
+    let ssh = |e: SshError| HookError::Ssh { plugin: plugin.name.clone(), phase, source: Box::new(e) };
     let dir = match rootfs {
         Some(r) => format!("{r}/{}", plugin.work_dir()),
         None => "/".into(),
     };
+    let out_dir =
+        session.run("mktemp -d /var/tmp/kiln-plugin.XXXXXX").await.map_err(ssh)?.stdout_text().trim().to_owned();
     let mut env = env.clone();
     env.insert("PluginName".into(), plugin.name.clone());
     env.insert("PluginPhase".into(), phase.name().into());
+    env.insert("PluginOutDir".into(), out_dir.clone());
+    env.insert("KilnOperation".into(), operation.name().into());
     // Sealer's contract: the script runs as written, in one shell (its last command decides).
     let command = with_env(&env, &format!("cd {} && (\n{}\n)", quote(&dir), plugin.data));
-    match session.run_live(&command, on_line).await {
+    let result = match session.run_live(&command, &mut on_line).await {
         Ok(_) => Ok(()),
         Err(SshError::Command { host, status, output, .. }) => {
             Err(HookError::Failed { plugin: plugin.name.clone(), phase, host, status, output })
         }
-        Err(e) => Err(HookError::Ssh { plugin: plugin.name.clone(), phase, source: Box::new(e) }),
+        Err(e) => Err(ssh(e)),
+    };
+    let collected = match (&result, collect) {
+        (Ok(()), Some(into)) => collect_outputs(session, &out_dir, into, plugin, phase).await,
+        _ => Ok(None),
+    };
+    let _ = session.run(&format!("rm -rf {}", quote(&out_dir))).await;
+    result?;
+    if let Some((files, path)) = collected? {
+        on_line(&format!("plugin {} saved {files} files to {} on this machine", plugin.name, path.display()));
+    }
+    Ok(())
+}
+
+/// Brings the files a hook left in `out_dir` to the operator (streamed as a tar; only plain
+/// files and directories, nothing outside the target, files 0600).
+async fn collect_outputs(
+    session: &Session,
+    out_dir: &str,
+    into: &Path,
+    plugin: &Plugin,
+    phase: Phase,
+) -> Result<Option<(usize, PathBuf)>, HookError> {
+    let fail = |reason: String| HookError::Collect { plugin: plugin.name.clone(), phase, reason };
+    let listing = session.run(&format!("ls -A {}", quote(out_dir))).await.map_err(|e| fail(e.to_string()))?;
+    if listing.stdout_text().trim().is_empty() {
+        return Ok(None);
+    }
+    crate::image::store::create_private_dir(into).map_err(|e| fail(e.to_string()))?;
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+    let dest = into.join(&plugin.name).join(format!("{phase}-{}-{stamp}", session.host()));
+    let tar = tempfile::NamedTempFile::new_in(into).map_err(|e| fail(e.to_string()))?;
+    session
+        .download(&format!("tar -C {} -cf - .", quote(out_dir)), tar.path())
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let file = std::fs::File::open(tar.path()).map_err(|e| fail(e.to_string()))?;
+    let files = unpack_outputs(file, &dest).map_err(fail)?;
+    Ok(Some((files, dest)))
+}
+
+/// Unpacks a hook's output tar into `dest`; returns the number of files.
+fn unpack_outputs(tar: impl std::io::Read, dest: &Path) -> Result<usize, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut archive = tar::Archive::new(tar);
+    let mut files = 0;
+    crate::image::store::create_private_dir(dest).map_err(|e| e.to_string())?;
+    for entry in archive.entries().map_err(|e| e.to_string())? {
+        let mut entry = entry.map_err(|e| e.to_string())?;
+        let path = entry.path().map_err(|e| e.to_string())?.into_owned();
+        if !path.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir)) {
+            return Err(format!("`{}` would land outside its directory", path.display()));
+        }
+        let target = dest.join(&path);
+        match entry.header().entry_type() {
+            tar::EntryType::Directory => crate::image::store::create_private_dir(&target).map_err(|e| e.to_string())?,
+            tar::EntryType::Regular => {
+                if let Some(parent) = target.parent() {
+                    crate::image::store::create_private_dir(parent).map_err(|e| e.to_string())?;
+                }
+                let mut out = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&target)
+                    .map_err(|e| format!("{}: {e}", target.display()))?;
+                std::io::copy(&mut entry, &mut out).map_err(|e| format!("{}: {e}", target.display()))?;
+                files += 1;
+            }
+            other => return Err(format!("`{}` is a {other:?}, not a plain file", path.display())),
+        }
+    }
+    Ok(files)
+}
+
+/// What kiln is doing when a hook runs (`KilnOperation` in its env).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Run,
+    ScaleUp,
+    ScaleDown,
+    Delete,
+}
+
+impl Operation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Run => "run",
+            Self::ScaleUp => "scale-up",
+            Self::ScaleDown => "scale-down",
+            Self::Delete => "delete",
+        }
     }
 }
 
@@ -155,7 +261,15 @@ async fn hook_on(
         source: Box::new(e),
     })?;
     let who = host.ip.to_string();
-    run_hook(session, &ctx.env_for(host), Some(&ctx.rootfs), plugin, phase, |line| reporter.step(&who, line)).await
+    let collect = ctx.request.state_dir.join("plugins");
+    let operation = match ctx.request.scope {
+        Scope::Cluster => Operation::Run,
+        Scope::Join(_) => Operation::ScaleUp,
+    };
+    run_hook(session, operation, &ctx.env_for(host), Some(&ctx.rootfs), plugin, phase, Some(&collect), |line| {
+        reporter.step(&who, line)
+    })
+    .await
 }
 
 /// What `--dry-run` shows of the hooks on `host`: `phase: plugin, plugin` per phase that has any.
@@ -171,4 +285,41 @@ pub fn planned(plugins: &PluginSet, host: &Host, is_master0: bool, phases: &[Pha
             (!names.is_empty()).then(|| format!("{phase}: {}", names.join(", ")))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_unpack_as_private_files_and_nothing_escapes() {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(4);
+        header.set_mode(0o644);
+        tar.append_data(&mut header, "./snap/etcd.db", &b"data"[..]).unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        let out = dest.path().join("etcd-backup/pre-uninstall-10.0.0.1");
+        assert_eq!(unpack_outputs(&tar.into_inner().unwrap()[..], &out).unwrap(), 1);
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(out.join("snap/etcd.db")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+        let mut evil = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(1);
+        header.set_mode(0o600);
+        header.as_gnu_mut().unwrap().name[..9].copy_from_slice(b"../escape");
+        header.set_cksum();
+        evil.append(&header, &b"x"[..]).unwrap();
+        let err = unpack_outputs(&evil.into_inner().unwrap()[..], &dest.path().join("x")).unwrap_err();
+        assert!(err.contains("outside"), "{err}");
+        assert!(!dest.path().join("escape").exists());
+        let mut link = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_size(0);
+        link.append_link(&mut header, "l", "/etc/passwd").unwrap();
+        assert!(unpack_outputs(&link.into_inner().unwrap()[..], &dest.path().join("y")).is_err());
+    }
 }

@@ -280,6 +280,8 @@ impl Leaving<'_> {
                     &self.rootfs,
                     &cri(self.after),
                     &self.request.plugins,
+                    super::hooks::Operation::ScaleDown,
+                    Some(&self.request.state_dir.join("plugins")),
                     reporter,
                 )
                 .await

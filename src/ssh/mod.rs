@@ -9,7 +9,7 @@ mod known_hosts;
 mod shell;
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -602,6 +602,49 @@ impl Session {
             return Err(lost(format!("`{}` ended without an exit status", first_line(command))));
         }
         Ok(out)
+    }
+
+    /// Runs `command` as root and writes what it prints on standard output to `dest` as it
+    /// arrives, so nothing large is held in memory. Returns the bytes written; a non-zero exit
+    /// is an error with the command's standard error.
+    pub async fn download(&self, command: &str, dest: &Path) -> Result<u64, SshError> {
+        use tokio::io::AsyncWriteExt as _;
+        let host = self.target.host.to_string();
+        let lost = |reason: String| SshError::Lost { host: host.clone(), reason };
+        let local = |source| SshError::Local { path: dest.to_owned(), source };
+        let mut file = tokio::fs::File::create(dest).await.map_err(local)?;
+        let _permit = self.channels.acquire().await.map_err(|e| lost(e.to_string()))?;
+        let mut channel = self.handle.channel_open_session().await.map_err(|e| lost(e.to_string()))?;
+        channel.exec(true, wrap(command, &self.privilege).as_bytes()).await.map_err(|e| lost(e.to_string()))?;
+        if let Privilege::SudoPassword(p) = &self.privilege {
+            channel.data(format!("{}\n", p.expose()).as_bytes()).await.map_err(|e| lost(e.to_string()))?;
+        }
+        channel.eof().await.map_err(|e| lost(e.to_string()))?;
+        let (mut written, mut stderr, mut status) = (0u64, Vec::new(), None);
+        while let Some(msg) = channel.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => {
+                    file.write_all(&data).await.map_err(local)?;
+                    written += data.len() as u64;
+                }
+                ChannelMsg::ExtendedData { data, .. } => stderr.extend_from_slice(&data),
+                ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+                ChannelMsg::ExitSignal { .. } => status = Some(128),
+                ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+        file.sync_all().await.map_err(local)?;
+        match status {
+            Some(0) => Ok(written),
+            Some(status) => Err(SshError::Command {
+                host,
+                command: first_line(command),
+                status,
+                output: String::from_utf8_lossy(&stderr).into_owned(),
+            }),
+            None => Err(lost(format!("`{}` ended without an exit status", first_line(command)))),
+        }
     }
 
     /// A TCP connection that the host makes to `address:port` (as the host sees it), carried

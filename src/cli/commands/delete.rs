@@ -23,9 +23,11 @@ pub async fn run(settings: &Settings, printer: Printer, args: DeleteArgs) -> any
         let connect = crate::cli::cluster::connect_options(&args.hosts, clusterfile)?;
         let reporter = RunProgress::new(printer, None);
         let plugins = super::plugins_of(settings, &printer, clusterfile).await?;
-        let outcome = crate::runtime::delete::delete(clusterfile, &connect, args.force, &plugins, &reporter)
-            .await
-            .map_err(|e| anyhow::Error::new(e).context(format!("deleting cluster `{name}`")))?;
+        let outputs = clusters_dir.join(name).join("plugins");
+        let outcome =
+            crate::runtime::delete::delete(clusterfile, &connect, args.force, &plugins, Some(&outputs), &reporter)
+                .await
+                .map_err(|e| anyhow::Error::new(e).context(format!("deleting cluster `{name}`")))?;
         for (ip, why) in &outcome.not_cleaned {
             printer.warn(&format!("{ip} was not cleaned (unreachable: {why}); clean it when it is back"));
         }
@@ -39,6 +41,9 @@ pub async fn run(settings: &Settings, printer: Printer, args: DeleteArgs) -> any
                 let _ = std::fs::remove_file(state.join("run.log"));
             }
             let _ = std::fs::remove_dir(&state);
+            if outputs.is_dir() {
+                printer.status(&format!("Files the plugins saved are kept in {}", outputs.display()));
+            }
         }
         printer.status(&format!("Deleted cluster `{name}` from {} hosts", outcome.cleaned.len()));
         outcomes.push(serde_json::json!({"cluster": name, "outcome": outcome}));
