@@ -118,7 +118,11 @@ check "adding a host that is already in the cluster is refused" bash -c "[ $rc =
 mv "$KILN_ROOT/clusters/demo" "$WORK/state-elsewhere"
 "$KILN" scale-down --from-master0 "$H1" --pk "$KEY" -m "$H1,$H2" "${KH[@]}" > "$WORK/down.out" 2>&1; rc=$?
 check "with no state on this machine, scale-down takes it from master0" grep -q "Took the state of cluster \`demo\` from master0 $H1" "$WORK/down.out"
-check "the state taken from master0 is private (0600)" bash -c "[ \"\$(stat -c %a '$KILN_ROOT/clusters/demo/Clusterfile' '$KILN_ROOT/clusters/demo/registry/ca.key' | sort -u)\" = 600 ]"
+private_state() {
+  local modes; modes=$(stat -c %a "$KILN_ROOT/clusters/demo/Clusterfile" "$KILN_ROOT/clusters/demo/registry/ca.key") &&
+    [ "$(sort -u <<< "$modes")" = 600 ]
+}
+check "the state taken from master0 (with the registry's CA) is private (0600)" private_state
 check "scale-down of 2 members, master0 among them, succeeds" [ "$rc" = 0 ]
 [ "$rc" = 0 ] || tail -n 20 "$WORK/down.out"
 check "master0 moved to kiln-h3" grep -q "master0 is now $H3" "$WORK/down.out"

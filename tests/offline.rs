@@ -549,6 +549,16 @@ fn image_sources_pack_local_archives_and_layouts_without_a_registry() {
     assert!(origin(three).contains(docker_tar.to_str().unwrap()), "{images:?}");
     assert!(images.iter().all(|i| i["referencedBy"][0].as_str().unwrap().ends_with("manifests/app.yaml")));
 
+    // An image built FROM it keeps its registry content as registry content (sent to registry
+    // hosts only) and its list of container images.
+    build.file("extra/readme.txt", "more\n");
+    build.kubefile("FROM sourced:1\nCOPY extra extra\n");
+    build.ok(&["build", "-q", "--build-mode", "lite", "-t", "child:1", build.ctx().to_str().unwrap()]);
+    let child: serde_json::Value = serde_json::from_str(&build.ok(&["inspect", "child:1"])).unwrap();
+    let text = child.to_string();
+    assert_eq!(text.matches("\"io.kiln.layer.content\":\"registry\"").count(), 1, "{text}");
+    assert_eq!(child["platforms"][0]["containerImages"].as_array().map(Vec::len), Some(3), "{text}");
+
     // The layer serves them: docker-registry on the extracted `registry/` answers skopeo.
     let rootfs = build.rootfs("sourced:1", None);
     let (_server, local) =

@@ -16,6 +16,7 @@ else
   args=(--endpoints "${EtcdEndpoints:-http://$HostIP:2379}")
 fi
 file="$PluginOutDir/etcd-$HostIP-$PluginPhase.db"
-etcdctl "${args[@]}" snapshot save "$file" >/dev/null
+# A member that cannot answer must not hold the operation up for ever.
+timeout "${EtcdBackupTimeout:-300}" etcdctl --dial-timeout=10s "${args[@]}" snapshot save "$file" >/dev/null
 etcdctl snapshot status "$file" -w simple
 echo "etcd-backup: snapshot of $HostIP before $KilnOperation ($(du -h "$file" | cut -f1))"

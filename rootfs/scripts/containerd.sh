@@ -4,6 +4,8 @@ set -euo pipefail
 ROOTFS=$(cd "$(dirname "$0")/.." && pwd)
 # containerd's CRI plugin creates /etc/cni/net.d; remember whether it was there, for uninstall.
 [ -e /etc/cni ] || [ -e "$ROOTFS/.kiln-created-etc-cni" ] || touch "$ROOTFS/.kiln-created-etc-cni"
+# The same for /etc/containerd (kiln makes it first when it writes registry mirrors).
+[ -e /etc/containerd ] || [ -e "$ROOTFS/.kiln-created-etc-containerd" ] || touch "$ROOTFS/.kiln-created-etc-containerd"
 install -m 0755 "$ROOTFS/bin/containerd" "$ROOTFS/bin/containerd-shim-runc-v2" "$ROOTFS/bin/ctr" "$ROOTFS/bin/runc" /usr/local/bin/
 mkdir -p /etc/containerd
 install -m 0644 "$ROOTFS/etc/containerd/config.toml" /etc/containerd/config.toml

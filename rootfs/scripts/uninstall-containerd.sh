@@ -8,3 +8,7 @@ rm -f /etc/containerd/config.toml
 rm -rf /var/lib/containerd /run/containerd
 ROOTFS=$(cd "$(dirname "$0")/.." && pwd)
 if [ -e "$ROOTFS/.kiln-created-etc-cni" ]; then rm -rf /etc/cni; rm -f "$ROOTFS/.kiln-created-etc-cni"; fi
+if [ -e "$ROOTFS/.kiln-created-etc-containerd" ]; then
+  rmdir /etc/containerd 2>/dev/null || true
+  rm -f "$ROOTFS/.kiln-created-etc-containerd"
+fi

@@ -13,7 +13,7 @@ mod offline;
 mod sandbox;
 mod sources;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -233,8 +233,8 @@ struct PlatformBuild<'a> {
     labels: BTreeMap<String, String>,
     author: Option<String>,
     layers: Vec<LayerBlob>,
-    /// The `registry/` layer among `layers`, if any.
-    registry_layer: Option<Digest>,
+    /// The `registry/` layers among `layers`: the base image's and this build's.
+    registry_layers: BTreeSet<Digest>,
     history: Vec<oci_spec::image::History>,
     extension: ImageExtension,
     launch_set: bool,
@@ -278,7 +278,7 @@ impl<'a> PlatformBuild<'a> {
             labels: BTreeMap::new(),
             author: None,
             layers: Vec::new(),
-            registry_layer: None,
+            registry_layers: BTreeSet::new(),
             history: Vec::new(),
             extension: ImageExtension::new(request.image_type),
             launch_set: false,
@@ -345,7 +345,7 @@ impl<'a> PlatformBuild<'a> {
         {
             self.history.push(h);
         }
-        self.registry_layer = Some(layer.digest.clone());
+        self.registry_layers.insert(layer.digest.clone());
         self.layers.push(layer);
     }
 
@@ -504,7 +504,17 @@ impl<'a> PlatformBuild<'a> {
                 digest: base.config_digest.clone(),
                 reason: format!("no valid diff_id for layer {i}"),
             })?;
+            // A base's registry content stays registry content (sent to registry hosts only).
+            if media::is_registry_layer(l) {
+                self.registry_layers.insert(digest.clone());
+            }
             self.layers.push(LayerBlob { digest, size: l.size(), diff_id, media_type: l.media_type().to_string() });
+        }
+        // And its list of container images, unless this build makes its own.
+        if let Some(images) =
+            base.manifest.annotations().as_ref().and_then(|a| a.get(media::ANNOTATION_SEALER_CONTAINER_IMAGES))
+        {
+            self.container_images = Some(images.clone());
         }
         if let Some(config) = base.config.config() {
             for e in config.env().iter().flatten() {
@@ -952,7 +962,7 @@ impl<'a> PlatformBuild<'a> {
             .map(|l| {
                 let mut d = Descriptor::new(MediaType::from(l.media_type.as_str()), l.size, l.digest.to_oci());
                 // Lets `kiln run` send the registry content only to registry hosts.
-                if self.registry_layer.as_ref() == Some(&l.digest) {
+                if self.registry_layers.contains(&l.digest) {
                     d.set_annotations(Some(
                         [(media::ANNOTATION_LAYER_CONTENT.to_owned(), media::LAYER_CONTENT_REGISTRY.to_owned())].into(),
                     ));

@@ -155,8 +155,7 @@ pub async fn delete(
     first_error.map_or(Ok(outcome), Err)
 }
 
-/// [`clean_host`] between the host's `pre-clean-host` and `post-clean-host` hooks (the latter
-/// from `/`: the rootfs is gone by then).
+/// [`clean_host`] between the host's `pre-clean-host` and `post-clean-host` hooks.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn clean_with_hooks(
     session: &Session,
@@ -171,27 +170,41 @@ pub(super) async fn clean_with_hooks(
     outputs: Option<&Path>,
     reporter: &dyn RunReporter,
 ) -> Result<(), DeleteError> {
-    let who = host.ip.to_string();
-    let env = script_env(&clusterfile.cluster, host, master0, rootfs, &Default::default());
-    let hook_error = |e| DeleteError::Hook { host: who.clone(), source: Box::new(e) };
-    for plugin in plugins.hooks(Phase::PreCleanHost).filter(|p| p.applies_to(host)) {
-        hooks::run_hook(session, operation, &env, Some(rootfs), plugin, Phase::PreCleanHost, outputs, |l| {
-            reporter.step(&who, l)
-        })
-        .await
-        .map_err(hook_error)?;
-    }
+    let hooks = CleanHooks { session, clusterfile, host, master0, rootfs, plugins, operation, outputs };
+    hooks.run(Phase::PreCleanHost, reporter).await?;
     clean_host(session, clusterfile, host, master0, dir, rootfs, cri, reporter)
         .await
-        .map_err(|source| DeleteError::Clean { host: who.clone(), source })?;
-    for plugin in plugins.hooks(Phase::PostCleanHost).filter(|p| p.applies_to(host)) {
-        hooks::run_hook(session, operation, &env, None, plugin, Phase::PostCleanHost, outputs, |l| {
-            reporter.step(&who, l)
-        })
-        .await
-        .map_err(hook_error)?;
+        .map_err(|source| DeleteError::Clean { host: host.ip.to_string(), source })?;
+    hooks.run(Phase::PostCleanHost, reporter).await
+}
+
+/// A host's `pre-clean-host` and `post-clean-host` hooks (the latter from `/`: the rootfs is
+/// gone by then).
+pub(super) struct CleanHooks<'a> {
+    pub session: &'a Session,
+    pub clusterfile: &'a Clusterfile,
+    pub host: &'a Host,
+    pub master0: &'a Host,
+    pub rootfs: &'a str,
+    pub plugins: &'a PluginSet,
+    pub operation: hooks::Operation,
+    pub outputs: Option<&'a Path>,
+}
+
+impl CleanHooks<'_> {
+    pub async fn run(&self, phase: Phase, reporter: &dyn RunReporter) -> Result<(), DeleteError> {
+        let who = self.host.ip.to_string();
+        let env = script_env(&self.clusterfile.cluster, self.host, self.master0, self.rootfs, &Default::default());
+        let rootfs = (phase != Phase::PostCleanHost).then_some(self.rootfs);
+        for plugin in self.plugins.hooks(phase).filter(|p| p.applies_to(self.host)) {
+            hooks::run_hook(self.session, self.operation, &env, rootfs, plugin, phase, self.outputs, |l| {
+                reporter.step(&who, l)
+            })
+            .await
+            .map_err(|e| DeleteError::Hook { host: who.clone(), source: Box::new(e) })?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]

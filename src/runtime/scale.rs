@@ -22,6 +22,7 @@ use super::journal::{Journal, JournalError};
 use super::run::{ClusterRuntime, RunReporter, script_env};
 use super::{ConnectOptions, Fleet, delete, distribute, kubernetes};
 use crate::clusterfile::{Clusterfile, Host, Registry};
+use crate::plugins::Phase;
 use crate::ssh::{Session, SshError, quote, with_env};
 
 /// Where kiln's kubectl calls find their credentials on a master.
@@ -240,6 +241,22 @@ impl Leaving<'_> {
         let who = host.ip.to_string();
         let fail = |source: SshError| ScaleError::Leave { host: host.ip, source: Box::new(source) };
         let node = self.node_names.get(&host.ip).cloned();
+        let outputs = self.request.state_dir.join("plugins");
+        let clean_hooks = session.as_deref().map(|session| delete::CleanHooks {
+            session,
+            clusterfile: self.request.clusterfile,
+            host,
+            master0: self.new_master0,
+            rootfs: &self.rootfs,
+            plugins: &self.request.plugins,
+            operation: super::hooks::Operation::ScaleDown,
+            outputs: Some(&outputs),
+        });
+        let hook_failed = |e| ScaleError::Clean { host: host.ip, source: Box::new(e) };
+        // Before the cluster lets go of the host: a hook may still need it (a backup of its etcd).
+        if let Some(hooks) = &clean_hooks {
+            hooks.run(Phase::PreCleanHost, reporter).await.map_err(hook_failed)?;
+        }
         match self.runtime {
             ClusterRuntime::Kubernetes => {
                 if let (Some(node), Some(_)) = (&node, &session) {
@@ -271,7 +288,7 @@ impl Leaving<'_> {
         let unreachable = match &session {
             Some(session) => {
                 // kubeadm reset (and a master's etcd member) first, then the image's clean scripts.
-                delete::clean_with_hooks(
+                delete::clean_host(
                     session,
                     self.request.clusterfile,
                     host,
@@ -279,13 +296,15 @@ impl Leaving<'_> {
                     &self.dir,
                     &self.rootfs,
                     &cri(self.after),
-                    &self.request.plugins,
-                    super::hooks::Operation::ScaleDown,
-                    Some(&self.request.state_dir.join("plugins")),
                     reporter,
                 )
                 .await
-                .map_err(|e| ScaleError::Clean { host: host.ip, source: Box::new(e) })?;
+                .map_err(|source| {
+                    hook_failed(delete::DeleteError::Clean { host: host.ip.to_string(), source })
+                })?;
+                if let Some(hooks) = &clean_hooks {
+                    hooks.run(Phase::PostCleanHost, reporter).await.map_err(hook_failed)?;
+                }
                 None
             }
             None => Some("unreachable: taken out of the cluster, not cleaned".to_owned()),
