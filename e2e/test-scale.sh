@@ -164,6 +164,18 @@ members_ok() { [ "$(members)" = "http://$H1:2380 http://$H3:2380 http://$H4:2380
 check "etcd members follow the Clusterfile (kiln-h1, kiln-h3, kiln-h4), all healthy" members_ok
 check "and the data is still there" readable kiln-h1
 
+# --- a member that cannot be reached: refused, then taken out with --force --------------------
+"$HOSTS" stop kiln-h4 > /dev/null
+"$KILN" scale-down -m "$H4" "${KH[@]}" --connect-timeout 5 > "$WORK/gone.out" 2>&1; rc=$?
+check "removing an unreachable member is refused and changes nothing" bash -c "[ $rc != 0 ] &&
+  grep -q 'cannot reach $H4; nothing was changed' '$WORK/gone.out' && grep -q '$H4' '$KILN_ROOT/clusters/demo/Clusterfile'"
+"$KILN" scale-down -m "$H4" "${KH[@]}" --connect-timeout 5 --force > "$WORK/forced.out" 2>&1; rc=$?
+check "with --force it is taken out of the cluster and reported as not cleaned" bash -c "[ $rc = 0 ] &&
+  grep -q '$H4 was taken out of the cluster but not cleaned' '$WORK/forced.out' && ! grep -q '$H4' '$KILN_ROOT/clusters/demo/Clusterfile'"
+[ "$rc" = 0 ] || tail -n 15 "$WORK/forced.out"
+check "its etcd member was removed through master0: 2 healthy members" healthy kiln-h3 2
+check "and the data is still there" readable kiln-h1
+
 "$KILN" delete --cluster demo --known-hosts "$WORK/known_hosts" > "$WORK/delete.out" 2>&1
 check "kiln delete removes the rest" [ $? = 0 ]
 
