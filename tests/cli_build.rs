@@ -299,6 +299,8 @@ fn zstd_layers() {
     let env = Env::new();
     env.file("f", "zstd content");
     env.kubefile("FROM scratch\nCOPY f f\n");
+    // Built with gzip first: the cached gzip layer must not stand in for the zstd one.
+    env.build("g:1", &[]);
     env.build("z:1", &["--compression", "zstd"]);
     let info = env.inspect("z:1");
     assert_eq!(

@@ -579,6 +579,8 @@ impl<'a> PlatformBuild<'a> {
         key: &str,
         produce: &mut dyn FnMut(&mut Self) -> Result<Produced>,
     ) -> Result<Option<Application>> {
+        // The same instruction compressed another way is another blob.
+        let key = &format!("{key}.{}", self.request.compression.layer_media_type());
         if !self.request.no_cache
             && let Some(entry) = cache::lookup(self.store, key)
         {

@@ -211,7 +211,7 @@ pub(super) async fn host_hooks(
     if plugins.is_empty() {
         return Ok(());
     }
-    let results: Vec<(IpAddr, Result<(), HookError>)> = futures_util::stream::iter(hosts)
+    let results: Vec<(IpAddr, Result<(), RunError>)> = futures_util::stream::iter(hosts)
         .map(|host| {
             let plugins = &plugins;
             async move {
@@ -222,16 +222,14 @@ pub(super) async fn host_hooks(
                         continue;
                     }
                     reporter.step(&who, &format!("plugin {} ({phase})", plugin.name));
-                    let result = hook_on(ctx, reporter, host, plugin, phase).await;
-                    let recorded = match &result {
+                    let outcome = match hook_on(ctx, reporter, host, plugin, phase).await {
                         Ok(()) => ctx.record(&step, &who, Ok(())),
-                        Err(e) => ctx.record(&step, &who, Err(&e.to_string())),
+                        Err(e) => {
+                            ctx.record(&step, &who, Err(&e.to_string())).and(Err(step_error(phase.name(), host.ip, e)))
+                        }
                     };
-                    if let Err(e) = result {
+                    if let Err(e) = outcome {
                         return (host.ip, Err(e));
-                    }
-                    if recorded.is_err() {
-                        break;
                     }
                 }
                 (host.ip, Ok(()))
@@ -242,10 +240,7 @@ pub(super) async fn host_hooks(
         .await;
     let mut results = results;
     results.sort_by_key(|(ip, _)| *ip);
-    match results.into_iter().find_map(|(ip, r)| r.err().map(|e| (ip, e))) {
-        Some((ip, e)) => Err(step_error(phase.name(), ip, e)),
-        None => Ok(()),
-    }
+    results.into_iter().find_map(|(_, r)| r.err()).map_or(Ok(()), Err)
 }
 
 async fn hook_on(

@@ -299,9 +299,7 @@ impl Leaving<'_> {
                     reporter,
                 )
                 .await
-                .map_err(|source| {
-                    hook_failed(delete::DeleteError::Clean { host: host.ip.to_string(), source })
-                })?;
+                .map_err(|source| hook_failed(delete::DeleteError::Clean { host: host.ip.to_string(), source }))?;
                 if let Some(hooks) = &clean_hooks {
                     hooks.run(Phase::PostCleanHost, reporter).await.map_err(hook_failed)?;
                 }
