@@ -57,6 +57,9 @@ fn cert_commands_refuse_a_cluster_without_pki_or_settings_and_bad_names() {
     let env = Env::new();
     let cf = env.file("Clusterfile", CLUSTERFILE);
     let cf = cf.to_str().unwrap();
+    // Without -f, the only cluster run from this machine; there is none yet.
+    let stderr = env.fails(&["cert", "check-expiration"], 1);
+    assert!(stderr.contains("no cluster was run from this machine"), "{stderr}");
     let stderr = env.fails(&["cert", "renew", "-f", cf], 1);
     assert!(stderr.contains("cluster `prod` has no PKI on this machine"), "{stderr}");
     let stderr = env.fails(&["cert", "--alt-names", "a.example", "-f", cf], 1);

@@ -54,9 +54,11 @@ fn user_facing(e: CertError) -> anyhow::Error {
     }
 }
 
-/// The cluster, how to reach it, and its state on this machine.
+/// The cluster (`-f`, or the only one run from this machine), how to reach it, and its state
+/// on this machine.
 fn request(settings: &Settings, hosts: &HostArgs, printer: &Printer) -> anyhow::Result<CertRequest> {
-    let clusterfile = crate::cli::cluster::resolve(hosts, None, printer)?;
+    let clusters_dir = settings.root.join("clusters");
+    let clusterfile = crate::cli::cluster::chosen_cluster(&clusters_dir, None, hosts, printer)?;
     let connect = crate::cli::cluster::connect_options(hosts, &clusterfile)?;
     let state_dir = settings.root.join("clusters").join(&clusterfile.cluster.name);
     Ok(CertRequest { clusterfile, connect, state_dir })
