@@ -34,9 +34,14 @@ pub fn for_cluster(
     store: Option<(&crate::image::Store, &crate::image::Image)>,
     clusterfile: &Clusterfile,
 ) -> Result<PluginSet, PluginLoadError> {
+    load(store, Some(clusterfile), Some(&scope_roles(clusterfile)))
+}
+
+/// The roles a plugin's scope may name in this cluster: `master`, `node` and its hosts' own.
+pub fn scope_roles(clusterfile: &Clusterfile) -> BTreeSet<String> {
     let mut roles: BTreeSet<String> = ["master", "node"].iter().map(|s| (*s).to_owned()).collect();
     roles.extend(clusterfile.cluster.hosts.iter().flat_map(|h| h.roles.iter().map(ToString::to_string)));
-    load(store, Some(clusterfile), Some(&roles))
+    roles
 }
 
 /// The plugins of an image and/or a Clusterfile (`kiln plugin list`), scopes checked against

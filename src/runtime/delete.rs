@@ -84,15 +84,18 @@ pub async fn delete(
     let master0 = clusterfile.master0().cloned();
     let master0_session = master0.as_ref().and_then(|m| fleet.sessions.get(&m.ip).cloned());
     let operation = hooks::Operation::Delete;
-    if let (Some(m0), Some(session)) = (&master0, &master0_session) {
-        let env = script_env(cluster, m0, m0, &rootfs, &Default::default());
-        for plugin in plugins.hooks(Phase::PreUninstall) {
-            hooks::run_hook(session, operation, &env, Some(&rootfs), plugin, Phase::PreUninstall, outputs, |l| {
-                reporter.step(&m0.ip.to_string(), l)
-            })
-            .await
-            .map_err(|e| DeleteError::Hook { host: m0.ip.to_string(), source: Box::new(e) })?;
-        }
+    let master0_hooks = master0.as_ref().zip(master0_session.as_deref()).map(|(m0, session)| HostHooks {
+        session,
+        clusterfile,
+        host: m0,
+        master0: m0,
+        rootfs: &rootfs,
+        plugins,
+        operation,
+        outputs,
+    });
+    if let Some(hooks) = &master0_hooks {
+        hooks.run(Phase::PreUninstall, reporter).await?;
     }
     reporter.phase("clean", "run the image's clean scripts and undo kiln's changes");
     let cri = cluster.container_runtime.clone().unwrap_or_else(|| "containerd".into());
@@ -104,20 +107,9 @@ pub async fn delete(
         .map(|(host, session)| {
             let (dir, rootfs, cri, master0) = (&dir, &rootfs, &cri, master0.as_ref().unwrap_or(host));
             async move {
-                let r = clean_with_hooks(
-                    &session,
-                    clusterfile,
-                    host,
-                    master0,
-                    dir,
-                    rootfs,
-                    cri,
-                    plugins,
-                    operation,
-                    outputs,
-                    reporter,
-                )
-                .await;
+                let hooks =
+                    HostHooks { session: &session, clusterfile, host, master0, rootfs, plugins, operation, outputs };
+                let r = clean_with_hooks(&hooks, dir, cri, reporter).await;
                 (host.ip, r)
             }
         })
@@ -135,20 +127,9 @@ pub async fn delete(
     }
     // The cluster is gone: `post-uninstall` runs on what was master0, from `/`.
     if first_error.is_none()
-        && let (Some(m0), Some(session)) = (&master0, &master0_session)
+        && let Some(hooks) = &master0_hooks
     {
-        let env = script_env(cluster, m0, m0, &rootfs, &Default::default());
-        for plugin in plugins.hooks(Phase::PostUninstall) {
-            if let Err(e) =
-                hooks::run_hook(session, operation, &env, None, plugin, Phase::PostUninstall, outputs, |l| {
-                    reporter.step(&m0.ip.to_string(), l)
-                })
-                .await
-            {
-                first_error = Some(DeleteError::Hook { host: m0.ip.to_string(), source: Box::new(e) });
-                break;
-            }
-        }
+        first_error = hooks.run(Phase::PostUninstall, reporter).await.err();
     }
     fleet.close().await;
     outcome.cleaned.sort();
@@ -156,31 +137,23 @@ pub async fn delete(
 }
 
 /// [`clean_host`] between the host's `pre-clean-host` and `post-clean-host` hooks.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn clean_with_hooks(
-    session: &Session,
-    clusterfile: &Clusterfile,
-    host: &Host,
-    master0: &Host,
+async fn clean_with_hooks(
+    hooks: &HostHooks<'_>,
     dir: &str,
-    rootfs: &str,
     cri: &str,
-    plugins: &PluginSet,
-    operation: hooks::Operation,
-    outputs: Option<&Path>,
     reporter: &dyn RunReporter,
 ) -> Result<(), DeleteError> {
-    let hooks = CleanHooks { session, clusterfile, host, master0, rootfs, plugins, operation, outputs };
     hooks.run(Phase::PreCleanHost, reporter).await?;
-    clean_host(session, clusterfile, host, master0, dir, rootfs, cri, reporter)
+    clean_host(hooks.session, hooks.clusterfile, hooks.host, hooks.master0, dir, hooks.rootfs, cri, reporter)
         .await
-        .map_err(|source| DeleteError::Clean { host: host.ip.to_string(), source })?;
+        .map_err(|source| DeleteError::Clean { host: hooks.host.ip.to_string(), source })?;
     hooks.run(Phase::PostCleanHost, reporter).await
 }
 
-/// A host's `pre-clean-host` and `post-clean-host` hooks (the latter from `/`: the rootfs is
-/// gone by then).
-pub(super) struct CleanHooks<'a> {
+/// The plugin hooks of one host while it is cleaned (`pre-clean-host`, `post-clean-host`) or,
+/// on master0, while the cluster is deleted (`pre-uninstall`, `post-uninstall`). The phases
+/// after a clean run from `/`: the rootfs is gone by then.
+pub(super) struct HostHooks<'a> {
     pub session: &'a Session,
     pub clusterfile: &'a Clusterfile,
     pub host: &'a Host,
@@ -191,12 +164,13 @@ pub(super) struct CleanHooks<'a> {
     pub outputs: Option<&'a Path>,
 }
 
-impl CleanHooks<'_> {
+impl HostHooks<'_> {
     pub async fn run(&self, phase: Phase, reporter: &dyn RunReporter) -> Result<(), DeleteError> {
         let who = self.host.ip.to_string();
         let env = script_env(&self.clusterfile.cluster, self.host, self.master0, self.rootfs, &Default::default());
-        let rootfs = (phase != Phase::PostCleanHost).then_some(self.rootfs);
-        for plugin in self.plugins.hooks(phase).filter(|p| p.applies_to(self.host)) {
+        let rootfs = (!matches!(phase, Phase::PostCleanHost | Phase::PostUninstall)).then_some(self.rootfs);
+        let applies = |p: &&crate::plugins::Plugin| !phase.on_hosts() || p.applies_to(self.host);
+        for plugin in self.plugins.hooks(phase).filter(applies) {
             hooks::run_hook(self.session, self.operation, &env, rootfs, plugin, phase, self.outputs, |l| {
                 reporter.step(&who, l)
             })

@@ -179,22 +179,9 @@ fn step_id(phase: Phase, plugin: &Plugin) -> String {
 
 /// A cluster phase's hooks on master0.
 pub(super) async fn cluster_hooks(ctx: &Context<'_>, reporter: &dyn RunReporter, phase: Phase) -> Result<(), RunError> {
-    let plugins = &ctx.request.plugins;
     let who = cluster_key(&ctx.request.scope);
-    let host = &ctx.master0;
-    for plugin in plugins.hooks(phase) {
-        let step = step_id(phase, plugin);
-        if ctx.done(&step, &who) {
-            continue;
-        }
-        reporter.step(&host.ip.to_string(), &format!("plugin {} ({phase})", plugin.name));
-        match hook_on(ctx, reporter, host, plugin, phase).await {
-            Ok(()) => ctx.record(&step, &who, Ok(()))?,
-            Err(e) => {
-                ctx.record(&step, &who, Err(&e.to_string()))?;
-                return Err(step_error(phase.name(), host.ip, e));
-            }
-        }
+    for plugin in ctx.request.plugins.hooks(phase) {
+        journaled_hook(ctx, reporter, &ctx.master0, &who, plugin, phase).await?;
     }
     Ok(())
 }
@@ -211,24 +198,13 @@ pub(super) async fn host_hooks(
     if plugins.is_empty() {
         return Ok(());
     }
-    let results: Vec<(IpAddr, Result<(), RunError>)> = futures_util::stream::iter(hosts)
+    let mut results: Vec<(IpAddr, Result<(), RunError>)> = futures_util::stream::iter(hosts)
         .map(|host| {
             let plugins = &plugins;
             async move {
+                let who = host.ip.to_string();
                 for plugin in plugins.iter().filter(|p| p.applies_to(host)) {
-                    let step = step_id(phase, plugin);
-                    let who = host.ip.to_string();
-                    if ctx.done(&step, &who) {
-                        continue;
-                    }
-                    reporter.step(&who, &format!("plugin {} ({phase})", plugin.name));
-                    let outcome = match hook_on(ctx, reporter, host, plugin, phase).await {
-                        Ok(()) => ctx.record(&step, &who, Ok(())),
-                        Err(e) => {
-                            ctx.record(&step, &who, Err(&e.to_string())).and(Err(step_error(phase.name(), host.ip, e)))
-                        }
-                    };
-                    if let Err(e) = outcome {
+                    if let Err(e) = journaled_hook(ctx, reporter, host, &who, plugin, phase).await {
                         return (host.ip, Err(e));
                     }
                 }
@@ -238,9 +214,31 @@ pub(super) async fn host_hooks(
         .buffer_unordered(ctx.request.connect.max_hosts.max(1))
         .collect()
         .await;
-    let mut results = results;
     results.sort_by_key(|(ip, _)| *ip);
     results.into_iter().find_map(|(_, r)| r.err()).map_or(Ok(()), Err)
+}
+
+/// One hook on `host`, unless the journal has it done for `who`; its result is journaled.
+async fn journaled_hook(
+    ctx: &Context<'_>,
+    reporter: &dyn RunReporter,
+    host: &Host,
+    who: &str,
+    plugin: &Plugin,
+    phase: Phase,
+) -> Result<(), RunError> {
+    let step = step_id(phase, plugin);
+    if ctx.done(&step, who) {
+        return Ok(());
+    }
+    reporter.step(&host.ip.to_string(), &format!("plugin {} ({phase})", plugin.name));
+    match hook_on(ctx, reporter, host, plugin, phase).await {
+        Ok(()) => ctx.record(&step, who, Ok(())),
+        Err(e) => {
+            ctx.record(&step, who, Err(&e.to_string()))?;
+            Err(step_error(phase.name(), host.ip, e))
+        }
+    }
 }
 
 async fn hook_on(
@@ -257,13 +255,16 @@ async fn hook_on(
     })?;
     let who = host.ip.to_string();
     let collect = ctx.request.state_dir.join("plugins");
-    let operation = match ctx.request.scope {
-        Scope::Cluster => Operation::Run,
-        Scope::Join(_) => Operation::ScaleUp,
-    };
-    run_hook(session, operation, &ctx.env_for(host), Some(&ctx.rootfs), plugin, phase, Some(&collect), |line| {
-        reporter.step(&who, line)
-    })
+    run_hook(
+        session,
+        ctx.request.scope.operation(),
+        &ctx.env_for(host),
+        Some(&ctx.rootfs),
+        plugin,
+        phase,
+        Some(&collect),
+        |line| reporter.step(&who, line),
+    )
     .await
 }
 

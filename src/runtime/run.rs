@@ -132,6 +132,14 @@ impl Scope {
             Self::Join(_) => (Phase::PreScaleup, Phase::PostScaleup),
         }
     }
+
+    /// What the plugins are told kiln is doing (`KilnOperation`).
+    pub fn operation(&self) -> hooks::Operation {
+        match self {
+            Self::Cluster => hooks::Operation::Run,
+            Self::Join(_) => hooks::Operation::ScaleUp,
+        }
+    }
 }
 
 /// What a run would do on one host (`--dry-run`).

@@ -242,7 +242,7 @@ impl Leaving<'_> {
         let fail = |source: SshError| ScaleError::Leave { host: host.ip, source: Box::new(source) };
         let node = self.node_names.get(&host.ip).cloned();
         let outputs = self.request.state_dir.join("plugins");
-        let clean_hooks = session.as_deref().map(|session| delete::CleanHooks {
+        let clean_hooks = session.as_deref().map(|session| delete::HostHooks {
             session,
             clusterfile: self.request.clusterfile,
             host,

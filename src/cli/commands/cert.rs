@@ -1,7 +1,5 @@
 //! `kiln cert`: check-expiration, renew, and `--alt-names` (Sealer's `sealer cert`).
 
-use std::os::unix::fs::OpenOptionsExt;
-
 use crate::cli::settings::Settings;
 use crate::cli::{CertArgs, CertCommand, HostArgs};
 use crate::kubernetes::pki::PkiError;
@@ -66,9 +64,7 @@ fn request(settings: &Settings, hosts: &HostArgs, printer: &Printer) -> anyhow::
 
 /// Progress on the terminal and in the cluster's run log.
 fn reporter(printer: Printer, request: &CertRequest) -> RunProgress {
-    let log = std::fs::create_dir_all(&request.state_dir).ok().and_then(|()| {
-        std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(request.state_dir.join("run.log")).ok()
-    });
+    let log = std::fs::create_dir_all(&request.state_dir).ok().and_then(|()| super::run::run_log(&request.state_dir));
     RunProgress::new(printer, log)
 }
 

@@ -20,12 +20,7 @@ pub async fn list(settings: &Settings, printer: Printer, args: PluginListArgs) -
         None => None,
     };
     let set = super::blocking(move || {
-        let roles = clusterfile.as_ref().map(|cf| {
-            let mut roles: std::collections::BTreeSet<String> =
-                ["master", "node"].iter().map(|s| (*s).to_owned()).collect();
-            roles.extend(cf.cluster.hosts.iter().flat_map(|h| h.roles.iter().map(ToString::to_string)));
-            roles
-        });
+        let roles = clusterfile.as_ref().map(crate::plugins::scope_roles);
         super::run::plugins_or_error(crate::plugins::load(
             image.as_ref().map(|i| (&store, i)),
             clusterfile.as_ref(),

@@ -44,6 +44,11 @@ pub async fn run(settings: &Settings, printer: Printer, args: RunArgs) -> anyhow
     Ok(())
 }
 
+/// The cluster's run log (appended, 0600: scripts may print what only root should read).
+pub(crate) fn run_log(state_dir: &std::path::Path) -> Option<std::fs::File> {
+    std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(state_dir.join("run.log")).ok()
+}
+
 pub(crate) fn state_dir(settings: &Settings, clusterfile: &Clusterfile) -> std::path::PathBuf {
     settings.root.join("clusters").join(&clusterfile.cluster.name)
 }
@@ -91,8 +96,7 @@ pub(crate) async fn execute(
     }
     let state_dir = state_dir(settings, clusterfile);
     std::fs::create_dir_all(&state_dir)?;
-    let log = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(state_dir.join("run.log")).ok();
-    let reporter = RunProgress::new(printer, log);
+    let reporter = RunProgress::new(printer, run_log(&state_dir));
     let request = RunRequest {
         store: &store,
         clusterfile,

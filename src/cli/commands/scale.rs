@@ -4,7 +4,6 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::os::unix::fs::OpenOptionsExt;
 
 use super::run::{execute, save_clusterfile, state_dir};
 use crate::cli::settings::Settings;
@@ -114,9 +113,7 @@ async fn leave(
         force,
         plugins: super::plugins_of(settings, &printer, current).await?,
     };
-    let log =
-        std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(request.state_dir.join("run.log")).ok();
-    let reporter = RunProgress::new(printer, log);
+    let reporter = RunProgress::new(printer, super::run::run_log(&request.state_dir));
     let outcome = crate::runtime::scale::leave(&request, &reporter).await.map_err(|e| {
         anyhow::Error::new(e)
             .context("scale-down stopped; the hosts that left are recorded: run the same command again")
