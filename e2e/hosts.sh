@@ -30,9 +30,9 @@ ROOT_PASSWORD=kiln-e2e-root
 SUDO_USER_NOPASSWD=deploy
 SUDO_USER_PASSWD=ops
 SUDO_USER_PASSWORD=kiln-e2e-ops
-PACKAGES=systemd,systemd-sysv,dbus,openssh-server,iproute2,kmod,procps,sudo,iputils-ping,ca-certificates,python3,python3-yaml,zstd
+PACKAGES=systemd,systemd-sysv,dbus,openssh-server,iproute2,kmod,procps,sudo,iputils-ping,ca-certificates,python3,python3-yaml,zstd,chrony
 # Bumped whenever PACKAGES or customize_rootfs change, so cached root filesystems are rebuilt.
-ROOTFS_REVISION=3
+ROOTFS_REVISION=4
 
 log() { printf '%s\n' "$*" >&2; }
 die() { printf 'hosts.sh: error: %s\n' "$*" >&2; exit 1; }

@@ -171,5 +171,120 @@ PY
 check "every hook ran on the right hosts, once (none repeated by the resumed run), in order" grep -qx ok "$WORK/order.out"
 grep -qx ok "$WORK/order.out" || { cat "$WORK/order.out"; cat "$WORK/markers.log"; }
 
+# --- the built-in hostname and time-sync plugins ------------------------------------------------
+# Cloned machines: kiln-h1 and kiln-h2 answer to one hostname, and kiln-h3's clock is 90 s
+# ahead. The `date` wrapper stands in for h3's own clock (nspawn hosts share this machine's
+# kernel clock and may not set it): the machine's time plus an offset that `date -s` moves.
+mkdir -p "$WORK/builtin-ctx/plugins"
+cp -a "$ROOT/plugins/hostname" "$ROOT/plugins/time-sync" "$WORK/builtin-ctx/plugins/"
+printf 'FROM e2e/shell:1\nCOPY plugins plugins\n' > "$WORK/builtin-ctx/Kubefile"
+kiln -q build --build-mode lite --platform linux/amd64,linux/arm64 -t e2e/builtins:1 "$WORK/builtin-ctx" >/dev/null
+check "an image with the bundled hostname and time-sync plugins builds" [ $? = 0 ]
+builtin_clusterfile() { # FILE IMAGE
+  cat > "$1" <<EOF
+apiVersion: sealer.io/v2
+kind: Cluster
+metadata:
+  name: e2e-builtins
+spec:
+  image: $2
+  ssh: {user: root, pk: $KEY}
+  hosts:
+    - ips: [$H1]
+      roles: [master]
+      env: [HostName=m-0]
+    - ips: [$H2]
+      roles: [master]
+      env: [HostName=m-1]
+    - ips: [$H3]
+      roles: [node]
+      env: [HostName=n-0]
+EOF
+}
+builtin_clusterfile "$WORK/Clusterfile.builtins" e2e/builtins:1
+clock_wrapper=$(base64 -w0 <<'SH'
+#!/bin/sh
+f=/var/tmp/kiln-e2e-clock-offset
+off=$(cat "$f" 2>/dev/null || echo 0)
+now=$(/bin/date +%s)
+if [ "$1" = -s ]; then
+  t=$(/bin/date -d "$2" +%s) || exit 1
+  echo $((t - now)) > "$f"
+  exec /bin/date -d "@$t"
+fi
+exec /bin/date -d "@$((now + off))" "$@"
+SH
+)
+on kiln-h1 -- hostname cloned; on kiln-h2 -- hostname cloned
+on kiln-h3 -- "echo $clock_wrapper | base64 -d > /usr/local/bin/date && chmod +x /usr/local/bin/date && echo 90 > /var/tmp/kiln-e2e-clock-offset"
+before=$(snapshot kiln-h1 kiln-h2 kiln-h3)
+kiln check -f "$WORK/Clusterfile.builtins" "${KH[@]}" > "$WORK/builtin-check.out" 2>&1; rc=$?
+check "kiln check passes: the duplicate hostname and the skewed clock are the plugins' to fix" bash -c "
+  [ $rc = 0 ] &&
+  grep -q '$H1 .*hostname-unique .*ok .*cloned → m-0 (plugin hostname)' '$WORK/builtin-check.out' &&
+  grep -q '$H2 .*hostname-unique .*ok .*cloned → m-1 (plugin hostname)' '$WORK/builtin-check.out' &&
+  grep -q '$H3 .*clock-skew .*repair .*+\(89\|9[0-9]\)\.[0-9] s .*plugin time-sync syncs it' '$WORK/builtin-check.out'"
+[ "$rc" = 0 ] || cat "$WORK/builtin-check.out"
+kiln run -f "$WORK/Clusterfile.builtins" "${KH[@]}" > "$WORK/builtin-run.out" 2>&1; rc=$?
+check "the run completes" [ "$rc" = 0 ]
+[ "$rc" = 0 ] || tail -n 30 "$WORK/builtin-run.out"
+named() { # HOST NAME IP
+  [ "$(on "$1" -- hostname)" = "$2" ] && [ "$(on "$1" -- cat /etc/hostname)" = "$2" ] &&
+    [ "$(on "$1" -- getent hosts "$2" | awk '{print $1}')" = "$3" ]
+}
+all_named() { named kiln-h1 m-0 "$H1" && named kiln-h2 m-1 "$H2" && named kiln-h3 n-0 "$H3"; }
+check "each host has the name from its HostName, which resolves to it" all_named
+h3_skew() { echo $(( $(on kiln-h3 -- date +%s) - $(date +%s) )); }
+skew=$(h3_skew)
+check "kiln-h3's clock was stepped to this machine's ($skew s now), and kiln measured it again" bash -c "
+  [ ${skew#-} -le 2 ] && grep -q '\[$H3\] clock-skew: [-+][0-9.]* s after plugin time-sync: ok' '$WORK/builtin-run.out'"
+synced() {
+  for _ in $(seq 1 30); do
+    on kiln-h3 -- chronyc -n sources 2>/dev/null | grep -q "^\^\* $H1 " && return 0
+    sleep 1
+  done
+  on kiln-h3 -- chronyc -n sources
+  return 1
+}
+chrony_set_up() {
+  on kiln-h1 -- grep -qx "'local stratum 10'" /etc/chrony/chrony.conf && on kiln-h1 -- grep -qx "'allow $H3'" /etc/chrony/chrony.conf &&
+    on kiln-h3 -- grep -qx "'server $H1 iburst'" /etc/chrony/chrony.conf && synced
+}
+check "chrony on master0 serves the cluster; kiln-h3's chrony follows it (its selected source)" chrony_set_up
+kiln delete --cluster e2e-builtins --known-hosts "$WORK/known_hosts" > "$WORK/builtin-delete.out" 2>&1; rc=$?
+check "delete succeeds" [ "$rc" = 0 ]
+[ "$rc" = 0 ] || tail -n 20 "$WORK/builtin-delete.out"
+as_before() {
+  [ "$(on kiln-h1 -- hostname)" = cloned ] && [ "$(on kiln-h2 -- hostname)" = cloned ] && [ "$(on kiln-h3 -- hostname)" = kiln-h3 ] || return 1
+  for h in kiln-h1 kiln-h2 kiln-h3; do ! on "$h" -- systemctl is-active --quiet chrony || return 1; done
+}
+check "the old hostnames are back and chrony is stopped again" as_before
+after=$(snapshot kiln-h1 kiln-h2 kiln-h3)
+check "the hosts are as before the run (paths, modes and contents under /etc, /usr/bin, /usr/local/bin, /var/lib/kiln; sysctls)" [ "$before" = "$after" ]
+
+# A plugin that promises a repair and does not keep it: kiln measures again and stops the run.
+on kiln-h3 -- "echo 90 > /var/tmp/kiln-e2e-clock-offset"
+builtin_clusterfile "$WORK/Clusterfile.lazy" e2e/shell:1
+cat >> "$WORK/Clusterfile.lazy" <<'EOF'
+---
+apiVersion: sealer.io/v1
+kind: Plugin
+metadata:
+  name: lazy-sync
+  annotations: {kiln.io/repairs: clock-skew}
+spec: {type: SHELL, action: pre-init-host, scope: node, data: echo pretending}
+EOF
+sed -i '/HostName=/d' "$WORK/Clusterfile.lazy"
+on kiln-h1 -- hostname kiln-h1; on kiln-h2 -- hostname kiln-h2
+kiln run -f "$WORK/Clusterfile.lazy" "${KH[@]}" > "$WORK/lazy.out" 2>&1; rc=$?
+check "a repair that did not happen stops the run after pre-init-host, naming the host, the clock and the plugin" bash -c "
+  [ $rc = 1 ] && grep -q 'phase \`pre-init-host\` failed on $H3' '$WORK/lazy.out' &&
+  grep -q 'the clock is still +\(89\|9[0-9]\)\.[0-9] s from this machine after plugin \`lazy-sync\`' '$WORK/lazy.out'"
+grep -q 'lazy-sync' "$WORK/lazy.out" || tail -n 20 "$WORK/lazy.out"
+untuned_lazy() { for h in kiln-h1 kiln-h2 kiln-h3; do on "$h" -- "test ! -e /var/lib/kiln/data/e2e-builtins/.kiln/tune" || return 1; done; }
+check "no host was tuned" untuned_lazy
+kiln delete --cluster e2e-builtins --known-hosts "$WORK/known_hosts" >/dev/null 2>&1
+on kiln-h3 -- "rm -f /usr/local/bin/date /var/tmp/kiln-e2e-clock-offset"
+
 "$HOSTS" down >/dev/null 2>&1
 finish

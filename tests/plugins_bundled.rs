@@ -18,7 +18,7 @@ fn bundled() -> PluginSet {
 fn every_bundled_package_loads_with_a_revision() {
     let set = bundled();
     let names: Vec<&str> = set.plugins.keys().map(String::as_str).collect();
-    assert_eq!(names, ["disk-check", "etcd-backup"]);
+    assert_eq!(names, ["disk-check", "etcd-backup", "hostname", "time-sync"]);
     for p in set.plugins.values() {
         assert!(p.revision >= 1, "{}", p.name);
         assert!(p.work_dir().starts_with("plugins/"), "{}", p.name);
@@ -28,6 +28,14 @@ fn every_bundled_package_loads_with_a_revision() {
         assert!(backup.phases.contains(&phase), "{phase}");
     }
     assert_eq!(set.plugins["disk-check"].phases, [Phase::PreInitHost]);
+    // The two preflight knows of: what they set and repair, in pre-init-host; undone at clean.
+    let hostname = &set.plugins["hostname"];
+    assert_eq!(hostname.promises.hostname_from_env.as_deref(), Some("HostName"));
+    let time_sync = &set.plugins["time-sync"];
+    assert_eq!(time_sync.promises.repairs, std::collections::BTreeSet::from([kiln::plugins::Repairable::ClockSkew]));
+    for p in [hostname, time_sync] {
+        assert_eq!(p.phases, [Phase::PreInitHost, Phase::PreCleanHost], "{}", p.name);
+    }
 }
 
 fn script(package: &str, name: &str, env: &[(&str, &str)]) -> std::process::Output {

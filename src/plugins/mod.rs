@@ -167,7 +167,53 @@ pub struct Plugin {
     /// The shell script, run with `sh -c` in the rootfs (a package's in its directory).
     pub data: String,
     pub origin: Origin,
+    /// What preflight may count on this plugin to do in `pre-init-host` (its `kiln.io/`
+    /// annotations).
+    #[serde(skip_serializing_if = "PreflightPromise::is_empty")]
+    pub promises: PreflightPromise,
 }
+
+/// What a plugin promises to do in `pre-init-host`, so that preflight checks the cluster as it
+/// will be then rather than as it is now:
+/// - `kiln.io/hostname-from-env: HostName`: sets each host's hostname to that env value (where
+///   set), so hostname uniqueness is checked on those names and they become the node names;
+/// - `kiln.io/repairs: clock-skew`: brings a clock that fails the check within the limit, so
+///   that failure does not stop the run; kiln measures again after the hook.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PreflightPromise {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname_from_env: Option<String>,
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    pub repairs: BTreeSet<Repairable>,
+}
+
+impl PreflightPromise {
+    pub fn is_empty(&self) -> bool {
+        self.hostname_from_env.is_none() && self.repairs.is_empty()
+    }
+}
+
+/// A preflight check a plugin may repair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Repairable {
+    ClockSkew,
+}
+
+impl Repairable {
+    pub const ALL: [Repairable; 1] = [Self::ClockSkew];
+
+    /// The check's name in preflight (`--skip-checks`).
+    pub fn check(self) -> &'static str {
+        match self {
+            Self::ClockSkew => "clock-skew",
+        }
+    }
+}
+
+/// The annotations kiln reads (any other `kiln.io/` key is a mistake).
+const HOSTNAME_FROM_ENV: &str = "kiln.io/hostname-from-env";
+const REPAIRS: &str = "kiln.io/repairs";
 
 impl Plugin {
     /// Whether `host` runs this plugin's host phases.
@@ -247,8 +293,7 @@ struct Metadata {
     #[allow(dead_code)]
     labels: BTreeMap<String, String>,
     #[serde(default)]
-    #[allow(dead_code)]
-    annotations: BTreeMap<String, String>,
+    annotations: BTreeMap<String, Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -414,6 +459,7 @@ fn parse_source(source: &PluginSource, roles: Option<&BTreeSet<String>>) -> Load
         let Some(data) = spec.data.filter(|d| !d.value.trim().is_empty()) else {
             return Err(error(spec_at, format!("plugin `{}` has no `data` (the script to run)", name.value), "spec"));
         };
+        let promises = promises(&metadata.value.annotations, &name.value, &phases, &error, &at)?;
         let origin = match &source.kind {
             SourceKind::Clusterfile { .. } => {
                 Origin::Clusterfile { file: source.file.clone(), line: line_of(&text, kind_at) }
@@ -428,9 +474,65 @@ fn parse_source(source: &PluginSource, roles: Option<&BTreeSet<String>>) -> Load
             scope,
             data: data.value,
             origin,
+            promises,
         });
     }
     Ok(plugins)
+}
+
+/// The `kiln.io/` annotations of plugin `name`, checked.
+fn promises(
+    annotations: &BTreeMap<String, Spanned<String>>,
+    name: &str,
+    phases: &[Phase],
+    error: &dyn Fn(usize, String, &str) -> Box<SourceError>,
+    at: &dyn Fn(&serde_saphyr::Location) -> usize,
+) -> LoadResult<PreflightPromise> {
+    let mut promise = PreflightPromise::default();
+    for (key, value) in annotations.iter().filter(|(k, _)| k.starts_with("kiln.io/")) {
+        let place = at(&value.referenced);
+        match key.as_str() {
+            HOSTNAME_FROM_ENV => {
+                let var = value.value.trim();
+                let valid = var.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !valid {
+                    return Err(error(place, format!("`{var}` is not an env variable name"), key));
+                }
+                promise.hostname_from_env = Some(var.to_owned());
+            }
+            REPAIRS => {
+                for word in value.value.split(['|', ',']).map(str::trim) {
+                    let Some(check) = Repairable::ALL.into_iter().find(|r| r.check() == word) else {
+                        let known: Vec<&str> = Repairable::ALL.iter().map(|r| r.check()).collect();
+                        return Err(error(
+                            place,
+                            format!("plugin `{name}` cannot repair `{word}` (repairable: {})", known.join(", ")),
+                            key,
+                        ));
+                    };
+                    promise.repairs.insert(check);
+                }
+            }
+            _ => {
+                return Err(error(
+                    place,
+                    format!("unknown annotation `{key}` (kiln reads `{HOSTNAME_FROM_ENV}` and `{REPAIRS}`)"),
+                    key,
+                ));
+            }
+        }
+    }
+    if !promise.is_empty() && !phases.contains(&Phase::PreInitHost) {
+        let key = if promise.hostname_from_env.is_some() { HOSTNAME_FROM_ENV } else { REPAIRS };
+        let place = annotations.get(key).map_or(0, |v| at(&v.referenced));
+        return Err(error(
+            place,
+            format!("plugin `{name}` has `{key}` but does not run in `pre-init-host`, where kiln counts on it"),
+            key,
+        ));
+    }
+    Ok(promise)
 }
 
 fn first_line(text: &str) -> &str {

@@ -87,3 +87,33 @@ fn without_a_cluster_any_role_is_a_scope() {
     let set = PluginSet::load(&[source(&GOOD.replace("master|db", "gpu"))], None).unwrap();
     assert!(set.plugins["zz-iscsi"].scope.contains("gpu"));
 }
+
+#[test]
+fn kiln_annotations_are_promises_to_preflight_and_mistakes_in_them_are_errors() {
+    let with = |annotations: &str| {
+        GOOD.replace("  name: zz-iscsi\n", &format!("  name: zz-iscsi\n  annotations:\n{annotations}"))
+    };
+    let set =
+        load(&with("    kiln.io/hostname-from-env: HostName\n    kiln.io/repairs: clock-skew\n    other.io/x: y\n"))
+            .unwrap();
+    let p = &set.plugins["zz-iscsi"];
+    assert_eq!(p.promises.hostname_from_env.as_deref(), Some("HostName"));
+    assert_eq!(p.promises.repairs, BTreeSet::from([Repairable::ClockSkew]));
+    assert!(load(GOOD).unwrap().plugins["zz-iscsi"].promises.is_empty());
+    for (bad, what, line, column) in [
+        (with("    kiln.io/repairs: ports\n"), "cannot repair `ports` (repairable: clock-skew)", 6, 22),
+        (with("    kiln.io/hostname-from-env: \"Host Name\"\n"), "`Host Name` is not an env variable name", 6, 32),
+        (with("    kiln.io/hostnames: a\n"), "unknown annotation `kiln.io/hostnames`", 6, 24),
+        (
+            with("    kiln.io/repairs: clock-skew\n").replace("pre-init-host|post-install", "post-install"),
+            "does not run in `pre-init-host`",
+            6,
+            22,
+        ),
+    ] {
+        let err = load(&bad).unwrap_err();
+        let got = err.to_string();
+        assert!(got.contains(what), "{what}: {got}");
+        assert_eq!((err.location().line, err.location().column), (line, column), "{what}: {got}");
+    }
+}

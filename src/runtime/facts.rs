@@ -66,6 +66,15 @@ fn now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// The host's clock minus this machine's, in seconds, measured alone (after a repair);
+/// `None` when the host's `date` printed no time.
+pub async fn clock_offset(session: &Session) -> Result<Option<f64>, SshError> {
+    let before = now();
+    let out = session.run("date +%s.%N").await?;
+    let after = now();
+    Ok(out.stdout_text().trim().parse::<f64>().ok().map(|remote| remote - (before + (after - before) / 2.0)))
+}
+
 /// `extra_commands`: what this image needs beyond [`REQUIRED_COMMANDS`] (e.g. `zstd`).
 pub async fn gather(session: &Session, data_root: &Path, extra_commands: &[String]) -> Result<Facts, SshError> {
     let commands = REQUIRED_COMMANDS

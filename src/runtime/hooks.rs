@@ -33,7 +33,8 @@ pub enum HookError {
 /// Runs one hook on `session`'s host: `cd` into the plugin's directory in `rootfs` (or `/`
 /// when the rootfs is gone, for the phases after a clean) and the plugin's script, with the
 /// host's env plus `PluginName`, `PluginPhase`, `KilnOperation` (`run`, `scale-up`,
-/// `scale-down`, `delete`) and `PluginOutDir`, an empty directory whose
+/// `scale-down`, `delete`), `PluginStateDir` (kept until the host is cleaned; not in the
+/// phases after a clean) and `PluginOutDir`, an empty directory whose
 /// files, when `collect` names a directory here, are brought back to
 /// `collect/<plugin>/<phase>-<host>-<time>/` (a backup to the operator). Each line of output
 /// goes to `on_line`.
@@ -60,8 +61,18 @@ pub async fn run_hook(
     env.insert("PluginPhase".into(), phase.name().into());
     env.insert("PluginOutDir".into(), out_dir.clone());
     env.insert("KilnOperation".into(), operation.name().into());
+    // A directory that lives as long as the cluster on this host (what a plugin must remember
+    // to undo its work when the host is cleaned); gone with the rootfs after a clean.
+    let state_dir = plugin_state_dir(rootfs, plugin);
+    let prepare = match &state_dir {
+        Some(d) => {
+            env.insert("PluginStateDir".into(), d.clone());
+            format!("mkdir -p {d} && chmod 700 {d} && ", d = quote(d))
+        }
+        None => String::new(),
+    };
     // Sealer's contract: the script runs as written, in one shell (its last command decides).
-    let command = with_env(&env, &format!("cd {} && (\n{}\n)", quote(&dir), plugin.data));
+    let command = with_env(&env, &format!("{prepare}cd {} && (\n{}\n)", quote(&dir), plugin.data));
     let result = match session.run_live(&command, &mut on_line).await {
         Ok(_) => Ok(()),
         Err(SshError::Command { host, status, output, .. }) => {
@@ -79,6 +90,12 @@ pub async fn run_hook(
         on_line(&format!("plugin {} saved {files} files to {} on this machine", plugin.name, path.display()));
     }
     Ok(())
+}
+
+/// `<cluster dir>/.kiln/plugins/<plugin>` beside the rootfs, while there is one.
+fn plugin_state_dir(rootfs: Option<&str>, plugin: &Plugin) -> Option<String> {
+    let cluster_dir = Path::new(rootfs?).parent()?;
+    Some(cluster_dir.join(".kiln").join("plugins").join(&plugin.name).display().to_string())
 }
 
 /// Brings the files a hook left in `out_dir` to the operator (streamed as a tar; only plain
@@ -258,7 +275,7 @@ async fn hook_on(
     run_hook(
         session,
         ctx.request.scope.operation(),
-        &ctx.env_for(host),
+        &ctx.hook_env(host),
         Some(&ctx.rootfs),
         plugin,
         phase,
@@ -267,6 +284,55 @@ async fn hook_on(
     )
     .await
 }
+
+/// After `pre-init-host`: what the plugins promised preflight is so. Each host a plugin gave a
+/// hostname has it, and each clock a plugin repaired is within the limit now (measured again).
+pub(super) async fn check_promises(ctx: &Context<'_>, reporter: &dyn RunReporter) -> Result<(), RunError> {
+    let preflight = &ctx.request.preflight;
+    let limit = preflight.max_clock_skew_s;
+    for host in ctx.targets() {
+        let session = ctx.session_for(host).map_err(|e| step_error("pre-init-host", host.ip, e))?;
+        if let Some(planned) = preflight.planned_hostnames.get(&host.ip) {
+            let now = session.run("hostname").await.map_err(|e| step_error("pre-init-host", host.ip, e))?;
+            let now = now.stdout_text().trim().to_owned();
+            if now != planned.name {
+                return Err(step_error(
+                    "pre-init-host",
+                    host.ip,
+                    PromiseBroken(format!(
+                        "plugin `{}` was to set the hostname to `{}`, but it is `{now}`",
+                        planned.plugin, planned.name
+                    )),
+                ));
+            }
+        }
+        if let Some(plugin) = ctx.clock_repairs().get(&host.ip) {
+            let offset =
+                super::facts::clock_offset(session).await.map_err(|e| step_error("pre-init-host", host.ip, e))?;
+            match offset {
+                Some(o) if o.abs() <= limit => {
+                    reporter.step(&host.ip.to_string(), &format!("clock-skew: {o:+.1} s after plugin {plugin}: ok"));
+                }
+                other => {
+                    let now = other.map_or_else(|| "unreadable".to_owned(), |o| format!("{o:+.1} s from this machine"));
+                    return Err(step_error(
+                        "pre-init-host",
+                        host.ip,
+                        PromiseBroken(format!(
+                            "the clock is still {now} after plugin `{plugin}` (limit ±{limit} s); nothing is installed yet"
+                        )),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A plugin did not do what it promised preflight (its `kiln.io/` annotations).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PromiseBroken(String);
 
 /// What `--dry-run` shows of the hooks on `host`: `phase: plugin, plugin` per phase that has any.
 pub fn planned(plugins: &PluginSet, host: &Host, is_master0: bool, phases: &[Phase]) -> Vec<String> {

@@ -34,6 +34,20 @@ pub enum Outcome {
     Pass,
     Fail,
     Skipped,
+    /// Fails now, and a plugin that repairs it runs in `pre-init-host`; kiln checks again then.
+    Repair,
+}
+
+impl Outcome {
+    /// As the tables show it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Pass => "ok",
+            Self::Fail => "FAIL",
+            Self::Skipped => "skipped",
+            Self::Repair => "repair",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -73,6 +87,17 @@ pub struct PreflightOptions {
     pub min_kernel: (u32, u32),
     /// Commands the image needs on hosts beyond kiln's own (`zstd` for zstd layers).
     pub extra_commands: Vec<String>,
+    /// Hostnames a plugin sets in `pre-init-host` (checked instead of the current ones).
+    pub planned_hostnames: BTreeMap<IpAddr, PlannedHostname>,
+    /// Hosts where a plugin repairs a failing clock-skew check: the plugin's name.
+    pub clock_repairs: BTreeMap<IpAddr, String>,
+}
+
+/// The hostname a plugin gives a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedHostname {
+    pub name: String,
+    pub plugin: String,
 }
 
 impl Default for PreflightOptions {
@@ -91,6 +116,8 @@ impl Default for PreflightOptions {
             ports_held_by_cluster: BTreeMap::new(),
             min_kernel: (3, 10),
             extra_commands: vec![],
+            planned_hostnames: BTreeMap::new(),
+            clock_repairs: BTreeMap::new(),
         }
     }
 }
@@ -123,6 +150,59 @@ impl PreflightOptions {
     }
 }
 
+impl PreflightOptions {
+    /// Adds what the cluster's plugins promise to do in `pre-init-host` on each host in their
+    /// scope: set its hostname from its env (the env its scripts get, `image_env` under the
+    /// Clusterfile's), repair its clock.
+    pub fn with_plugins(
+        mut self,
+        plugins: &crate::plugins::PluginSet,
+        cluster: &Cluster,
+        image_env: &BTreeMap<String, String>,
+    ) -> Self {
+        use crate::plugins::{Phase, Repairable};
+        let Some(master0) = cluster.hosts.iter().find(|h| h.is_master()) else { return self };
+        let rootfs = super::distribute::rootfs_dir(&super::distribute::cluster_dir(&cluster.data_root, &cluster.name));
+        let env_of = |host: &Host| super::run::script_env(cluster, host, master0, &rootfs, image_env);
+        for plugin in plugins.hooks(Phase::PreInitHost) {
+            for host in cluster.hosts.iter().filter(|h| plugin.applies_to(h)) {
+                if let Some(var) = &plugin.promises.hostname_from_env
+                    && let Some(name) = env_of(host).get(var).filter(|n| !n.is_empty())
+                {
+                    // The last plugin of a phase runs last: its name stays.
+                    self.planned_hostnames
+                        .insert(host.ip, PlannedHostname { name: name.clone(), plugin: plugin.name.clone() });
+                }
+                if plugin.promises.repairs.contains(&Repairable::ClockSkew) {
+                    self.clock_repairs.entry(host.ip).or_insert_with(|| plugin.name.clone());
+                }
+            }
+        }
+        self
+    }
+}
+
+/// Why `name` cannot be a hostname and a Kubernetes node name (RFC 1123: lower-case labels of
+/// letters, digits and `-`, each at most 63 characters, 253 in all).
+pub fn hostname_problem(name: &str) -> Option<String> {
+    if name.is_empty() || name.len() > 253 {
+        return Some(format!("`{name}` must have 1 to 253 characters"));
+    }
+    for label in name.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && label.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Some(format!(
+                "`{name}` is not a valid hostname (lower-case letters, digits and `-` between dots, at most 63 each)"
+            ));
+        }
+    }
+    None
+}
+
 /// Ports kubeadm's preflight wants free on every node (the kubelet's) and on control-plane
 /// nodes (apiserver, etcd, controller manager, scheduler).
 pub const KUBELET_PORTS: [u16; 1] = [10250];
@@ -146,9 +226,13 @@ pub fn evaluate(
     let mut results = Vec::new();
     let mut hostnames: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
     let mut machine_ids: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+    // A hostname a plugin will set counts instead of the current one.
+    let name_of = |ip: &IpAddr, facts: &Facts| {
+        options.planned_hostnames.get(ip).map_or_else(|| facts.hostname.clone(), |p| p.name.clone())
+    };
     for (ip, o) in observed {
         if let Ok(f) = &o.facts {
-            hostnames.entry(f.hostname.clone()).or_default().push(*ip);
+            hostnames.entry(name_of(ip, f)).or_default().push(*ip);
             machine_ids.entry(f.machine_id.clone()).or_default().push(*ip);
         }
     }
@@ -172,14 +256,22 @@ pub fn evaluate(
             format!("{} {} {}, kernel {}", facts.os, facts.os_version, facts.arch, facts.kernel),
         );
 
-        let same_name = &hostnames[&facts.hostname];
+        let hostname = name_of(&host.ip, facts);
+        let same_name = &hostnames[&hostname];
+        let planned = options.planned_hostnames.get(&host.ip);
+        let invalid = planned.and_then(|p| hostname_problem(&p.name));
         push(
             "hostname-unique",
-            pass_fail(same_name.len() == 1 && !facts.hostname.is_empty()),
-            if same_name.len() == 1 {
-                facts.hostname.clone()
-            } else {
-                format!("`{}` is also the hostname of {}", facts.hostname, others(same_name, host.ip))
+            pass_fail(same_name.len() == 1 && !hostname.is_empty() && invalid.is_none()),
+            match (invalid, planned) {
+                (Some(problem), Some(p)) => format!("{problem} (`{}` of plugin {})", p.name, p.plugin),
+                _ if same_name.len() > 1 => {
+                    format!("`{hostname}` is also the hostname of {}", others(same_name, host.ip))
+                }
+                (_, Some(p)) if p.name != facts.hostname => {
+                    format!("{} → {} (plugin {})", facts.hostname, p.name, p.plugin)
+                }
+                _ => hostname,
             },
         );
         let same_id = &machine_ids[&facts.machine_id];
@@ -193,10 +285,21 @@ pub fn evaluate(
             },
         );
         let skew = facts.clock_offset_s;
+        let skewed = skew.abs() > options.max_clock_skew_s;
+        let repair = options.clock_repairs.get(&host.ip).filter(|_| skewed);
         push(
             "clock-skew",
-            pass_fail(skew.abs() <= options.max_clock_skew_s),
-            format!("{skew:+.1} s from this machine (limit ±{} s)", options.max_clock_skew_s),
+            match repair {
+                Some(_) => Outcome::Repair,
+                None => pass_fail(!skewed),
+            },
+            match repair {
+                Some(plugin) => format!(
+                    "{skew:+.1} s from this machine (limit ±{} s): plugin {plugin} syncs it in pre-init-host",
+                    options.max_clock_skew_s
+                ),
+                None => format!("{skew:+.1} s from this machine (limit ±{} s)", options.max_clock_skew_s),
+            },
         );
         match &options.image_platforms {
             None => push("arch", Outcome::Skipped, format!("{} (image not in the local store)", facts.arch)),
@@ -395,5 +498,79 @@ mod tests {
         let skipped = PreflightOptions { skip: BTreeSet::from(["clock-skew".to_string()]), ..options };
         let results = evaluate(&c, &observed, &registry_hosts(&c), &skipped);
         assert!(!failures(&results).iter().any(|(_, c)| *c == "clock-skew"));
+    }
+
+    #[test]
+    fn plugins_promises_count_names_to_be_set_and_clocks_to_be_repaired() {
+        let text = "kind: Cluster\nspec:\n  hosts:\n  - ips: [10.0.0.1]\n    roles: [master]\n    env: [HostName=m-0]\n  - ips: [10.0.0.2]\n    roles: [node]\n    env: [HostName=n-0]\n  - ips: [10.0.0.3]\n    roles: [node]\n";
+        let c = Clusterfile::parse("C", text).unwrap().cluster;
+        let plugin = |name: &str, annotation: &str| {
+            format!(
+                "kind: Plugin\nmetadata:\n  name: {name}\n  annotations: {{{annotation}}}\nspec: {{type: SHELL, action: pre-init-host, scope: master|node, data: x}}\n"
+            )
+        };
+        let source = crate::plugins::PluginSource {
+            file: "p.yaml".into(),
+            text: format!(
+                "{}---\n{}",
+                plugin("hostname", "kiln.io/hostname-from-env: HostName"),
+                plugin("time-sync", "kiln.io/repairs: clock-skew")
+            ),
+            kind: crate::plugins::SourceKind::ImageFile,
+        };
+        let plugins = crate::plugins::PluginSet::load(&[source], None).unwrap();
+        let options = PreflightOptions::default().with_plugins(&plugins, &c, &BTreeMap::new());
+        assert_eq!(options.planned_hostnames[&c.hosts[0].ip].name, "m-0");
+        assert!(!options.planned_hostnames.contains_key(&c.hosts[2].ip), "no HostName: keeps its name");
+        assert_eq!(options.clock_repairs.len(), 3);
+
+        // Cloned machines: one hostname everywhere, and one clock off. The first two get names;
+        // the third keeps the shared one, now unique.
+        let cloned = |i: usize| Facts { machine_id: format!("id-{i}"), ..facts("debian", "amd64") };
+        let skewed = Facts { clock_offset_s: 90.0, ..cloned(2) };
+        let observed = BTreeMap::from([
+            (c.hosts[0].ip, Observed { facts: Ok(cloned(0)), unreachable_peers: vec![] }),
+            (c.hosts[1].ip, Observed { facts: Ok(cloned(1)), unreachable_peers: vec![] }),
+            (c.hosts[2].ip, Observed { facts: Ok(skewed), unreachable_peers: vec![] }),
+        ]);
+        let results = evaluate(&c, &observed, &registry_hosts(&c), &options);
+        assert!(failures(&results).is_empty(), "{results:?}");
+        let result = |ip: IpAddr, check: &str| results.iter().find(|r| r.host == ip && r.check == check).unwrap();
+        assert_eq!(result(c.hosts[0].ip, "hostname-unique").detail, "debian → m-0 (plugin hostname)");
+        let clock = result(c.hosts[2].ip, "clock-skew");
+        assert_eq!(clock.outcome, Outcome::Repair);
+        assert!(clock.detail.contains("plugin time-sync syncs it"), "{}", clock.detail);
+        assert_eq!(result(c.hosts[0].ip, "clock-skew").outcome, Outcome::Pass);
+
+        // Without the plugins the same hosts fail both checks.
+        let plain = evaluate(&c, &observed, &registry_hosts(&c), &PreflightOptions::default());
+        let mut got = failures(&plain);
+        got.sort();
+        assert_eq!(got.iter().filter(|(_, c)| *c == "hostname-unique").count(), 3);
+        assert!(got.contains(&("10.0.0.3".into(), "clock-skew")));
+
+        // A name two hosts would get, or one that is no hostname, fails.
+        let mut same = options.clone();
+        same.planned_hostnames.get_mut(&c.hosts[1].ip).unwrap().name = "m-0".into();
+        assert_eq!(failures(&evaluate(&c, &observed, &registry_hosts(&c), &same)).len(), 2);
+        let mut invalid = options;
+        invalid.planned_hostnames.get_mut(&c.hosts[1].ip).unwrap().name = "Node_0".into();
+        let results = evaluate(&c, &observed, &registry_hosts(&c), &invalid);
+        assert_eq!(failures(&results), vec![("10.0.0.2".to_string(), "hostname-unique")]);
+        assert!(result_detail(&results, "10.0.0.2").contains("`Node_0` is not a valid hostname"));
+    }
+
+    fn result_detail(results: &[CheckResult], ip: &str) -> String {
+        results.iter().find(|r| r.host.to_string() == ip && r.check == "hostname-unique").unwrap().detail.clone()
+    }
+
+    #[test]
+    fn hostnames_follow_rfc_1123() {
+        for good in ["m-0", "node1.dc.example", "a"] {
+            assert_eq!(hostname_problem(good), None, "{good}");
+        }
+        for bad in ["", "Node", "a_b", "-a", "a-", "a..b", &"x".repeat(64)] {
+            assert!(hostname_problem(bad).is_some(), "{bad}");
+        }
     }
 }

@@ -169,8 +169,13 @@ pub(super) struct Context<'a> {
     runtime: ClusterRuntime,
     fleet: Fleet,
     pub(super) platforms: BTreeMap<IpAddr, PlatformImage>,
-    /// Each host's node name: its hostname, lower-cased as Kubernetes wants.
+    /// Each host's node name: its hostname (or the one a plugin gives it), lower-cased as
+    /// Kubernetes wants.
     pub(super) node_names: BTreeMap<IpAddr, String>,
+    /// Each host's clock minus this machine's, as preflight measured it (`ClockOffset` for hooks).
+    clock_offsets: BTreeMap<IpAddr, f64>,
+    /// Hosts whose clock-skew check a plugin repairs in `pre-init-host`: the plugin.
+    clock_repairs: BTreeMap<IpAddr, String>,
     pub(super) dir: String,
     pub(super) rootfs: String,
     registry_hosts: BTreeSet<IpAddr>,
@@ -231,6 +236,24 @@ impl Context<'_> {
         let image_env =
             self.platforms.get(&host.ip).and_then(|p| p.extension().ok().flatten()).map(|e| e.env).unwrap_or_default();
         script_env(&self.request.clusterfile.cluster, host, &self.master0, &self.rootfs, &image_env)
+    }
+
+    /// Env for a hook on `host`: its scripts' env plus `ClockOffset` (its clock minus this
+    /// machine's, in seconds, as preflight measured it) and `ClockSkewHosts` (the hosts whose
+    /// clocks a plugin repairs in `pre-init-host`), for a time-sync plugin.
+    pub(super) fn hook_env(&self, host: &Host) -> BTreeMap<String, String> {
+        let mut env = self.env_for(host);
+        if let Some(offset) = self.clock_offsets.get(&host.ip) {
+            env.insert("ClockOffset".into(), format!("{offset:+.3}"));
+        }
+        let skewed: Vec<String> = self.clock_repairs.keys().map(ToString::to_string).collect();
+        env.insert("ClockSkewHosts".into(), skewed.join(","));
+        env
+    }
+
+    /// The hosts whose clock-skew check a plugin repairs, with the plugin.
+    pub(super) fn clock_repairs(&self) -> &BTreeMap<IpAddr, String> {
+        &self.clock_repairs
     }
 
     /// Runs `command` in the rootfs on `host` with its env; the output goes to the reporter.
@@ -345,8 +368,24 @@ pub async fn run(request: &RunRequest<'_>, reporter: &dyn RunReporter) -> Result
             .ok_or_else(|| RunError::NoVariant { host: host.ip.to_string(), platform: facts.platform() })?;
         platforms.insert(host.ip, variant);
     }
-    let node_names =
-        reached_cluster.hosts.iter().map(|h| (h.ip, report.facts[&h.ip].hostname.to_lowercase())).collect();
+    let node_names = reached_cluster
+        .hosts
+        .iter()
+        .map(|h| {
+            let planned = preflight.planned_hostnames.get(&h.ip).map(|p| p.name.clone());
+            (h.ip, planned.unwrap_or_else(|| report.facts[&h.ip].hostname.to_lowercase()))
+        })
+        .collect();
+    let clock_repairs: BTreeMap<IpAddr, String> = report
+        .results
+        .iter()
+        .filter(|r| r.outcome == super::preflight::Outcome::Repair && r.check == "clock-skew")
+        .filter_map(|r| Some((r.host, preflight.clock_repairs.get(&r.host)?.clone())))
+        .collect();
+    for r in report.results.iter().filter(|r| r.outcome == super::preflight::Outcome::Repair) {
+        reporter.step(&r.host.to_string(), &format!("{}: {}", r.check, r.detail));
+    }
+    let clock_offsets = report.facts.iter().map(|(ip, f)| (*ip, f.clock_offset_s)).collect();
     let dir = distribute::cluster_dir(&cluster.data_root, &cluster.name);
     let journal = Journal::load_for(&journal_path, &cluster.name, &request.image.entry.digest.to_string())?;
     let ctx = Context {
@@ -355,6 +394,8 @@ pub async fn run(request: &RunRequest<'_>, reporter: &dyn RunReporter) -> Result
         runtime,
         platforms,
         node_names,
+        clock_offsets,
+        clock_repairs,
         rootfs: distribute::rootfs_dir(&dir),
         dir,
         registry_hosts: super::preflight::registry_hosts(cluster),
@@ -481,6 +522,7 @@ async fn phases(ctx: &Context<'_>, reporter: &dyn RunReporter, outcome: &mut Run
     // changes a host.
     hooks::cluster_hooks(ctx, reporter, before).await?;
     hooks::host_hooks(ctx, reporter, Phase::PreInitHost, ctx.targets()).await?;
+    hooks::check_promises(ctx, reporter).await?;
     tune_phase(ctx, reporter).await?;
     registry_phase(ctx, reporter).await?;
     container_runtime_phase(ctx, reporter).await?;

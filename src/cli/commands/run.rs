@@ -83,14 +83,15 @@ pub(crate) async fn execute(
         let store = store.clone();
         super::blocking(move || super::require_image(&store, &reference)).await?
     };
-    let preflight =
-        crate::cli::cluster::preflight_options(&options.checks)?.for_cluster(&clusterfile.cluster, Some(&image));
     // Plugins are checked before anything runs: a mistake in one changes nothing anywhere.
     let plugins = {
         let (store, image, clusterfile) = (store.clone(), image.clone(), clusterfile.clone());
         super::blocking(move || plugins_or_error(crate::plugins::for_cluster(Some((&store, &image)), &clusterfile)))
             .await?
     };
+    let preflight = crate::cli::cluster::preflight_options(&options.checks)?
+        .for_cluster(&clusterfile.cluster, Some(&image))
+        .with_plugins(&plugins, &clusterfile.cluster, &image_env(&image));
     for choice in &plugins.choices {
         printer.status(choice);
     }
@@ -142,8 +143,8 @@ pub(crate) async fn execute(
                 printer.json(&serde_json::json!({ "preflight": results }))?;
             }
             let mut table = Table::new(&["HOST", "CHECK", "RESULT", "DETAIL"]);
-            for r in results.iter().filter(|r| r.outcome == Outcome::Fail) {
-                table.row(vec![r.host.to_string(), r.check.to_owned(), "FAIL".into(), r.detail.clone()]);
+            for r in results.iter().filter(|r| matches!(r.outcome, Outcome::Fail | Outcome::Repair)) {
+                table.row(vec![r.host.to_string(), r.check.to_owned(), r.outcome.label().into(), r.detail.clone()]);
             }
             if !printer.json {
                 printer.data(&table.render());
@@ -157,6 +158,11 @@ pub(crate) async fn execute(
             state_dir.display()
         ))),
     }
+}
+
+/// The env the image gives its scripts (its first platform's: they share it).
+pub(crate) fn image_env(image: &crate::image::Image) -> std::collections::BTreeMap<String, String> {
+    image.platforms.first().and_then(|p| p.extension().ok().flatten()).map(|e| e.env).unwrap_or_default()
 }
 
 /// A plugin that does not load is the user's to fix, shown at its `file:line:col`.
