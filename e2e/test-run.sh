@@ -4,7 +4,9 @@
 # user): dry run changes nothing; each host gets its own architecture's rootfs; scripts run in
 # order with the cluster env (master0, then masters one at a time, then nodes); a failure stops
 # the run naming phase and host and `kiln status` shows it; the next run resumes without
-# re-sending or re-running finished steps; a run on the finished cluster sends nothing.
+# re-sending or re-running finished steps; a run on the finished cluster sends nothing. Then how
+# layers travel: a corrupt layer in the local store is caught by the hosts' sha256 (nothing
+# swapped in, nothing kept); `--no-layer-cache` keeps only markers; `--layer-transfer raw`.
 # Prints `N passed, N failed`.
 #
 #   e2e/test-run.sh KILN_BINARY
@@ -130,6 +132,52 @@ check "delete ran the image's clean.sh" bash -c "! '$HOSTS' ssh kiln-h1 -- test 
 AFTER=$(snapshot kiln-h1 kiln-h2 kiln-h3)
 check "hosts are as before run (paths, contents, sysctls)" [ "$BEFORE" = "$AFTER" ]
 check "the cluster's state on this machine is gone" [ ! -e "$WORK/store/clusters/e2e-run/journal.json" ]
+
+# --- how layers travel and stay: kept (default), not kept, raw; a corrupt blob here -------------
+sed 's/name: e2e-run/name: e2e-modes/' "$WORK/Clusterfile" > "$WORK/Clusterfile.modes"
+MODES=(kiln run -f "$WORK/Clusterfile.modes" --known-hosts "$WORK/known_hosts" --json)
+MODES_DELETE=(kiln delete -f "$WORK/Clusterfile.modes" --known-hosts "$WORK/known_hosts")
+MODES_DIR=/var/lib/kiln/data/e2e-modes
+held() { for h in kiln-h1 kiln-h2 kiln-h3; do on "$h" -- "ls $MODES_DIR/.kiln/blobs"; done; }
+# Every gzip layer in this machine's store damaged (same size): only the hosts' sha256 sees it.
+mapfile -t layers < <(for b in "$WORK"/store/oci/blobs/sha256/*; do [ "$(head -c2 "$b" | od -An -tx1 | tr -d ' ')" = 1f8b ] && echo "$b"; done)
+mkdir -p "$WORK/good-blobs"; cp -p "${layers[@]}" "$WORK/good-blobs/"
+for b in "${layers[@]}"; do printf 'kiln' | dd of="$b" bs=1 seek=$(( $(stat -c %s "$b") / 2 )) conv=notrunc status=none; done
+"${MODES[@]}" > "$WORK/corrupt.json" 2> "$WORK/corrupt.err"; rc=$?
+check "a layer that does not match its digest here stops the run, telling what to do" bash -c "
+  [ $rc = 1 ] && grep -q 'does not match its digest' '$WORK/corrupt.err' && grep -q 'kiln rmi' '$WORK/corrupt.err'"
+no_rootfs_no_blob() {
+  for h in kiln-h1 kiln-h2 kiln-h3; do
+    on "$h" -- "test ! -e $MODES_DIR/rootfs && ! ls $MODES_DIR/.kiln/blobs | grep -q ." || return 1
+  done
+}
+check "no host got a rootfs or kept the bad blob" no_rootfs_no_blob
+cp -p "$WORK"/good-blobs/* "$WORK/store/oci/blobs/sha256/"
+"${MODES_DELETE[@]}" >/dev/null 2>&1
+"${MODES[@]}" --no-layer-cache > "$WORK/nocache.json" 2> "$WORK/nocache.err"; rc=$?
+check "--no-layer-cache: the run completes" [ "$rc" = 0 ]
+[ "$rc" = 0 ] || tail -n 20 "$WORK/nocache.err"
+check "and the hosts keep no layer, only markers that their rootfs holds them" bash -c "
+  $(declare -f on held); HOSTS='$HOSTS'; MODES_DIR=$MODES_DIR
+  held > '$WORK/held.txt' && grep -q '\.extracted$' '$WORK/held.txt' && ! grep -qv '\.extracted$' '$WORK/held.txt'"
+"${MODES[@]}" > "$WORK/nocache-again.json" 2>/dev/null
+check "a run on its finished rootfs sends nothing (with or without the flag)" [ "$(sent "$WORK/nocache-again.json")" = 0 ]
+"${MODES_DELETE[@]}" >/dev/null 2>&1
+"${MODES[@]}" --layer-transfer raw > "$WORK/raw.json" 2> "$WORK/raw.err"; rc=$?
+raw_ok() {
+  python3 - "$WORK/raw.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))["distributed"]
+sys.exit(0 if d and all(h["transfer"] == "raw" and h["bytes_sent"] > 0 for h in d.values()) else 1)
+PY
+}
+built_for() { on "$1" -- cat "$MODES_DIR/rootfs/bin/built-for"; }
+check "--layer-transfer raw: decompressed here, unpacked there, every host its own arch" bash -c "
+  [ $rc = 0 ] && $(declare -f raw_ok on built_for); WORK='$WORK'; HOSTS='$HOSTS'; MODES_DIR=$MODES_DIR; raw_ok &&
+  [ \"\$(built_for kiln-h1)\" = amd64 ] && [ \"\$(built_for kiln-h3)\" = arm64 ]"
+[ "$rc" = 0 ] || tail -n 20 "$WORK/raw.err"
+"${MODES_DELETE[@]}" > "$WORK/modes-delete.out" 2>&1
+check "the hosts are as before every run again (paths, contents, sysctls)" [ "$BEFORE" = "$(snapshot kiln-h1 kiln-h2 kiln-h3)" ]
 
 "$HOSTS" down >/dev/null 2>&1
 finish

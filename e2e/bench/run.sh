@@ -20,6 +20,8 @@ mkdir -p "$WORK"
 export KILN_ROOT=$WORK/store
 # How kiln sends layers (`kiln run --layer-transfer`): auto measures each host's link.
 TRANSFER=${BENCH_LAYER_TRANSFER:-auto}
+# More `kiln run` flags, e.g. `--no-layer-cache` (hosts keep no copy of the layers).
+read -r -a KILN_FLAGS <<< "${BENCH_KILN_FLAGS:-}"
 
 # Four amd64 hosts (amd64 only: an emulated arm64 sshd would measure qemu, not the copy).
 "$HOSTS" down >/dev/null 2>&1 || true
@@ -77,7 +79,7 @@ measure() {
 
 kiln_run() { # KIND N
   /usr/bin/time -f %M -o "$WORK/rss" "$KILN" -q run -f "$(clusterfile "$1" "$2")" \
-    --known-hosts "$WORK/known_hosts" --accept-new-host-keys --layer-transfer "$TRANSFER" --json > "$WORK/run.json" 2> "$WORK/run.err" \
+    --known-hosts "$WORK/known_hosts" --accept-new-host-keys --layer-transfer "$TRANSFER" "${KILN_FLAGS[@]}" --json > "$WORK/run.json" 2> "$WORK/run.err" \
     || { cat "$WORK/run.err" >&2; return 1; }
 }
 kiln_clean() { # KIND N
@@ -99,6 +101,7 @@ trap 'stop_servers; "$HOSTS" down >/dev/null 2>&1 || true' EXIT
 
 declare -A RATIO
 echo
+echo "kiln run --layer-transfer $TRANSFER ${KILN_FLAGS[*]}"
 printf '%-6s %5s  %9s %11s  %9s %11s  %6s  %9s  %s\n' tree hosts "kiln s" "kiln B/host" "scp s" "scp B/host" ratio "kiln RSS" "layers sent (link)"
 for kind in $KINDS; do
   size=$(du -sb "$(tree_of "$kind")" | cut -f1)

@@ -442,6 +442,10 @@ pub struct RunOptions {
     /// more bytes, no work on the host), `auto` (raw where a host's link is faster than its gunzip)
     #[arg(long, value_enum, default_value_t = LayerTransferArg::Auto, value_name = "MODE")]
     pub layer_transfer: LayerTransferArg,
+    /// Keep no copy of the layers on the hosts, only the unpacked rootfs: less disk and fewer
+    /// writes there, but a run that must rebuild the rootfs (a new image) sends every layer again
+    #[arg(long)]
+    pub no_layer_cache: bool,
     /// `kubernetes` runtime: seconds to wait for every node to be Ready
     #[arg(long, default_value_t = 600, value_name = "SECONDS")]
     pub wait_ready: u64,

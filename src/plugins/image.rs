@@ -27,8 +27,24 @@ pub enum ImagePluginError {
 
 /// The plugin files of `image` (its first platform: plugins are shell text, the same on
 /// every architecture): `plugins/*.yaml`/`*.yml` and packages' `plugins/<dir>/plugin.yaml`.
+///
+/// Reading them means reading every layer, so what was found is cached by manifest digest
+/// (layers never change under a digest): a later run, check or delete reads one small file.
 pub fn sources(store: &Store, image: &Image) -> Result<Vec<PluginSource>, ImagePluginError> {
     let Some(platform) = image.platforms.first() else { return Ok(Vec::new()) };
+    let cache = store.cache_dir().join("plugin-sources").join(format!("{}.json", platform.manifest_digest.hex()));
+    if let Some(cached) = std::fs::read(&cache).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
+        return Ok(cached);
+    }
+    let sources = read_layers(store, platform)?;
+    if let Ok(bytes) = serde_json::to_vec(&sources) {
+        // A cache that cannot be written only costs the next run this reading again.
+        let _ = crate::image::store::write_atomic(&cache, &bytes);
+    }
+    Ok(sources)
+}
+
+fn read_layers(store: &Store, platform: &crate::image::PlatformImage) -> Result<Vec<PluginSource>, ImagePluginError> {
     let scratch =
         tempfile::tempdir().map_err(|source| ImagePluginError::Read { path: "a scratch directory".into(), source })?;
     let keep = |p: &Path| p.components().next().is_some_and(|c| c.as_os_str() == "plugins");

@@ -231,7 +231,7 @@ impl Plugin {
 }
 
 /// A file to load plugins from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PluginSource {
     /// The name used in errors (`Clusterfile`, `plugins/a.yaml`).
     pub file: String,
@@ -241,7 +241,7 @@ pub struct PluginSource {
     pub kind: SourceKind,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SourceKind {
     Clusterfile {
         line: usize,

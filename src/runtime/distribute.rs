@@ -238,6 +238,10 @@ pub fn rootfs_dir(cluster_dir: &str) -> String {
 /// share the decompressed layers of the spool).
 pub struct Distributor<'a> {
     pub transfer: LayerTransfer,
+    /// Hosts keep each layer they get as stored (`.kiln/blobs/`), so a rebuilt rootfs (a new
+    /// image sharing layers) needs nothing sent again. Without, layers are only unpacked:
+    /// less disk and fewer writes on the hosts, and a rebuild sends them again.
+    pub keep_layers: bool,
     pub spool: &'a LayerSpool,
     pub reporter: &'a dyn DistributeReporter,
 }
@@ -331,8 +335,12 @@ impl Distributor<'_> {
         let wanted_id = rootfs_id(layers.iter().map(|l| &l.digest));
         let holdings = HostHoldings::read(session, dir, true).await?;
         let rebuild = holdings.needs_rebuild(&wanted_id);
-        let missing: Vec<&LayerToSend> =
-            layers.iter().copied().filter(|l| holdings.lacks(&l.digest, &l.diff_id, rebuild)).collect();
+        // Hosts that keep no layers need nothing while their rootfs is current.
+        let missing: Vec<&LayerToSend> = layers
+            .iter()
+            .copied()
+            .filter(|l| holdings.lacks(&l.digest, &l.diff_id, rebuild) && (rebuild || self.keep_layers))
+            .collect();
         let mut outcome = DistributeOutcome { blobs_present: layers.len() - missing.len(), ..Default::default() };
 
         // Raw layers are not kept, so only a rebuild can take them.
@@ -377,13 +385,25 @@ impl Distributor<'_> {
                     digest: digest.clone(),
                     actual,
                 };
+                let open_blob = || async {
+                    let path = self.spool.store.blob_path(&l.digest);
+                    tokio::fs::File::open(&path).await.map_err(|e| StoreError::io("open blob", &path, e))
+                };
                 match unpack {
-                    // Unpacked as it arrives and not kept (`raw` holds only in a rebuild).
-                    Some(into) if raw => {
-                        let source = Counting { inner: self.spool.reader(&l), host, sent, reporter };
-                        let untar = untar(media::OCI_LAYER_TAR, "-", &into);
-                        session.stream_through(source, &untar, l.diff_id.hex()).await.map_err(|e| match e {
-                            SshError::UploadMismatch { actual, .. } => corrupt(&l.diff_id, actual),
+                    // Unpacked as it arrives and not kept (only a rebuild unpacks): raw, or as
+                    // stored when the hosts keep no layers. The host's sha256 of what it got
+                    // must be the layer's (a corrupt copy here is caught there).
+                    Some(into) if raw || !self.keep_layers => {
+                        let (source, media_type, expected): (Box<dyn AsyncRead + Send + Unpin>, &str, &Digest) = if raw
+                        {
+                            (Box::new(self.spool.reader(&l)), media::OCI_LAYER_TAR, &l.diff_id)
+                        } else {
+                            (Box::new(open_blob().await?), &l.media_type, &l.digest)
+                        };
+                        let source = Counting { inner: source, host, sent, reporter };
+                        let untar = untar(media_type, "-", &into);
+                        session.stream_through(source, &untar, expected.hex()).await.map_err(|e| match e {
+                            SshError::UploadMismatch { actual, .. } => corrupt(expected, actual),
                             other => other.into(),
                         })?;
                         let marker = format!("{blobs_dir}/{}", extracted_marker(&l.diff_id));
@@ -391,26 +411,16 @@ impl Distributor<'_> {
                         Ok(())
                     }
                     unpack => {
-                        let path = self.spool.store.blob_path(&l.digest);
-                        let file =
-                            tokio::fs::File::open(&path).await.map_err(|e| StoreError::io("open blob", &path, e))?;
                         let remote = format!("{blobs_dir}/{}", l.digest.hex());
-                        let source = Counting { inner: file, host, sent, reporter };
-                        let written = match &unpack {
-                            Some(into) => {
-                                let untar = untar(&l.media_type, "-", into);
-                                session.upload_through(source, &remote, 0o600, &untar).await
-                            }
-                            None => session.upload(source, &remote, 0o600).await,
-                        };
-                        match written {
-                            Ok(actual) if actual == l.digest.hex() => Ok(()),
-                            Ok(actual) => {
-                                let _ = session.exec(&format!("rm -f {}", quote(&remote))).await;
-                                Err(corrupt(&l.digest, actual))
-                            }
-                            Err(e) => Err(e.into()),
-                        }
+                        let source = Counting { inner: open_blob().await?, host, sent, reporter };
+                        let untar = unpack.as_ref().map(|into| untar(&l.media_type, "-", into));
+                        // Kept, and unpacked while it arrives when the rootfs is rebuilt.
+                        session.upload_blob(source, &remote, 0o600, untar.as_deref(), l.digest.hex()).await.map_err(
+                            |e| match e {
+                                SshError::UploadMismatch { actual, .. } => corrupt(&l.digest, actual),
+                                other => other.into(),
+                            },
+                        )
                     }
                 }
             }

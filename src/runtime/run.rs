@@ -99,6 +99,8 @@ pub struct RunRequest<'a> {
     pub preflight: PreflightOptions,
     /// How layers travel to hosts.
     pub layer_transfer: LayerTransfer,
+    /// Hosts keep the layers they get (`--no-layer-cache`: they do not).
+    pub keep_layers: bool,
     /// Operator-side state: journal and effective Clusterfile.
     pub state_dir: PathBuf,
     /// How long the `kubernetes` runtime waits for every node to be Ready.
@@ -562,7 +564,12 @@ async fn distribute_phase(
         }
     }
     let spool = LayerSpool::new(ctx.request.store).map_err(|e| step_error("distribute", "-", e))?;
-    let distributor = Distributor { transfer: ctx.request.layer_transfer, spool: &spool, reporter };
+    let distributor = Distributor {
+        transfer: ctx.request.layer_transfer,
+        keep_layers: ctx.request.keep_layers,
+        spool: &spool,
+        reporter,
+    };
     // Always re-checked (cheap: a listing and an id compare), so a host that lost its
     // rootfs since the last run gets it again.
     let results: Vec<(IpAddr, Result<DistributeOutcome, DistributeError>)> =

@@ -114,10 +114,12 @@ fn receive_script(remote: &str, consumer: Option<&str>) -> String {
     let receive = match consumer {
         None => format!("cat > {part}; $hash {part} | cut -d' ' -f1", part = quote(&part)),
         // tee feeds the file, a fifo hashed in the background, and the consumer at once;
-        // whatever the consumer leaves unread (tar stops at its end marker) is drained.
+        // whatever the consumer leaves unread (tar stops at its end marker) is drained. The
+        // hash is printed even when the consumer failed: bad bytes explain a failing tar.
         Some(consumer) => format!(
             "rm -f {fifo}; mkfifo {fifo}; $hash < {fifo} > {sum} & \
-             tee {fifo} {part} | {{ {consumer}; cat > /dev/null; }} >&2; wait $!; cut -d' ' -f1 {sum}; rm -f {fifo} {sum}",
+             rc=0; tee {fifo} {part} | {{ {consumer}; s=$?; cat > /dev/null; exit $s; }} >&2 || rc=$?; \
+             wait $!; cut -d' ' -f1 {sum}; rm -f {fifo} {sum}; [ $rc = 0 ] || rm -f {part}; exit $rc",
             fifo = quote(&format!("{part}.fifo")),
             sum = quote(&format!("{part}.sum")),
             part = quote(&part),
@@ -131,7 +133,8 @@ fn receive_script(remote: &str, consumer: Option<&str>) -> String {
 fn stream_script(consumer: &str) -> String {
     format!(
         "set -e; {HOST_SHA256}; d=$(mktemp -d); trap 'rm -rf \"$d\"' EXIT; mkfifo \"$d/f\"; \
-         $hash < \"$d/f\" > \"$d/sum\" & tee \"$d/f\" | {{ {consumer}; cat > /dev/null; }} >&2; wait $!; cut -d' ' -f1 \"$d/sum\""
+         $hash < \"$d/f\" > \"$d/sum\" & rc=0; tee \"$d/f\" | {{ {consumer}; s=$?; cat > /dev/null; exit $s; }} >&2 || rc=$?; \
+         wait $!; cut -d' ' -f1 \"$d/sum\"; exit $rc"
     )
 }
 
@@ -450,21 +453,25 @@ impl Session {
     /// Streams `source` to `remote` (as root, mode `mode`): written to `remote.kiln-part`,
     /// checked by sha256 on the host, then renamed into place. Returns the hex sha256.
     pub async fn upload<R: AsyncRead + Unpin>(&self, source: R, remote: &str, mode: u32) -> Result<String, SshError> {
-        self.upload_with(source, remote, mode, None).await
+        self.upload_with(source, remote, mode, None, None).await
     }
 
-    /// [`Session::upload`] that also pipes the bytes, as they arrive, into `consumer` (a shell
-    /// command reading stdin, e.g. `tar -x`), so the host unpacks while it receives. The file
-    /// is renamed into place only if `consumer` succeeded and the sha256 matched; what the
-    /// consumer made from bad bytes is the caller's to discard.
-    pub async fn upload_through<R: AsyncRead + Unpin>(
+    /// Uploads content whose sha256 is known (a blob: its digest): as [`Session::upload`],
+    /// but only the host hashes, and what it got must be `expected_hex` (so a corrupt local
+    /// copy is caught there, without hashing every byte here too). With `consumer` (a shell
+    /// command reading stdin, e.g. `tar -x`) the bytes are also piped into it as they arrive,
+    /// so the host unpacks while it receives. The file is renamed into place only if the
+    /// consumer succeeded and the sha256 matched; what the consumer made from bad bytes is the
+    /// caller's to discard.
+    pub async fn upload_blob<R: AsyncRead + Unpin>(
         &self,
         source: R,
         remote: &str,
         mode: u32,
-        consumer: &str,
-    ) -> Result<String, SshError> {
-        self.upload_with(source, remote, mode, Some(consumer)).await
+        consumer: Option<&str>,
+        expected_hex: &str,
+    ) -> Result<(), SshError> {
+        self.upload_with(source, remote, mode, consumer, Some(expected_hex)).await.map(|_| ())
     }
 
     /// Pipes `source` into `consumer` on the host (as root) without keeping the bytes; the
@@ -479,7 +486,9 @@ impl Session {
         let wrapped = wrap(&stream_script(consumer), &self.privilege);
         let host = self.target.host.to_string();
         let out = self.raw_exec(&wrapped, Some(&self.privilege), source, |_| {}, None).await?;
-        if out.status != 0 {
+        let actual = out.stdout_text().trim().to_owned();
+        // Bytes that are not what was meant explain a failing consumer: said first.
+        if out.status != 0 && (actual.is_empty() || actual == expected_hex) {
             return Err(SshError::Command {
                 host,
                 command: first_line(consumer),
@@ -487,7 +496,6 @@ impl Session {
                 output: out.tail(5),
             });
         }
-        let actual = out.stdout_text().trim().to_owned();
         if actual != expected_hex {
             return Err(SshError::UploadMismatch {
                 host,
@@ -505,14 +513,26 @@ impl Session {
         remote: &str,
         mode: u32,
         consumer: Option<&str>,
+        expected: Option<&str>,
     ) -> Result<String, SshError> {
         let part = format!("{remote}.kiln-part");
         let script = receive_script(remote, consumer);
-        let mut hasher = Sha256::new();
+        let mut hasher = expected.is_none().then(Sha256::new);
         let wrapped = wrap(&script, &self.privilege);
         let host = self.target.host.to_string();
-        let out = self.raw_exec(&wrapped, Some(&self.privilege), source, |chunk| hasher.update(chunk), None).await?;
-        if out.status != 0 {
+        let hash = |chunk: &[u8]| {
+            if let Some(h) = hasher.as_mut() {
+                h.update(chunk);
+            }
+        };
+        let out = self.raw_exec(&wrapped, Some(&self.privilege), source, hash, None).await?;
+        let expected = match expected {
+            Some(known) => known.to_owned(),
+            None => hasher.map(|h| hex::encode(h.finalize())).unwrap_or_default(),
+        };
+        let actual = out.stdout_text().trim().to_owned();
+        // Bytes that are not what was meant explain a failing consumer: said first.
+        if out.status != 0 && (actual.is_empty() || actual == expected) {
             return Err(SshError::Command {
                 host,
                 command: format!("write {remote}"),
@@ -520,8 +540,6 @@ impl Session {
                 output: out.tail(5),
             });
         }
-        let expected = hex::encode(hasher.finalize());
-        let actual = out.stdout_text().trim().to_owned();
         if actual != expected {
             let _ = self.exec(&format!("rm -f {}", quote(&part))).await;
             return Err(SshError::UploadMismatch { host, path: remote.to_owned(), expected, actual });
@@ -544,6 +562,8 @@ impl Session {
     ) -> Result<Output, SshError> {
         let host = self.target.host.to_string();
         let lost = |reason: String| SshError::Lost { host: host.clone(), reason };
+        let started = std::time::Instant::now();
+        let mut stdin_bytes = 0u64;
         let _permit = self.channels.acquire().await.map_err(|e| lost(e.to_string()))?;
         let channel = self.handle.channel_open_session().await.map_err(|e| lost(e.to_string()))?;
         channel.exec(true, command.as_bytes()).await.map_err(|e| lost(e.to_string()))?;
@@ -591,6 +611,7 @@ impl Session {
                 break;
             }
             sent(&buf[..n]);
+            stdin_bytes += n as u64;
             writer.write_all(&buf[..n]).await.map_err(|e| lost(e.to_string()))?;
         }
         writer.flush().await.map_err(|e| lost(e.to_string()))?;
@@ -598,6 +619,15 @@ impl Session {
         write.eof().await.map_err(|e| lost(e.to_string()))?;
         let (out, exited) = collect.await.map_err(|e| lost(e.to_string()))?;
         let _ = write.close().await;
+        // `KILN_LOG=kiln::ssh=debug`: every command with its time, to see where a run spends it.
+        tracing::debug!(
+            host = %host,
+            ms = started.elapsed().as_millis() as u64,
+            stdin_bytes,
+            status = out.status,
+            "{}",
+            first_line(command.split_once("export PATH; ").map_or(command, |(_, c)| c))
+        );
         if !exited {
             return Err(lost(format!("`{}` ended without an exit status", first_line(command))));
         }
@@ -849,7 +879,11 @@ mod tests {
         assert_eq!(std::fs::read(format!("{remote}.kiln-part")).unwrap(), bytes);
         assert_eq!(std::fs::read_to_string(into.join("hello")).unwrap(), "hi\n");
         assert!(!std::path::Path::new(&format!("{remote}.kiln-part.fifo")).exists());
-        assert!(!run("tar -x -z -f - -C /nonexistent").status.success(), "a failing consumer fails the upload");
+        let failed = run("tar -x -z -f - -C /nonexistent");
+        assert!(!failed.status.success(), "a failing consumer fails the upload");
+        // Still hashed (bad bytes would explain the failure), and nothing is left behind.
+        assert_eq!(String::from_utf8_lossy(&failed.stdout).trim(), hex::encode(Sha256::digest(&bytes)));
+        assert!(!std::path::Path::new(&format!("{remote}.kiln-part")).exists());
     }
 
     #[test]

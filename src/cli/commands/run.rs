@@ -105,6 +105,7 @@ pub(crate) async fn execute(
         connect,
         preflight,
         layer_transfer: options.layer_transfer.into(),
+        keep_layers: !options.no_layer_cache,
         state_dir: state_dir.clone(),
         ready_timeout: std::time::Duration::from_secs(options.wait_ready),
         cert_validity: crate::kubernetes::pki::Validity {
