@@ -6,8 +6,9 @@
 # Prints wall time, bytes on the wire per host (counted on each host's veth, so SSH overhead
 # included for both) and kiln's peak RSS; then a re-run of kiln on the finished hosts and the
 # share of bytes it sent. The veths run at memory speed and the hosts share this machine's
-# cores, which favours sending raw bytes over sending compressed layers and unpacking them. Targets: small files <= 0.5x scp's time, big files <= 1.0x, re-run
-# <= 1 % of the bytes.
+# cores and disk, which favours sending raw bytes over sending compressed layers and unpacking
+# them; BENCH_LINK=1gbit shapes every host's link to a data-centre rate instead. Targets: small
+# files <= 0.5x scp's time, big files <= 1.0x, re-run <= 1 % of the bytes.
 #
 #   e2e/bench/run.sh KILN_BINARY
 set -euo pipefail
@@ -36,6 +37,12 @@ mapfile -t NAMES < <(jq -r '.hosts[].name' "$INV")
 SSH_OPTS=(-q -i "$KEY" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes)
 on() { "$HOSTS" ssh "$1" -- "$2"; }
 wire() { cat "/sys/class/net/kv-${1#kiln-}/statistics/tx_bytes"; }
+# BENCH_LINK=1gbit: each host's link shaped to that rate (tc tbf on its veth, towards the
+# host), as a data-centre link, for kiln and scp alike. Unset: the veths' memory speed.
+LINK=${BENCH_LINK:-}
+if [ -n "$LINK" ]; then
+  for name in "${NAMES[@]}"; do tc qdisc replace dev "kv-${name#kiln-}" root tbf rate "$LINK" burst 4mb latency 100ms; done
+fi
 
 # The trees and their cluster images (cached between runs). `big-zstd` is the big tree in an
 # image built with `--compression zstd` (the layers kiln sends as they are to hosts with zstd).
@@ -101,7 +108,7 @@ trap 'stop_servers; "$HOSTS" down >/dev/null 2>&1 || true' EXIT
 
 declare -A RATIO
 echo
-echo "kiln run --layer-transfer $TRANSFER ${KILN_FLAGS[*]}"
+echo "kiln run --layer-transfer $TRANSFER ${KILN_FLAGS[*]}; links: ${LINK:-unshaped (memory speed)}"
 printf '%-6s %5s  %9s %11s  %9s %11s  %6s  %9s  %s\n' tree hosts "kiln s" "kiln B/host" "scp s" "scp B/host" ratio "kiln RSS" "layers sent (link)"
 for kind in $KINDS; do
   size=$(du -sb "$(tree_of "$kind")" | cut -f1)

@@ -60,6 +60,8 @@ pub enum DistributeError {
         "{host}: the store's blob {digest} does not match its digest (sent {actual}); run `kiln rmi` and pull again"
     )]
     CorruptLocal { host: String, digest: Digest, actual: String },
+    #[error("the store's blob {digest} cannot be read: {reason}")]
+    UnreadableLocal { digest: Digest, reason: String },
 }
 
 impl From<SshError> for DistributeError {
@@ -181,9 +183,40 @@ impl RootfsPlan {
         Ok(Self { layers })
     }
 
+    /// What a host of this platform needs free: the unpacked rootfs and, when hosts keep
+    /// layers, their blobs; the registry layer's share only on registry hosts.
+    pub fn disk_need(&self, keep_layers: bool) -> DiskNeed {
+        let bytes = |l: &LayerToSend| l.raw_size + if keep_layers { l.size } else { 0 };
+        DiskNeed {
+            rootfs: self.layers.iter().filter(|l| !l.registry).map(bytes).sum(),
+            registry: self.layers.iter().filter(|l| l.registry).map(bytes).sum(),
+        }
+    }
+
     fn for_host(&self, registry_host: bool) -> Vec<&LayerToSend> {
         self.layers.iter().filter(|l| registry_host || !l.registry).collect()
     }
+}
+
+/// Disk a host needs for a cluster image's rootfs, in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiskNeed {
+    /// On every host.
+    pub rootfs: u64,
+    /// On registry hosts, besides.
+    pub registry: u64,
+}
+
+/// The most any platform of `image` needs (each layer read once, then cached: this is also
+/// where an unsafe layer is refused, before any host is reached).
+pub fn disk_need(store: &Store, image: &crate::image::Image, keep_layers: bool) -> Result<DiskNeed, DistributeError> {
+    let mut need = DiskNeed::default();
+    for platform in &image.platforms {
+        let n = RootfsPlan::new(store, platform)?.disk_need(keep_layers);
+        need.rootfs = need.rootfs.max(n.rootfs);
+        need.registry = need.registry.max(n.registry);
+    }
+    Ok(need)
 }
 
 /// What reading a layer once on this machine tells about it (cached per manifest).
@@ -390,37 +423,38 @@ impl Distributor<'_> {
                     tokio::fs::File::open(&path).await.map_err(|e| StoreError::io("open blob", &path, e))
                 };
                 match unpack {
-                    // Unpacked as it arrives and not kept (only a rebuild unpacks): raw, or as
-                    // stored when the hosts keep no layers. The host's sha256 of what it got
-                    // must be the layer's (a corrupt copy here is caught there).
-                    Some(into) if raw || !self.keep_layers => {
-                        let (source, media_type, expected): (Box<dyn AsyncRead + Send + Unpin>, &str, &Digest) = if raw
-                        {
-                            (Box::new(self.spool.reader(&l)), media::OCI_LAYER_TAR, &l.diff_id)
-                        } else {
-                            (Box::new(open_blob().await?), &l.media_type, &l.digest)
-                        };
-                        let source = Counting { inner: source, host, sent, reporter };
-                        let untar = untar(media_type, "-", &into);
-                        session.stream_through(source, &untar, expected.hex()).await.map_err(|e| match e {
-                            SshError::UploadMismatch { actual, .. } => corrupt(expected, actual),
-                            other => other.into(),
-                        })?;
+                    // Raw: unpacked as it arrives and not kept (only a rebuild unpacks). Hosts
+                    // read the spool while it is written; it ends their stream only once the
+                    // whole tar matched its diff_id, else it fails them, so the host needs no
+                    // hash of its own.
+                    Some(into) if raw => {
+                        let source = Counting { inner: self.spool.reader(&l), host, sent, reporter };
+                        let untar = untar(media::OCI_LAYER_TAR, "-", &into);
+                        session.pipe_verified(source, None, Some(&untar)).await?;
                         let marker = format!("{blobs_dir}/{}", extracted_marker(&l.diff_id));
                         session.run(&format!(": > {}", quote(&marker))).await?;
                         Ok(())
                     }
+                    // As stored: checked against its digest here, once per run whatever the
+                    // number of hosts, then carried unchanged by SSH; kept as a blob unless the
+                    // hosts keep no layers, and unpacked while it arrives in a rebuild.
                     unpack => {
+                        self.spool.verify_blob(&l).await.map_err(|failure| match failure {
+                            BlobFailure::Mismatch(actual) => corrupt(&l.digest, actual),
+                            BlobFailure::Unreadable(reason) => {
+                                DistributeError::UnreadableLocal { digest: l.digest.clone(), reason }
+                            }
+                        })?;
                         let remote = format!("{blobs_dir}/{}", l.digest.hex());
                         let source = Counting { inner: open_blob().await?, host, sent, reporter };
-                        let untar = unpack.as_ref().map(|into| untar(&l.media_type, "-", into));
-                        // Kept, and unpacked while it arrives when the rootfs is rebuilt.
-                        session.upload_blob(source, &remote, 0o600, untar.as_deref(), l.digest.hex()).await.map_err(
-                            |e| match e {
-                                SshError::UploadMismatch { actual, .. } => corrupt(&l.digest, actual),
-                                other => other.into(),
-                            },
-                        )
+                        let consumer = unpack.as_ref().map(|into| untar(&l.media_type, "-", into));
+                        let keep = self.keep_layers.then_some((remote.as_str(), 0o600));
+                        session.pipe_verified(source, keep, consumer.as_deref()).await?;
+                        if !self.keep_layers {
+                            let marker = format!("{blobs_dir}/{}", extracted_marker(&l.diff_id));
+                            session.run(&format!(": > {}", quote(&marker))).await?;
+                        }
+                        Ok(())
                     }
                 }
             }
@@ -469,6 +503,19 @@ pub struct LayerSpool {
     store: Store,
     dir: tempfile::TempDir,
     layers: std::sync::Mutex<HashMap<Digest, watch::Receiver<Spooled>>>,
+    /// Blobs checked against their digest in this run (each once, however many hosts get it).
+    checked: std::sync::Mutex<HashMap<Digest, Arc<BlobCheck>>>,
+}
+
+/// One blob's check, run once and awaited by every host that sends it.
+type BlobCheck = tokio::sync::OnceCell<Result<(), BlobFailure>>;
+
+/// Why a blob of the store cannot be sent.
+#[derive(Debug, Clone)]
+enum BlobFailure {
+    /// Its content hashes to this, not to its digest.
+    Mismatch(String),
+    Unreadable(String),
 }
 
 /// How far a layer's decompression has come.
@@ -484,7 +531,29 @@ const SPOOL_CHUNK: u64 = 1 << 20;
 
 impl LayerSpool {
     pub fn new(store: &Store) -> Result<Self, StoreError> {
-        Ok(Self { store: store.clone(), dir: store.scratch_dir("layer-spool-")?, layers: Default::default() })
+        Ok(Self {
+            store: store.clone(),
+            dir: store.scratch_dir("layer-spool-")?,
+            layers: Default::default(),
+            checked: Default::default(),
+        })
+    }
+
+    /// Checks the layer's blob against its digest, once per run: hosts asking while the first
+    /// check runs wait for its result.
+    async fn verify_blob(&self, layer: &LayerToSend) -> Result<(), BlobFailure> {
+        let cell = {
+            let mut checked = self.checked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            Arc::clone(checked.entry(layer.digest.clone()).or_default())
+        };
+        let (store, digest) = (self.store.clone(), layer.digest.clone());
+        cell.get_or_init(|| async move {
+            tokio::task::spawn_blocking(move || hash_blob(&store, &digest))
+                .await
+                .unwrap_or_else(|e| Err(BlobFailure::Unreadable(e.to_string())))
+        })
+        .await
+        .clone()
     }
 
     /// The layer's uncompressed tar, read while it is being written.
@@ -546,6 +615,25 @@ impl LayerSpool {
         });
         watching
     }
+}
+
+/// Hashes a blob of the store (1 MiB reads; SHA-NI where the CPU has it).
+fn hash_blob(store: &Store, digest: &Digest) -> Result<(), BlobFailure> {
+    use std::io::Read as _;
+    let path = store.blob_path(digest);
+    let unreadable = |e: std::io::Error| BlobFailure::Unreadable(format!("{}: {e}", path.display()));
+    let mut file = std::fs::File::open(&path).map_err(unreadable)?;
+    let mut hasher = Sha256::new();
+    let mut chunk = vec![0; 1 << 20];
+    loop {
+        let n = file.read(&mut chunk).map_err(unreadable)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&chunk[..n]);
+    }
+    let actual = Digest::from_sha256(hasher);
+    if &actual == digest { Ok(()) } else { Err(BlobFailure::Mismatch(actual.hex().to_owned())) }
 }
 
 /// Writes the layer's tar to `path`, reporting progress, and checks it against the diff_id.
@@ -678,9 +766,25 @@ fn untar(media_type: &str, source: &str, root: &str) -> String {
         Some(Compression::Zstd) => "--zstd",
         _ => "",
     };
-    // From a pipe, big records with short reads reassembled (-B) save most of tar's syscalls.
-    let (source, records) = if source == "-" { ("-".to_owned(), " -B -b 256") } else { (quote(source), "") };
-    format!("tar -x {decompress}{records} --numeric-owner -p --exclude='.wh.*' -f {source} -C {}", quote(root))
+    let extract = |options: &str, source: &str| {
+        format!("tar -x {options} --numeric-owner -p --exclude='.wh.*' -f {source} -C {}", quote(root))
+    };
+    if source != "-" {
+        return extract(decompress, &quote(source));
+    }
+    // From a pipe, big records with short reads reassembled (-B) save most of tar's syscalls,
+    // and the decompressor runs beside tar rather than behind a tar child that feeds it (one
+    // copy and two context switches less per block). Its status is kept in a file, since not
+    // every sh has pipefail.
+    let tool = match Compression::of_media_type(media_type) {
+        Some(Compression::Gzip) => "gzip -dc",
+        Some(Compression::Zstd) => "zstd -dcq",
+        _ => return extract("-B -b 256", "-"),
+    };
+    format!(
+        "st=$(mktemp) && {{ {{ {tool}; echo $? > \"$st\"; }} | {}; r=$?; z=$(cat \"$st\"); rm -f \"$st\"; [ $r = 0 ] && [ \"$z\" = 0 ]; }}",
+        extract("-B -b 256", "-")
+    )
 }
 
 /// Swaps `rootfs.kiln-new` in for the rootfs and records which layers built it.
@@ -820,9 +924,47 @@ mod tests {
 
     #[test]
     fn untar_decompresses_by_media_type() {
-        assert!(untar(media::OCI_LAYER_GZIP, "-", "/r").contains(" -z "));
+        assert!(untar(media::OCI_LAYER_GZIP, "-", "/r").contains("gzip -dc"));
+        assert!(untar(media::OCI_LAYER_ZSTD, "-", "/r").contains("zstd -dcq"));
         assert!(untar(media::OCI_LAYER_ZSTD, "/b/x", "/r").contains("--zstd"));
+        assert!(untar(media::OCI_LAYER_GZIP, "/b/x", "/r").contains(" -z "));
         let plain = untar(media::OCI_LAYER_TAR, "/b/x", "/r");
         assert!(!plain.contains(" -z ") && !plain.contains("zstd"), "{plain}");
+    }
+
+    /// The pipeline as a host runs it: a good gzip stream unpacks; a damaged one fails even
+    /// where tar alone would not notice (the decompressor's status counts).
+    #[test]
+    fn streamed_untar_fails_when_the_decompressor_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(3);
+        header.set_mode(0o644);
+        tar.append_data(&mut header, "hello", &b"hi\n"[..]).unwrap();
+        let tar = tar.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut gz, &tar).unwrap();
+        let good = gz.finish().unwrap();
+        let run = |bytes: &[u8], root: &std::path::Path| {
+            std::fs::create_dir_all(root).unwrap();
+            let script = untar(media::OCI_LAYER_GZIP, "-", &root.display().to_string());
+            let mut child = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&script)
+                .stdin(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let _ = std::io::Write::write_all(&mut child.stdin.take().unwrap(), bytes);
+            child.wait().unwrap().success()
+        };
+        assert!(run(&good, &dir.path().join("good")));
+        assert_eq!(std::fs::read(dir.path().join("good/hello")).unwrap(), b"hi\n");
+        // The whole tar, then a damaged gzip trailer: tar is content, gzip is not.
+        let mut bad = good.clone();
+        let n = bad.len();
+        bad[n - 5] ^= 0xff;
+        assert!(!run(&bad, &dir.path().join("bad")));
     }
 }

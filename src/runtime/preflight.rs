@@ -124,9 +124,9 @@ impl Default for PreflightOptions {
 
 impl PreflightOptions {
     /// Adds what `cluster` and its image (when known here) require of hosts: the image's
-    /// platforms, disk for its rootfs (blobs are kept beside the extracted files: about twice
-    /// the compressed size), the registry port on registry hosts, and `zstd` for zstd layers
-    /// (hosts extract with their own tar).
+    /// platforms, a first guess of the disk its rootfs needs (the compressed layers twice;
+    /// [`PreflightOptions::with_disk_need`] replaces it with the measured sizes), the registry
+    /// port on registry hosts, and `zstd` for zstd layers (hosts extract with their own tar).
     pub fn for_cluster(mut self, cluster: &Cluster, image: Option<&crate::image::Image>) -> Self {
         if let crate::clusterfile::Registry::Local(r) = &cluster.registry {
             self.ports_on_registry_hosts.push(r.port);
@@ -151,6 +151,14 @@ impl PreflightOptions {
 }
 
 impl PreflightOptions {
+    /// The disk each host needs, as the image's layers measured (unpacked size, plus the blobs
+    /// hosts keep; registry content on registry hosts only).
+    pub fn with_disk_need(mut self, need: super::distribute::DiskNeed) -> Self {
+        self.rootfs_bytes = need.rootfs;
+        self.registry_bytes = need.registry;
+        self
+    }
+
     /// Adds what the cluster's plugins promise to do in `pre-init-host` on each host in their
     /// scope: set its hostname from its env (the env its scripts get, `image_env` under the
     /// Clusterfile's), repair its clock.

@@ -320,7 +320,15 @@ pub async fn run(request: &RunRequest<'_>, reporter: &dyn RunReporter) -> Result
     let runtime = ClusterRuntime::of(&request.image).map_err(RunError::Runtime)?;
     reporter.phase(PHASES[0].0, PHASES[0].1);
     let journal_path = request.state_dir.join("journal.json");
-    let mut preflight = request.preflight.clone();
+    // Every layer is checked (and measured) here before any host is reached.
+    let need = {
+        let (store, image, keep) = (request.store.clone(), request.image.clone(), request.keep_layers);
+        tokio::task::spawn_blocking(move || super::distribute::disk_need(&store, &image, keep))
+            .await
+            .map_err(|e| step_error("preflight", "-", std::io::Error::other(e)))?
+            .map_err(|e| step_error("preflight", "-", e))?
+    };
+    let mut preflight = request.preflight.clone().with_disk_need(need);
     // The registry an earlier run of this cluster started holds its port: not a conflict.
     if let Some(previous) = Journal::load(&journal_path)? {
         for host in &cluster.hosts {

@@ -108,34 +108,40 @@ impl Output {
 
 /// The host's side of an upload: stdin into `remote.kiln-part` (and into `consumer`, if any),
 /// then the part's sha256 on stdout. The caller compares it and renames.
-fn receive_script(remote: &str, consumer: Option<&str>) -> String {
-    let part = format!("{remote}.kiln-part");
+fn receive_script(remote: &str) -> String {
+    let part = quote(&format!("{remote}.kiln-part"));
     let dir = remote.rsplit_once('/').map_or(".", |(d, _)| if d.is_empty() { "/" } else { d });
-    let receive = match consumer {
-        None => format!("cat > {part}; $hash {part} | cut -d' ' -f1", part = quote(&part)),
-        // tee feeds the file, a fifo hashed in the background, and the consumer at once;
-        // whatever the consumer leaves unread (tar stops at its end marker) is drained. The
-        // hash is printed even when the consumer failed: bad bytes explain a failing tar.
-        Some(consumer) => format!(
-            "rm -f {fifo}; mkfifo {fifo}; $hash < {fifo} > {sum} & \
-             rc=0; tee {fifo} {part} | {{ {consumer}; s=$?; cat > /dev/null; exit $s; }} >&2 || rc=$?; \
-             wait $!; cut -d' ' -f1 {sum}; rm -f {fifo} {sum}; [ $rc = 0 ] || rm -f {part}; exit $rc",
-            fifo = quote(&format!("{part}.fifo")),
-            sum = quote(&format!("{part}.sum")),
-            part = quote(&part),
-        ),
-    };
-    format!("set -e; {HOST_SHA256}; mkdir -p {dir}; umask 077; {receive}", dir = quote(dir))
+    format!(
+        "set -e; {HOST_SHA256}; mkdir -p {dir}; umask 077; cat > {part}; $hash {part} | cut -d' ' -f1",
+        dir = quote(dir)
+    )
 }
 
-/// The script behind [`Session::stream_through`]: the bytes go to `consumer` and a hashing fifo,
-/// nowhere else; prints their sha256.
-fn stream_script(consumer: &str) -> String {
-    format!(
-        "set -e; {HOST_SHA256}; d=$(mktemp -d); trap 'rm -rf \"$d\"' EXIT; mkfifo \"$d/f\"; \
-         $hash < \"$d/f\" > \"$d/sum\" & rc=0; tee \"$d/f\" | {{ {consumer}; s=$?; cat > /dev/null; exit $s; }} >&2 || rc=$?; \
-         wait $!; cut -d' ' -f1 \"$d/sum\"; exit $rc"
-    )
+/// The script behind [`Session::pipe_verified`]: no hashing; the kept file is renamed into
+/// place only when every byte arrived and the consumer succeeded, and removed otherwise.
+fn verified_script(keep: Option<(&str, u32)>, consumer: Option<&str>) -> String {
+    // The consumer's status decides; what it leaves unread (tar stops at its end marker) is drained.
+    let consume = consumer.map(|c| format!("{{ {c}\ns=$?; cat > /dev/null; exit $s; }} >&2"));
+    match (keep, consume) {
+        (Some((path, mode)), consume) => {
+            let part = quote(&format!("{path}.kiln-part"));
+            // No pipefail in every sh: a failing tee (a full disk) leaves a mark instead.
+            let failed = quote(&format!("{path}.kiln-part.failed"));
+            let dir = path.rsplit_once('/').map_or(".", |(d, _)| if d.is_empty() { "/" } else { d });
+            let write = match consume {
+                Some(consume) => format!("rm -f {failed}; {{ tee {part} || : > {failed}; }} | {consume}"),
+                None => format!("cat > {part}"),
+            };
+            format!(
+                "mkdir -p {dir} || exit 1; umask 077; {write}\nrc=$?; [ -e {failed} ] && rc=1; \
+                 [ $rc = 0 ] || {{ rm -f {part} {failed}; exit $rc; }}; chmod {mode:o} {part} && mv -f {part} {path}",
+                dir = quote(dir),
+                path = quote(path),
+            )
+        }
+        (None, Some(consume)) => consume,
+        (None, None) => "cat > /dev/null".to_owned(),
+    }
 }
 
 /// Picks the host's fastest sha256 into `$hash`: OpenSSL's uses the CPU's SHA instructions
@@ -453,86 +459,43 @@ impl Session {
     /// Streams `source` to `remote` (as root, mode `mode`): written to `remote.kiln-part`,
     /// checked by sha256 on the host, then renamed into place. Returns the hex sha256.
     pub async fn upload<R: AsyncRead + Unpin>(&self, source: R, remote: &str, mode: u32) -> Result<String, SshError> {
-        self.upload_with(source, remote, mode, None, None).await
+        self.upload_with(source, remote, mode).await
     }
 
-    /// Uploads content whose sha256 is known (a blob: its digest): as [`Session::upload`],
-    /// but only the host hashes, and what it got must be `expected_hex` (so a corrupt local
-    /// copy is caught there, without hashing every byte here too). With `consumer` (a shell
-    /// command reading stdin, e.g. `tar -x`) the bytes are also piped into it as they arrive,
-    /// so the host unpacks while it receives. The file is renamed into place only if the
-    /// consumer succeeded and the sha256 matched; what the consumer made from bad bytes is the
-    /// caller's to discard.
-    pub async fn upload_blob<R: AsyncRead + Unpin>(
+    /// Streams bytes this machine has verified (a blob checked against its digest) to the host
+    /// as root: SSH's integrity protection carries them unchanged, so the host hashes nothing
+    /// (on a small host, hashing is a process and two more copies per byte). With `keep`
+    /// (`path`, `mode`) they are written to `path.kiln-part` and renamed into place once
+    /// everything arrived and `consumer` succeeded; `consumer` (a shell command reading stdin,
+    /// e.g. `tar -x`) gets them as they arrive, and what it leaves unread is drained.
+    pub async fn pipe_verified<R: AsyncRead + Unpin>(
         &self,
         source: R,
-        remote: &str,
-        mode: u32,
+        keep: Option<(&str, u32)>,
         consumer: Option<&str>,
-        expected_hex: &str,
     ) -> Result<(), SshError> {
-        self.upload_with(source, remote, mode, consumer, Some(expected_hex)).await.map(|_| ())
-    }
-
-    /// Pipes `source` into `consumer` on the host (as root) without keeping the bytes; the
-    /// host's sha256 of what it received must be `expected_hex` (the caller knows the content's
-    /// digest, so nothing is hashed here).
-    pub async fn stream_through<R: AsyncRead + Unpin>(
-        &self,
-        source: R,
-        consumer: &str,
-        expected_hex: &str,
-    ) -> Result<(), SshError> {
-        let wrapped = wrap(&stream_script(consumer), &self.privilege);
-        let host = self.target.host.to_string();
+        let wrapped = wrap(&verified_script(keep, consumer), &self.privilege);
         let out = self.raw_exec(&wrapped, Some(&self.privilege), source, |_| {}, None).await?;
-        let actual = out.stdout_text().trim().to_owned();
-        // Bytes that are not what was meant explain a failing consumer: said first.
-        if out.status != 0 && (actual.is_empty() || actual == expected_hex) {
+        if out.status != 0 {
+            let what = keep.map_or_else(|| consumer.map(first_line).unwrap_or_default(), |(p, _)| format!("write {p}"));
             return Err(SshError::Command {
-                host,
-                command: first_line(consumer),
+                host: self.target.host.to_string(),
+                command: what,
                 status: out.status,
                 output: out.tail(5),
-            });
-        }
-        if actual != expected_hex {
-            return Err(SshError::UploadMismatch {
-                host,
-                path: first_line(consumer),
-                expected: expected_hex.to_owned(),
-                actual,
             });
         }
         Ok(())
     }
 
-    async fn upload_with<R: AsyncRead + Unpin>(
-        &self,
-        source: R,
-        remote: &str,
-        mode: u32,
-        consumer: Option<&str>,
-        expected: Option<&str>,
-    ) -> Result<String, SshError> {
+    async fn upload_with<R: AsyncRead + Unpin>(&self, source: R, remote: &str, mode: u32) -> Result<String, SshError> {
         let part = format!("{remote}.kiln-part");
-        let script = receive_script(remote, consumer);
-        let mut hasher = expected.is_none().then(Sha256::new);
+        let script = receive_script(remote);
+        let mut hasher = Sha256::new();
         let wrapped = wrap(&script, &self.privilege);
         let host = self.target.host.to_string();
-        let hash = |chunk: &[u8]| {
-            if let Some(h) = hasher.as_mut() {
-                h.update(chunk);
-            }
-        };
-        let out = self.raw_exec(&wrapped, Some(&self.privilege), source, hash, None).await?;
-        let expected = match expected {
-            Some(known) => known.to_owned(),
-            None => hasher.map(|h| hex::encode(h.finalize())).unwrap_or_default(),
-        };
-        let actual = out.stdout_text().trim().to_owned();
-        // Bytes that are not what was meant explain a failing consumer: said first.
-        if out.status != 0 && (actual.is_empty() || actual == expected) {
+        let out = self.raw_exec(&wrapped, Some(&self.privilege), source, |chunk| hasher.update(chunk), None).await?;
+        if out.status != 0 {
             return Err(SshError::Command {
                 host,
                 command: format!("write {remote}"),
@@ -540,6 +503,8 @@ impl Session {
                 output: out.tail(5),
             });
         }
+        let expected = hex::encode(hasher.finalize());
+        let actual = out.stdout_text().trim().to_owned();
         if actual != expected {
             let _ = self.exec(&format!("rm -f {}", quote(&part))).await;
             return Err(SshError::UploadMismatch { host, path: remote.to_owned(), expected, actual });
@@ -822,48 +787,19 @@ mod tests {
         (bytes, into)
     }
 
-    #[test]
-    fn stream_script_unpacks_and_hashes_without_keeping_anything() {
-        let dir = tempfile::tempdir().unwrap();
-        let (bytes, into) = tar_with_padding(dir.path());
-        let run = |consumer: &str| {
-            let mut child = std::process::Command::new("sh")
-                .arg("-c")
-                .arg(stream_script(consumer))
-                .env("TMPDIR", dir.path())
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            use std::io::Write as _;
-            let _ = child.stdin.take().unwrap().write_all(&bytes);
-            child.wait_with_output().unwrap()
-        };
-        let out = run(&format!("tar -x -f - -C {}", quote(&into.display().to_string())));
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), hex::encode(Sha256::digest(&bytes)));
-        assert_eq!(std::fs::read_to_string(into.join("hello")).unwrap(), "hi\n");
-        // Nothing left behind (src and into were there before).
-        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(left.len(), 2, "{left:?}");
-        // A failing consumer fails the whole stream.
-        assert!(!run("false").status.success());
-    }
-
     /// The receiving side, run here under `sh` (dash, like Debian hosts): the consumer unpacks
     /// while the file is written and hashed, trailing bytes tar leaves unread are drained, and a
     /// failing consumer fails the upload.
     #[test]
-    fn receive_script_writes_hashes_and_unpacks_at_once() {
+    fn verified_script_keeps_only_whole_files_and_unpacks_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let (bytes, into) = tar_with_padding(dir.path());
         let remote = dir.path().join("blobs/abc").display().to_string();
         let consumer = format!("tar -x -f - -C {}", quote(&into.display().to_string()));
-        let run = |consumer: &str| {
+        let run = |keep: Option<(&str, u32)>, consumer: Option<&str>| {
             let mut child = std::process::Command::new("sh")
                 .arg("-c")
-                .arg(receive_script(&remote, Some(consumer)))
+                .arg(verified_script(keep, consumer))
                 .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
@@ -873,17 +809,30 @@ mod tests {
             let _ = child.stdin.take().unwrap().write_all(&bytes); // a failed upload stops reading
             child.wait_with_output().unwrap()
         };
-        let out = run(&consumer);
+        let out = run(Some((&remote, 0o600)), Some(&consumer));
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), hex::encode(Sha256::digest(&bytes)));
-        assert_eq!(std::fs::read(format!("{remote}.kiln-part")).unwrap(), bytes);
+        assert_eq!(std::fs::read(&remote).unwrap(), bytes, "kept whole, padding after tar's end included");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&remote).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(std::fs::read_to_string(into.join("hello")).unwrap(), "hi\n");
-        assert!(!std::path::Path::new(&format!("{remote}.kiln-part.fifo")).exists());
-        let failed = run("tar -x -z -f - -C /nonexistent");
+        std::fs::remove_file(&remote).unwrap();
+
+        let failed = run(Some((&remote, 0o600)), Some("tar -x -z -f - -C /nonexistent"));
         assert!(!failed.status.success(), "a failing consumer fails the upload");
-        // Still hashed (bad bytes would explain the failure), and nothing is left behind.
-        assert_eq!(String::from_utf8_lossy(&failed.stdout).trim(), hex::encode(Sha256::digest(&bytes)));
-        assert!(!std::path::Path::new(&format!("{remote}.kiln-part")).exists());
+        assert!(!std::path::Path::new(&remote).exists(), "and nothing is renamed into place");
+        assert!(!std::path::Path::new(&format!("{remote}.kiln-part")).exists(), "or left behind");
+
+        // A tee that cannot write its file (here a directory stands in its way; a full disk
+        // alike) fails the upload too, though tar succeeded.
+        std::fs::create_dir_all(format!("{remote}.kiln-part")).unwrap();
+        let out = run(Some((&remote, 0o600)), Some(&consumer));
+        assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(!std::path::Path::new(&remote).exists());
+        std::fs::remove_dir(format!("{remote}.kiln-part")).unwrap();
+
+        let streamed = run(None, Some(&consumer));
+        assert!(streamed.status.success());
+        assert!(!run(None, Some("false")).status.success());
     }
 
     #[test]

@@ -17,9 +17,14 @@ pub async fn run(settings: &Settings, printer: Printer, args: CheckArgs) -> anyh
     // What the plugins promise for `pre-init-host` (hostnames, clock repairs) counts.
     let plugins = super::plugins_of(settings, &printer, &clusterfile).await?;
     let image_env = image.as_ref().map(super::run::image_env).unwrap_or_default();
-    let options = crate::cli::cluster::preflight_options(&args.checks)?
+    let mut options = crate::cli::cluster::preflight_options(&args.checks)?
         .for_cluster(&clusterfile.cluster, image.as_ref())
         .with_plugins(&plugins, &clusterfile.cluster, &image_env);
+    if let Some(image) = image.clone() {
+        let store = settings.store()?;
+        let need = super::blocking(move || Ok(crate::runtime::distribute::disk_need(&store, &image, true)?)).await?;
+        options = options.with_disk_need(need);
+    }
     printer.status(&format!("Checking {} hosts", clusterfile.cluster.hosts.len()));
     let (report, fleet) = crate::runtime::check(&clusterfile.cluster, &connect, &options).await;
     fleet.close().await;
