@@ -565,24 +565,40 @@ impl Session {
             stderr_lines.finish(lines.as_ref());
             (out, exited)
         });
-        let mut writer = write.make_writer();
-        if let Some(Privilege::SudoPassword(p)) = privilege {
-            writer.write_all(format!("{}\n", p.expose()).as_bytes()).await.map_err(|e| lost(e.to_string()))?;
-        }
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = stdin.read(&mut buf).await.map_err(|source| SshError::Input { host: host.clone(), source })?;
-            if n == 0 {
-                break;
+        let feed = async {
+            let mut writer = write.make_writer();
+            if let Some(Privilege::SudoPassword(p)) = privilege {
+                writer.write_all(format!("{}\n", p.expose()).as_bytes()).await.map_err(|e| lost(e.to_string()))?;
             }
-            sent(&buf[..n]);
-            stdin_bytes += n as u64;
-            writer.write_all(&buf[..n]).await.map_err(|e| lost(e.to_string()))?;
-        }
-        writer.flush().await.map_err(|e| lost(e.to_string()))?;
-        drop(writer);
-        write.eof().await.map_err(|e| lost(e.to_string()))?;
-        let (out, exited) = collect.await.map_err(|e| lost(e.to_string()))?;
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let n = stdin.read(&mut buf).await.map_err(|source| SshError::Input { host: host.clone(), source })?;
+                if n == 0 {
+                    break;
+                }
+                sent(&buf[..n]);
+                stdin_bytes += n as u64;
+                writer.write_all(&buf[..n]).await.map_err(|e| lost(e.to_string()))?;
+            }
+            writer.flush().await.map_err(|e| lost(e.to_string()))?;
+            drop(writer);
+            write.eof().await.map_err(|e| lost(e.to_string()))?;
+            collect.await.map_err(|e| lost(e.to_string()))
+        };
+        // A channel waiting for window space is not always woken when its connection dies (the
+        // keepalives found the peer gone): the session's end is watched too.
+        let closed = async {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if self.handle.is_closed() {
+                    break;
+                }
+            }
+        };
+        let (out, exited) = tokio::select! {
+            done = feed => done?,
+            () = closed => return Err(lost("the connection was lost".into())),
+        };
         let _ = write.close().await;
         // `KILN_LOG=kiln::ssh=debug`: every command with its time, to see where a run spends it.
         tracing::debug!(
