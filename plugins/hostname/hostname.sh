@@ -3,6 +3,7 @@
 # what was there in $PluginStateDir; pre-clean-host: put it back.
 set -euo pipefail
 state=${PluginStateDir:?kiln sets PluginStateDir}
+mkdir -p -m 700 "$state"
 tag="# kiln hostname plugin"
 
 set_name() {

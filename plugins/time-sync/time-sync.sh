@@ -3,6 +3,7 @@
 # operator's time and configure chrony; pre-clean-host: restore chrony as it was.
 set -euo pipefail
 state=${PluginStateDir:?kiln sets PluginStateDir}
+mkdir -p -m 700 "$state"
 server=${TimeServer:-$Master0IP}
 begin="# --- kiln time-sync: begin"
 dropin_dir=/etc/systemd/system/chrony.service.d

@@ -63,16 +63,13 @@ pub async fn run_hook(
     env.insert("KilnOperation".into(), operation.name().into());
     // A directory that lives as long as the cluster on this host (what a plugin must remember
     // to undo its work when the host is cleaned); gone with the rootfs after a clean.
-    let state_dir = plugin_state_dir(rootfs, plugin);
-    let prepare = match &state_dir {
-        Some(d) => {
-            env.insert("PluginStateDir".into(), d.clone());
-            format!("mkdir -p {d} && chmod 700 {d} && ", d = quote(d))
-        }
-        None => String::new(),
-    };
+    // Not made here: a hook that keeps nothing leaves the host as it was (a failed scale-up
+    // must not change master0); one that keeps something makes it (`mkdir -p -m 700`).
+    if let Some(d) = plugin_state_dir(rootfs, plugin) {
+        env.insert("PluginStateDir".into(), d);
+    }
     // Sealer's contract: the script runs as written, in one shell (its last command decides).
-    let command = with_env(&env, &format!("{prepare}cd {} && (\n{}\n)", quote(&dir), plugin.data));
+    let command = with_env(&env, &format!("cd {} && (\n{}\n)", quote(&dir), plugin.data));
     let result = match session.run_live(&command, &mut on_line).await {
         Ok(_) => Ok(()),
         Err(SshError::Command { host, status, output, .. }) => {
