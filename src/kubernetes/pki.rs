@@ -170,7 +170,7 @@ pub fn add_alt_names(dir: &Path, names: &[String]) -> Result<Vec<String>, PkiErr
 
 /// A DNS name a certificate can carry: dot-separated labels of letters, digits and inner
 /// hyphens, at most 253 characters, optionally under a leading `*.`.
-fn is_dns_name(name: &str) -> bool {
+pub(crate) fn is_dns_name(name: &str) -> bool {
     let name = name.strip_prefix("*.").unwrap_or(name);
     !name.is_empty()
         && name.len() <= 253

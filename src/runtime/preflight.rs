@@ -193,22 +193,10 @@ impl PreflightOptions {
 /// Why `name` cannot be a hostname and a Kubernetes node name (RFC 1123: lower-case labels of
 /// letters, digits and `-`, each at most 63 characters, 253 in all).
 pub fn hostname_problem(name: &str) -> Option<String> {
-    if name.is_empty() || name.len() > 253 {
-        return Some(format!("`{name}` must have 1 to 253 characters"));
-    }
-    for label in name.split('.') {
-        let ok = !label.is_empty()
-            && label.len() <= 63
-            && label.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-            && !label.starts_with('-')
-            && !label.ends_with('-');
-        if !ok {
-            return Some(format!(
-                "`{name}` is not a valid hostname (lower-case letters, digits and `-` between dots, at most 63 each)"
-            ));
-        }
-    }
-    None
+    let valid = crate::kubernetes::pki::is_dns_name(name) && !name.contains('*') && name == name.to_ascii_lowercase();
+    (!valid).then(|| {
+        format!("`{name}` is not a valid hostname (lower-case letters, digits and `-` between dots, at most 63 each)")
+    })
 }
 
 /// Ports kubeadm's preflight wants free on every node (the kubelet's) and on control-plane
