@@ -68,9 +68,9 @@ require_host() {
 write_inventory() { # HOST_LINES: lines "name ip arch os"
   mkdir -p "$STATE"
   (umask 077; : > "$INVENTORY.tmp")
-  HOST_LINES=$1 python3 - "$INVENTORY.tmp" "$KEY" "$ROOT_PASSWORD" "$SUDO_USER_NOPASSWD" "$SUDO_USER_PASSWD" "$SUDO_USER_PASSWORD" "$NET" "$GATEWAY" <<'PY'
+  HOST_LINES=$1 python3 - "$INVENTORY.tmp" "$KEY" "$ROOT_PASSWORD" "$SUDO_USER_NOPASSWD" "$SUDO_USER_PASSWD" "$SUDO_USER_PASSWORD" "$NET" "$GATEWAY" "$BRIDGE" <<'PY'
 import json, os, sys
-path, key, root_pw, nopw_user, pw_user, pw, net, gw = sys.argv[1:]
+path, key, root_pw, nopw_user, pw_user, pw, net, gw, bridge = sys.argv[1:]
 hosts = []
 for line in os.environ["HOST_LINES"].splitlines():
     if not line.strip():
@@ -80,6 +80,7 @@ for line in os.environ["HOST_LINES"].splitlines():
 inv = {
     "subnet": net + ".0/24",
     "gateway": gw,
+    "bridge": bridge,
     "ssh_key": key,
     "users": {
         "root": {"password": root_pw, "key": True},

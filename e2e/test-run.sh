@@ -5,8 +5,8 @@
 # order with the cluster env (master0, then masters one at a time, then nodes); a failure stops
 # the run naming phase and host and `kiln status` shows it; the next run resumes without
 # re-sending or re-running finished steps; a run on the finished cluster sends nothing. Then how
-# layers travel: a corrupt layer in the local store is caught by the hosts' sha256 (nothing
-# swapped in, nothing kept); `--no-layer-cache` keeps only markers; `--layer-transfer raw`.
+# layers travel: a corrupt layer in the local store is caught by kiln's check of its digest
+# (nothing swapped in, nothing kept); `--no-layer-cache` keeps only markers; `--layer-transfer raw`.
 # Prints `N passed, N failed`.
 #
 #   e2e/test-run.sh KILN_BINARY
@@ -139,7 +139,7 @@ MODES=(kiln run -f "$WORK/Clusterfile.modes" --known-hosts "$WORK/known_hosts" -
 MODES_DELETE=(kiln delete -f "$WORK/Clusterfile.modes" --known-hosts "$WORK/known_hosts")
 MODES_DIR=/var/lib/kiln/data/e2e-modes
 held() { for h in kiln-h1 kiln-h2 kiln-h3; do on "$h" -- "ls $MODES_DIR/.kiln/blobs"; done; }
-# Every gzip layer in this machine's store damaged (same size): only the hosts' sha256 sees it.
+# Every gzip layer in this machine's store damaged (same size): only a check of its digest sees it.
 mapfile -t layers < <(for b in "$WORK"/store/oci/blobs/sha256/*; do [ "$(head -c2 "$b" | od -An -tx1 | tr -d ' ')" = 1f8b ] && echo "$b"; done)
 mkdir -p "$WORK/good-blobs"; cp -p "${layers[@]}" "$WORK/good-blobs/"
 for b in "${layers[@]}"; do printf 'kiln' | dd of="$b" bs=1 seek=$(( $(stat -c %s "$b") / 2 )) conv=notrunc status=none; done

@@ -57,7 +57,7 @@ pub enum DistributeError {
     #[error(transparent)]
     Ssh(#[from] Box<SshError>),
     #[error(
-        "{host}: the store's blob {digest} does not match its digest (sent {actual}); run `kiln rmi` and pull again"
+        "{host}: the store's blob {digest} does not match its digest (its content hashes to {actual}); nothing of it was put into use; run `kiln rmi` and pull again"
     )]
     CorruptLocal { host: String, digest: Digest, actual: String },
     #[error("the store's blob {digest} cannot be read: {reason}")]
@@ -413,50 +413,53 @@ impl Distributor<'_> {
             let raw = raw(&l);
             async move {
                 let reporter = self.reporter;
-                let corrupt = |digest: &Digest, actual| DistributeError::CorruptLocal {
-                    host: host.clone(),
-                    digest: digest.clone(),
-                    actual,
-                };
-                let open_blob = || async {
+                let blob = format!("{blobs_dir}/{}", l.digest.hex());
+                let part = format!("{blob}.kiln-part");
+                // Raw layers are never kept; stored ones unless the hosts keep no layers.
+                let keep = self.keep_layers && !raw;
+                if raw {
+                    // Unpacked as it arrives (only a rebuild unpacks). Hosts read the spool while
+                    // it is written; it ends their stream only once the whole tar matched its
+                    // diff_id, else it fails them.
+                    let source = Counting { inner: self.spool.reader(&l), host, sent, reporter };
+                    let untar = unpack.map(|into| untar(media::OCI_LAYER_TAR, "-", &into));
+                    session.pipe_unhashed(source, None, untar.as_deref()).await?;
+                } else {
+                    // As stored, carried unchanged by SSH and checked against its digest here
+                    // while the first hosts receive it (once per run whatever the number of
+                    // hosts); nothing is put into use on a host before that check passed.
                     let path = self.spool.store.blob_path(&l.digest);
-                    tokio::fs::File::open(&path).await.map_err(|e| StoreError::io("open blob", &path, e))
-                };
-                match unpack {
-                    // Raw: unpacked as it arrives and not kept (only a rebuild unpacks). Hosts
-                    // read the spool while it is written; it ends their stream only once the
-                    // whole tar matched its diff_id, else it fails them, so the host needs no
-                    // hash of its own.
-                    Some(into) if raw => {
-                        let source = Counting { inner: self.spool.reader(&l), host, sent, reporter };
-                        let untar = untar(media::OCI_LAYER_TAR, "-", &into);
-                        session.pipe_verified(source, None, Some(&untar)).await?;
-                        let marker = format!("{blobs_dir}/{}", extracted_marker(&l.diff_id));
-                        session.run(&format!(": > {}", quote(&marker))).await?;
-                        Ok(())
-                    }
-                    // As stored: checked against its digest here, once per run whatever the
-                    // number of hosts, then carried unchanged by SSH; kept as a blob unless the
-                    // hosts keep no layers, and unpacked while it arrives in a rebuild.
-                    unpack => {
-                        self.spool.verify_blob(&l).await.map_err(|failure| match failure {
-                            BlobFailure::Mismatch(actual) => corrupt(&l.digest, actual),
+                    let file = tokio::fs::File::open(&path).await.map_err(|e| StoreError::io("open blob", &path, e))?;
+                    let source = Counting { inner: file, host, sent, reporter };
+                    let untar = unpack.map(|into| untar(&l.media_type, "-", &into));
+                    let (piped, checked) = tokio::join!(
+                        session.pipe_unhashed(source, keep.then_some(part.as_str()), untar.as_deref()),
+                        self.spool.verify_blob(&l),
+                    );
+                    // A bad blob is the cause of whatever the host made of it.
+                    if let Err(failure) = checked {
+                        if keep && piped.is_ok() {
+                            let _ = session.run(&format!("rm -f {}", quote(&part))).await;
+                        }
+                        return Err(match failure {
+                            BlobFailure::Mismatch(actual) => {
+                                DistributeError::CorruptLocal { host: host.clone(), digest: l.digest.clone(), actual }
+                            }
                             BlobFailure::Unreadable(reason) => {
                                 DistributeError::UnreadableLocal { digest: l.digest.clone(), reason }
                             }
-                        })?;
-                        let remote = format!("{blobs_dir}/{}", l.digest.hex());
-                        let source = Counting { inner: open_blob().await?, host, sent, reporter };
-                        let consumer = unpack.as_ref().map(|into| untar(&l.media_type, "-", into));
-                        let keep = self.keep_layers.then_some((remote.as_str(), 0o600));
-                        session.pipe_verified(source, keep, consumer.as_deref()).await?;
-                        if !self.keep_layers {
-                            let marker = format!("{blobs_dir}/{}", extracted_marker(&l.diff_id));
-                            session.run(&format!(": > {}", quote(&marker))).await?;
-                        }
-                        Ok(())
+                        });
                     }
+                    piped?;
                 }
+                // Held from now on: as its blob, or as a marker that the rootfs holds it.
+                let commit = if keep {
+                    format!("chmod 600 {p} && mv -f {p} {b}", p = quote(&part), b = quote(&blob))
+                } else {
+                    format!(": > {}", quote(&format!("{blobs_dir}/{}", extracted_marker(&l.diff_id))))
+                };
+                session.run(&commit).await?;
+                Ok(())
             }
         };
         if rebuild {
@@ -548,9 +551,15 @@ impl LayerSpool {
         };
         let (store, digest) = (self.store.clone(), layer.digest.clone());
         cell.get_or_init(|| async move {
-            tokio::task::spawn_blocking(move || hash_blob(&store, &digest))
-                .await
-                .unwrap_or_else(|e| Err(BlobFailure::Unreadable(e.to_string())))
+            let started = std::time::Instant::now();
+            let checked = {
+                let digest = digest.clone();
+                tokio::task::spawn_blocking(move || hash_blob(&store, &digest))
+                    .await
+                    .unwrap_or_else(|e| Err(BlobFailure::Unreadable(e.to_string())))
+            };
+            tracing::debug!(ms = started.elapsed().as_millis() as u64, ok = checked.is_ok(), "checked blob {digest}");
+            checked
         })
         .await
         .clone()

@@ -117,26 +117,25 @@ fn receive_script(remote: &str) -> String {
     )
 }
 
-/// The script behind [`Session::pipe_verified`]: no hashing; the kept file is renamed into
-/// place only when every byte arrived and the consumer succeeded, and removed otherwise.
-fn verified_script(keep: Option<(&str, u32)>, consumer: Option<&str>) -> String {
+/// The script behind [`Session::pipe_unhashed`]: no hashing; the saved file stays only when
+/// every byte arrived and the consumer succeeded, and is removed otherwise.
+fn unhashed_script(save_to: Option<&str>, consumer: Option<&str>) -> String {
     // The consumer's status decides; what it leaves unread (tar stops at its end marker) is drained.
     let consume = consumer.map(|c| format!("{{ {c}\ns=$?; cat > /dev/null; exit $s; }} >&2"));
-    match (keep, consume) {
-        (Some((path, mode)), consume) => {
-            let part = quote(&format!("{path}.kiln-part"));
+    match (save_to, consume) {
+        (Some(path), consume) => {
+            let file = quote(path);
             // No pipefail in every sh: a failing tee (a full disk) leaves a mark instead.
-            let failed = quote(&format!("{path}.kiln-part.failed"));
+            let failed = quote(&format!("{path}.failed"));
             let dir = path.rsplit_once('/').map_or(".", |(d, _)| if d.is_empty() { "/" } else { d });
             let write = match consume {
-                Some(consume) => format!("rm -f {failed}; {{ tee {part} || : > {failed}; }} | {consume}"),
-                None => format!("cat > {part}"),
+                Some(consume) => format!("rm -f {failed}; {{ tee {file} || : > {failed}; }} | {consume}"),
+                None => format!("cat > {file}"),
             };
             format!(
                 "mkdir -p {dir} || exit 1; umask 077; {write}\nrc=$?; [ -e {failed} ] && rc=1; \
-                 [ $rc = 0 ] || {{ rm -f {part} {failed}; exit $rc; }}; chmod {mode:o} {part} && mv -f {part} {path}",
+                 [ $rc = 0 ] || {{ rm -f {file} {failed}; exit $rc; }}",
                 dir = quote(dir),
-                path = quote(path),
             )
         }
         (None, Some(consume)) => consume,
@@ -462,22 +461,24 @@ impl Session {
         self.upload_with(source, remote, mode).await
     }
 
-    /// Streams bytes this machine has verified (a blob checked against its digest) to the host
-    /// as root: SSH's integrity protection carries them unchanged, so the host hashes nothing
-    /// (on a small host, hashing is a process and two more copies per byte). With `keep`
-    /// (`path`, `mode`) they are written to `path.kiln-part` and renamed into place once
-    /// everything arrived and `consumer` succeeded; `consumer` (a shell command reading stdin,
-    /// e.g. `tar -x`) gets them as they arrive, and what it leaves unread is drained.
-    pub async fn pipe_verified<R: AsyncRead + Unpin>(
+    /// Streams bytes to the host as root without the host hashing them: SSH's integrity
+    /// protection carries them unchanged, and the caller checks them on this machine (a blob
+    /// against its digest, while it streams) before it puts anything into use (on a small
+    /// host, hashing is a process and two more copies per byte). With `save_to` they are
+    /// written to that file (mode 0600), which stays only if everything arrived and `consumer`
+    /// succeeded; the caller renames it into place once the bytes proved right. `consumer` (a
+    /// shell command reading stdin, e.g. `tar -x`) gets them as they arrive, and what it leaves
+    /// unread is drained.
+    pub async fn pipe_unhashed<R: AsyncRead + Unpin>(
         &self,
         source: R,
-        keep: Option<(&str, u32)>,
+        save_to: Option<&str>,
         consumer: Option<&str>,
     ) -> Result<(), SshError> {
-        let wrapped = wrap(&verified_script(keep, consumer), &self.privilege);
+        let wrapped = wrap(&unhashed_script(save_to, consumer), &self.privilege);
         let out = self.raw_exec(&wrapped, Some(&self.privilege), source, |_| {}, None).await?;
         if out.status != 0 {
-            let what = keep.map_or_else(|| consumer.map(first_line).unwrap_or_default(), |(p, _)| format!("write {p}"));
+            let what = save_to.map_or_else(|| consumer.map(first_line).unwrap_or_default(), |p| format!("write {p}"));
             return Err(SshError::Command {
                 host: self.target.host.to_string(),
                 command: what,
@@ -804,18 +805,18 @@ mod tests {
     }
 
     /// The receiving side, run here under `sh` (dash, like Debian hosts): the consumer unpacks
-    /// while the file is written and hashed, trailing bytes tar leaves unread are drained, and a
-    /// failing consumer fails the upload.
+    /// while the file is written, trailing bytes tar leaves unread are drained, and a failing
+    /// consumer or a failing write fails the pipe and leaves no file.
     #[test]
-    fn verified_script_keeps_only_whole_files_and_unpacks_at_once() {
+    fn unhashed_script_saves_only_whole_files_and_unpacks_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let (bytes, into) = tar_with_padding(dir.path());
-        let remote = dir.path().join("blobs/abc").display().to_string();
+        let part = dir.path().join("blobs/abc.kiln-part").display().to_string();
         let consumer = format!("tar -x -f - -C {}", quote(&into.display().to_string()));
-        let run = |keep: Option<(&str, u32)>, consumer: Option<&str>| {
+        let run = |save_to: Option<&str>, consumer: Option<&str>| {
             let mut child = std::process::Command::new("sh")
                 .arg("-c")
-                .arg(verified_script(keep, consumer))
+                .arg(unhashed_script(save_to, consumer))
                 .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
@@ -825,26 +826,26 @@ mod tests {
             let _ = child.stdin.take().unwrap().write_all(&bytes); // a failed upload stops reading
             child.wait_with_output().unwrap()
         };
-        let out = run(Some((&remote, 0o600)), Some(&consumer));
+        let out = run(Some(&part), Some(&consumer));
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(std::fs::read(&remote).unwrap(), bytes, "kept whole, padding after tar's end included");
+        assert_eq!(std::fs::read(&part).unwrap(), bytes, "saved whole, padding after tar's end included");
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&remote).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(&part).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(std::fs::read_to_string(into.join("hello")).unwrap(), "hi\n");
-        std::fs::remove_file(&remote).unwrap();
+        std::fs::remove_file(&part).unwrap();
 
-        let failed = run(Some((&remote, 0o600)), Some("tar -x -z -f - -C /nonexistent"));
+        let failed = run(Some(&part), Some("tar -x -z -f - -C /nonexistent"));
         assert!(!failed.status.success(), "a failing consumer fails the upload");
-        assert!(!std::path::Path::new(&remote).exists(), "and nothing is renamed into place");
-        assert!(!std::path::Path::new(&format!("{remote}.kiln-part")).exists(), "or left behind");
+        assert!(!std::path::Path::new(&part).exists(), "and leaves no file");
+        assert!(!std::path::Path::new(&format!("{part}.failed")).exists(), "nor its mark");
 
         // A tee that cannot write its file (here a directory stands in its way; a full disk
         // alike) fails the upload too, though tar succeeded.
-        std::fs::create_dir_all(format!("{remote}.kiln-part")).unwrap();
-        let out = run(Some((&remote, 0o600)), Some(&consumer));
+        std::fs::create_dir_all(&part).unwrap();
+        let out = run(Some(&part), Some(&consumer));
         assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert!(!std::path::Path::new(&remote).exists());
-        std::fs::remove_dir(format!("{remote}.kiln-part")).unwrap();
+        assert!(!std::path::Path::new(&format!("{part}.failed")).exists());
+        std::fs::remove_dir(&part).unwrap();
 
         let streamed = run(None, Some(&consumer));
         assert!(streamed.status.success());
