@@ -57,9 +57,9 @@ pub enum DistributeError {
     #[error(transparent)]
     Ssh(#[from] Box<SshError>),
     #[error(
-        "{host}: the store's blob {digest} does not match its digest (its content hashes to {actual}); nothing of it was put into use; run `kiln rmi` and pull again"
+        "{host}: the store's blob {digest} does not match its digest ({reason}); nothing of it was put into use; run `kiln rmi` and pull again"
     )]
-    CorruptLocal { host: String, digest: Digest, actual: String },
+    CorruptLocal { host: String, digest: Digest, reason: String },
     #[error("the store's blob {digest} cannot be read: {reason}")]
     UnreadableLocal { digest: Digest, reason: String },
 }
@@ -442,8 +442,8 @@ impl Distributor<'_> {
                             let _ = session.run(&format!("rm -f {}", quote(&part))).await;
                         }
                         return Err(match failure {
-                            BlobFailure::Mismatch(actual) => {
-                                DistributeError::CorruptLocal { host: host.clone(), digest: l.digest.clone(), actual }
+                            BlobFailure::Corrupt(reason) => {
+                                DistributeError::CorruptLocal { host: host.clone(), digest: l.digest.clone(), reason }
                             }
                             BlobFailure::Unreadable(reason) => {
                                 DistributeError::UnreadableLocal { digest: l.digest.clone(), reason }
@@ -516,8 +516,8 @@ type BlobCheck = tokio::sync::OnceCell<Result<(), BlobFailure>>;
 /// Why a blob of the store cannot be sent.
 #[derive(Debug, Clone)]
 enum BlobFailure {
-    /// Its content hashes to this, not to its digest.
-    Mismatch(String),
+    /// Its content does not match its digest or size (how, from the store).
+    Corrupt(String),
     Unreadable(String),
 }
 
@@ -549,14 +549,19 @@ impl LayerSpool {
             let mut checked = self.checked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             Arc::clone(checked.entry(layer.digest.clone()).or_default())
         };
-        let (store, digest) = (self.store.clone(), layer.digest.clone());
+        let (store, digest, size) = (self.store.clone(), layer.digest.clone(), layer.size);
         cell.get_or_init(|| async move {
             let started = std::time::Instant::now();
             let checked = {
                 let digest = digest.clone();
-                tokio::task::spawn_blocking(move || hash_blob(&store, &digest))
-                    .await
-                    .unwrap_or_else(|e| Err(BlobFailure::Unreadable(e.to_string())))
+                tokio::task::spawn_blocking(move || {
+                    store.verify_blob(&digest, Some(size)).map_err(|e| match e {
+                        StoreError::CorruptBlob { reason, .. } => BlobFailure::Corrupt(reason),
+                        other => BlobFailure::Unreadable(other.to_string()),
+                    })
+                })
+                .await
+                .unwrap_or_else(|e| Err(BlobFailure::Unreadable(e.to_string())))
             };
             tracing::debug!(ms = started.elapsed().as_millis() as u64, ok = checked.is_ok(), "checked blob {digest}");
             checked
@@ -624,25 +629,6 @@ impl LayerSpool {
         });
         watching
     }
-}
-
-/// Hashes a blob of the store (1 MiB reads; SHA-NI where the CPU has it).
-fn hash_blob(store: &Store, digest: &Digest) -> Result<(), BlobFailure> {
-    use std::io::Read as _;
-    let path = store.blob_path(digest);
-    let unreadable = |e: std::io::Error| BlobFailure::Unreadable(format!("{}: {e}", path.display()));
-    let mut file = std::fs::File::open(&path).map_err(unreadable)?;
-    let mut hasher = Sha256::new();
-    let mut chunk = vec![0; 1 << 20];
-    loop {
-        let n = file.read(&mut chunk).map_err(unreadable)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&chunk[..n]);
-    }
-    let actual = Digest::from_sha256(hasher);
-    if &actual == digest { Ok(()) } else { Err(BlobFailure::Mismatch(actual.hex().to_owned())) }
 }
 
 /// Writes the layer's tar to `path`, reporting progress, and checks it against the diff_id.

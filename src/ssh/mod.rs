@@ -455,12 +455,6 @@ impl Session {
         Ok(out)
     }
 
-    /// Streams `source` to `remote` (as root, mode `mode`): written to `remote.kiln-part`,
-    /// checked by sha256 on the host, then renamed into place. Returns the hex sha256.
-    pub async fn upload<R: AsyncRead + Unpin>(&self, source: R, remote: &str, mode: u32) -> Result<String, SshError> {
-        self.upload_with(source, remote, mode).await
-    }
-
     /// Streams bytes to the host as root without the host hashing them: SSH's integrity
     /// protection carries them unchanged, and the caller checks them on this machine (a blob
     /// against its digest, while it streams) before it puts anything into use (on a small
@@ -489,7 +483,9 @@ impl Session {
         Ok(())
     }
 
-    async fn upload_with<R: AsyncRead + Unpin>(&self, source: R, remote: &str, mode: u32) -> Result<String, SshError> {
+    /// Streams `source` to `remote` (as root, mode `mode`): written to `remote.kiln-part`,
+    /// checked by sha256 on the host, then renamed into place. Returns the hex sha256.
+    pub async fn upload<R: AsyncRead + Unpin>(&self, source: R, remote: &str, mode: u32) -> Result<String, SshError> {
         let part = format!("{remote}.kiln-part");
         let script = receive_script(remote);
         let mut hasher = Sha256::new();
