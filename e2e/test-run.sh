@@ -6,7 +6,8 @@
 # the run naming phase and host and `kiln status` shows it; the next run resumes without
 # re-sending or re-running finished steps; a run on the finished cluster sends nothing. Then how
 # layers travel: a corrupt layer in the local store is caught by kiln's check of its digest
-# (nothing swapped in, nothing kept); `--no-layer-cache` keeps only markers; `--layer-transfer raw`.
+# (nothing swapped in, nothing kept); `--no-layer-cache` keeps only markers; `--layer-transfer raw`;
+# `--layer-transfer recompressed` (kept as zstd, a lost rootfs rebuilt from it).
 # Prints `N passed, N failed`.
 #
 #   e2e/test-run.sh KILN_BINARY
@@ -133,7 +134,7 @@ AFTER=$(snapshot kiln-h1 kiln-h2 kiln-h3)
 check "hosts are as before run (paths, contents, sysctls)" [ "$BEFORE" = "$AFTER" ]
 check "the cluster's state on this machine is gone" [ ! -e "$WORK/store/clusters/e2e-run/journal.json" ]
 
-# --- how layers travel and stay: kept (default), not kept, raw; a corrupt blob here -------------
+# --- how layers travel and stay: kept (default), not kept, raw, recompressed; a corrupt blob here
 sed 's/name: e2e-run/name: e2e-modes/' "$WORK/Clusterfile" > "$WORK/Clusterfile.modes"
 MODES=(kiln run -f "$WORK/Clusterfile.modes" --known-hosts "$WORK/known_hosts" --json)
 MODES_DELETE=(kiln delete -f "$WORK/Clusterfile.modes" --known-hosts "$WORK/known_hosts")
@@ -164,18 +165,40 @@ check "and the hosts keep no layer, only markers that their rootfs holds them" b
 check "a run on its finished rootfs sends nothing (with or without the flag)" [ "$(sent "$WORK/nocache-again.json")" = 0 ]
 "${MODES_DELETE[@]}" >/dev/null 2>&1
 "${MODES[@]}" --layer-transfer raw > "$WORK/raw.json" 2> "$WORK/raw.err"; rc=$?
-raw_ok() {
-  python3 - "$WORK/raw.json" <<'PY'
+# sent_as MODE: every host of the run in $WORK/MODE.json got layers that way.
+sent_as() {
+  python3 - "$WORK/$1.json" "$1" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))["distributed"]
-sys.exit(0 if d and all(h["transfer"] == "raw" and h["bytes_sent"] > 0 for h in d.values()) else 1)
+sys.exit(0 if d and all(h["transfer"] == sys.argv[2] and h["bytes_sent"] > 0 for h in d.values()) else 1)
 PY
 }
 built_for() { on "$1" -- cat "$MODES_DIR/rootfs/bin/built-for"; }
 check "--layer-transfer raw: decompressed here, unpacked there, every host its own arch" bash -c "
-  [ $rc = 0 ] && $(declare -f raw_ok on built_for); WORK='$WORK'; HOSTS='$HOSTS'; MODES_DIR=$MODES_DIR; raw_ok &&
+  [ $rc = 0 ] && $(declare -f sent_as on built_for); WORK='$WORK'; HOSTS='$HOSTS'; MODES_DIR=$MODES_DIR; sent_as raw &&
   [ \"\$(built_for kiln-h1)\" = amd64 ] && [ \"\$(built_for kiln-h3)\" = arm64 ]"
 [ "$rc" = 0 ] || tail -n 20 "$WORK/raw.err"
+"${MODES_DELETE[@]}" >/dev/null 2>&1
+"${MODES[@]}" --layer-transfer recompressed > "$WORK/recompressed.json" 2> "$WORK/recompressed.err"; rc=$?
+# Kept as zstd of the tar (named by diff_id), no gzip blob: checked with the host's own zstd.
+kept_as_zstd() {
+  for h in kiln-h1 kiln-h2 kiln-h3; do
+    on "$h" -- "cd $MODES_DIR/.kiln/blobs && ls | grep -q '[.]tar[.]zst\$' && zstd -tq *.tar.zst &&
+      for f in *; do [ \"\$(head -c2 \"\$f\" | od -An -tx1 | tr -d ' \n')\" != 1f8b ] || exit 1; done" || return 1
+  done
+}
+check "--layer-transfer recompressed: gzip layers as zstd made here, kept as checksummed <diff_id>.tar.zst, every host its own arch" bash -c "
+  [ $rc = 0 ] && $(declare -f sent_as kept_as_zstd on built_for); WORK='$WORK'; HOSTS='$HOSTS'; MODES_DIR=$MODES_DIR;
+  sent_as recompressed && kept_as_zstd && [ \"\$(built_for kiln-h2)\" = amd64 ] && [ \"\$(built_for kiln-h3)\" = arm64 ]"
+[ "$rc" = 0 ] || tail -n 20 "$WORK/recompressed.err"
+# A rootfs lost: rebuilt from the kept zstd files, nothing sent.
+on kiln-h3 -- "rm -rf $MODES_DIR/rootfs"
+"${MODES[@]}" > "$WORK/recompressed-again.json" 2> "$WORK/recompressed-again.err"; rc=$?
+again=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1]))["distributed"]; print(sum(h["bytes_sent"] for h in d.values()), d[sys.argv[2]]["rootfs_extracted"])' \
+  "$WORK/recompressed-again.json" "$H3" 2>/dev/null)
+check "a lost rootfs is rebuilt from the kept zstd files with nothing sent" bash -c "
+  [ $rc = 0 ] && [ '$again' = '0 True' ] && [ \"\$('$HOSTS' ssh kiln-h3 -- cat $MODES_DIR/rootfs/bin/built-for)\" = arm64 ]"
+[ "$rc" = 0 ] || tail -n 20 "$WORK/recompressed-again.err"
 "${MODES_DELETE[@]}" > "$WORK/modes-delete.out" 2>&1
 check "the hosts are as before every run again (paths, contents, sysctls)" [ "$BEFORE" = "$(snapshot kiln-h1 kiln-h2 kiln-h3)" ]
 

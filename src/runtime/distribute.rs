@@ -4,15 +4,23 @@
 //! Layers are extracted in order into `rootfs.kiln-new`, which is swapped into place once all
 //! are whole; `.kiln/rootfs.id` records which layers it was built from, so a re-run with nothing
 //! new sends nothing and extracts nothing. A layer the host lacks is unpacked while it arrives,
-//! either as stored (compressed; the blob is kept in `<cluster>/.kiln/blobs/<sha256>`, checked
-//! by sha256 on the host before it is renamed into place, and never sent again) or raw:
-//! decompressed once on this machine ([`LayerSpool`]), checked against its diff_id on the host,
-//! and not kept (that would double the host's disk writes; a marker `<diff_id>.extracted` says
-//! the rootfs holds it, so only a rebuild of the rootfs sends it again). Raw wins where the link
-//! is faster than a host core unpacks gzip; [`LayerTransfer::Auto`] measures each host and
-//! picks. Every
-//! layer is checked on this machine first: an entry that could land outside the rootfs (an
-//! absolute or `..` path, a hard link out, a write through an escaping symbolic link) is refused.
+//! in one of three forms ([`Form`]):
+//! - as stored: the blob, kept in `<cluster>/.kiln/blobs/<sha256>` and never sent again;
+//! - recompressed: a gzip layer's tar recompressed with zstd once on this machine
+//!   ([`LayerSpool`]), for hosts with zstd (they unpack it several times faster than gzip, which
+//!   a single host core does at 110-180 MB/s, slower than a 1 Gbit/s link carries raw bytes);
+//!   kept as `<diff_id>.tar.zst`, its frames checksummed, so zstd checks it when it is unpacked
+//!   again;
+//! - raw: decompressed once here, and not kept (that would double the host's disk writes; a
+//!   marker `<diff_id>.extracted` says the rootfs holds it, so only a rebuild of the rootfs
+//!   sends it again). Raw wins where the link is faster than this machine recompresses (or,
+//!   for hosts without zstd, than the host unpacks gzip).
+//!
+//! [`LayerTransfer::Auto`] measures each host and picks. What this machine makes is checked
+//! against the layer's diff_id, and a blob sent as stored against its digest, before anything
+//! of it is put into use on a host. Every layer is checked on this machine first: an entry
+//! that could land outside the rootfs (an absolute or `..` path, a hard link out, a write
+//! through an escaping symbolic link) is refused.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -73,11 +81,15 @@ impl From<SshError> for DistributeError {
 /// How layers should travel to hosts (`--layer-transfer`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LayerTransfer {
-    /// Raw to hosts whose link measures faster than the host unpacks gzip, else compressed.
+    /// Measured per host: gzip layers recompressed for hosts with zstd, raw to hosts whose
+    /// link is faster than that (or, without zstd, than the host unpacks gzip).
     #[default]
     Auto,
     /// As stored; the host decompresses.
     Compressed,
+    /// gzip layers recompressed with zstd on this machine for hosts with zstd (others as
+    /// stored): the bytes of gzip, unpacked several times faster.
+    Recompressed,
     /// Decompressed on this machine; the host unpacks plain tar as it arrives and keeps no
     /// blob (more bytes on the wire, no decompression there).
     Raw,
@@ -88,16 +100,50 @@ pub enum LayerTransfer {
 #[serde(rename_all = "lowercase")]
 pub enum Sent {
     Compressed,
+    Recompressed,
     Raw,
 }
 
+/// How one layer travels to one host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// Its blob, unchanged.
+    Stored,
+    /// Made from it on this machine.
+    Made(Made),
+}
+
+/// What [`LayerSpool`] makes of a layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Made {
+    /// Its tar recompressed with zstd.
+    Zstd,
+    /// Its tar.
+    Tar,
+}
+
+impl Made {
+    /// The media type of what the host receives.
+    fn media_type(self) -> &'static str {
+        match self {
+            Made::Zstd => media::OCI_LAYER_ZSTD,
+            Made::Tar => media::OCI_LAYER_TAR,
+        }
+    }
+}
+
 /// Below this many gzip bytes to send, [`LayerTransfer::Auto`] does not measure (that
-/// would cost more than raw could save) and sends them compressed.
+/// would cost more than another form could save) and sends them as stored.
 const AUTO_MEASURES_FROM: u64 = 128 << 20;
 
 /// What [`LayerTransfer::Auto`] sends to measure a link, after a quarter as much unmeasured (a
-/// fresh connection's first tens of MiB go slower while buffers and windows grow).
+/// fresh connection's first tens of MiB go slower while buffers and windows grow); also how
+/// much of a layer it recompresses to measure this machine.
 const PROBE_BYTES: u64 = 32 << 20;
+
+/// zstd's fastest level above the negative ones: output about the size of gzip's default,
+/// made several times faster than gzip makes it.
+const RECOMPRESS_LEVEL: i32 = 1;
 
 /// One layer to place on hosts.
 #[derive(Debug, Clone)]
@@ -252,9 +298,10 @@ pub struct DistributeOutcome {
     /// How this host got its layers (`None` when nothing was sent).
     pub transfer: Option<Sent>,
     /// What `Auto` measured to choose, in bytes per second: the link, and the host's gunzip
-    /// (uncompressed bytes out).
+    /// or this machine's recompression (uncompressed bytes).
     pub link_bytes_per_sec: Option<f64>,
     pub gunzip_bytes_per_sec: Option<f64>,
+    pub recompress_bytes_per_sec: Option<f64>,
 }
 
 /// Where a cluster's files live on a host.
@@ -326,6 +373,8 @@ impl HostHoldings {
     fn held(&self, digest: &Digest, diff_id: &Digest) -> Option<Held> {
         if self.names.contains(digest.hex()) {
             Some(Held::Blob)
+        } else if self.names.contains(&recompressed_name(diff_id)) {
+            Some(Held::Recompressed)
         } else if self.names.contains(&extracted_marker(diff_id)) {
             Some(Held::Extracted)
         } else {
@@ -339,7 +388,21 @@ impl HostHoldings {
         match self.held(digest, diff_id) {
             None => true,
             Some(Held::Extracted) => rebuild,
+            // Unpacked by zstd, which the host had when it got it.
+            Some(Held::Recompressed) => rebuild && !self.has_zstd,
             Some(Held::Blob) => false,
+        }
+    }
+
+    /// The file a rebuild unpacks the layer from, with its media type: `None` when it must be
+    /// sent.
+    fn unpack_source<'l>(&self, blobs_dir: &str, layer: &'l LayerToSend) -> Option<(String, &'l str)> {
+        match self.held(&layer.digest, &layer.diff_id)? {
+            Held::Blob => Some((format!("{blobs_dir}/{}", layer.digest.hex()), layer.media_type.as_str())),
+            Held::Recompressed if self.has_zstd => {
+                Some((format!("{blobs_dir}/{}", recompressed_name(&layer.diff_id)), media::OCI_LAYER_ZSTD))
+            }
+            Held::Recompressed | Held::Extracted => None,
         }
     }
 }
@@ -349,6 +412,8 @@ impl HostHoldings {
 enum Held {
     /// Its blob, as stored here.
     Blob,
+    /// Its tar recompressed with zstd (it came recompressed).
+    Recompressed,
     /// Only in the rootfs (it came raw): present while that rootfs stands.
     Extracted,
 }
@@ -376,54 +441,82 @@ impl Distributor<'_> {
             .collect();
         let mut outcome = DistributeOutcome { blobs_present: layers.len() - missing.len(), ..Default::default() };
 
-        // Raw layers are not kept, so only a rebuild can take them.
+        // Only a rebuild takes layers in a form made here: a raw one is not kept, and a
+        // current rootfs needs nothing but blobs to keep.
         let compressed_bytes: u64 = missing.iter().filter(|l| l.is_compressed()).map(|l| l.size).sum();
         // Only gzip is worth measuring: a host core unpacks zstd faster than links carry it.
-        let gzip_bytes: u64 =
-            missing.iter().filter(|l| l.compression() == Some(Compression::Gzip)).map(|l| l.size).sum();
+        let gzip_layers = || missing.iter().filter(|l| l.compression() == Some(Compression::Gzip));
+        let gzip_bytes: u64 = gzip_layers().map(|l| l.size).sum();
         let transfer = match self.transfer {
             _ if !rebuild || compressed_bytes == 0 => Sent::Compressed,
             LayerTransfer::Compressed => Sent::Compressed,
             LayerTransfer::Raw => Sent::Raw,
+            LayerTransfer::Recompressed if gzip_bytes > 0 && holdings.has_zstd => Sent::Recompressed,
+            LayerTransfer::Recompressed => Sent::Compressed,
             LayerTransfer::Auto if gzip_bytes < AUTO_MEASURES_FROM => Sent::Compressed,
             LayerTransfer::Auto => {
-                let (link, gunzip) = measure_host(session).await?;
+                let link = measure_link(session).await?;
                 outcome.link_bytes_per_sec = Some(link);
-                outcome.gunzip_bytes_per_sec = Some(gunzip);
-                // Compressed costs max(C / link, U / gunzip), raw U / link; with C a third of
-                // U or less, raw wins once the link outruns the host's gunzip.
-                if link > gunzip { Sent::Raw } else { Sent::Compressed }
+                // Raw costs U / link; the others max(C / link, U / unpacking), C about a third
+                // of U: raw wins once the link outruns the unpacking, which for hosts with zstd
+                // is this machine's recompression (their zstd is faster still).
+                if holdings.has_zstd {
+                    let biggest = gzip_layers().max_by_key(|l| l.size).copied();
+                    let rate = match biggest {
+                        Some(layer) => self.spool.recompress_rate(layer).await,
+                        None => 0.0,
+                    };
+                    outcome.recompress_bytes_per_sec = Some(rate);
+                    if link > rate { Sent::Raw } else { Sent::Recompressed }
+                } else {
+                    let gunzip = measure_gunzip(session).await?;
+                    outcome.gunzip_bytes_per_sec = Some(gunzip);
+                    if link > gunzip { Sent::Raw } else { Sent::Compressed }
+                }
             }
         };
-        // A host without zstd takes zstd layers raw whatever was chosen.
-        let raw = |l: &LayerToSend| {
-            rebuild
-                && l.is_compressed()
-                && (transfer == Sent::Raw || (l.compression() == Some(Compression::Zstd) && !holdings.has_zstd))
+        let form = |l: &LayerToSend| match l.compression() {
+            _ if !rebuild => Form::Stored,
+            // A host without zstd takes zstd layers raw whatever was chosen.
+            Some(Compression::Zstd) if !holdings.has_zstd => Form::Made(Made::Tar),
+            Some(Compression::Gzip | Compression::Zstd) if transfer == Sent::Raw => Form::Made(Made::Tar),
+            Some(Compression::Gzip) if transfer == Sent::Recompressed => Form::Made(Made::Zstd),
+            _ => Form::Stored,
         };
         if !missing.is_empty() {
             outcome.transfer = Some(transfer);
         }
-        self.reporter.host_started(&host, missing.iter().map(|l| if raw(l) { l.raw_size } else { l.size }).sum());
+        // A recompressed layer's size is known once it is made: about its gzip size.
+        self.reporter.host_started(
+            &host,
+            missing.iter().map(|l| if form(l) == Form::Made(Made::Tar) { l.raw_size } else { l.size }).sum(),
+        );
 
         let sent = Arc::new(AtomicU64::new(0));
         let send = |l: &LayerToSend, unpack: Option<String>| {
             let (blobs_dir, host, sent) = (&blobs_dir, &host, Arc::clone(&sent));
             let l = l.clone();
-            let raw = raw(&l);
+            let form = form(&l);
             async move {
                 let reporter = self.reporter;
-                let blob = format!("{blobs_dir}/{}", l.digest.hex());
-                let part = format!("{blob}.kiln-part");
-                // Raw layers are never kept; stored ones unless the hosts keep no layers.
-                let keep = self.keep_layers && !raw;
-                if raw {
-                    // Unpacked as it arrives (only a rebuild unpacks). Hosts read the spool while
-                    // it is written; it ends their stream only once the whole tar matched its
+                // Raw layers are never kept; the others unless the hosts keep no layers.
+                let keep = self.keep_layers && form != Form::Made(Made::Tar);
+                let kept = match form {
+                    Form::Made(Made::Zstd) => format!("{blobs_dir}/{}", recompressed_name(&l.diff_id)),
+                    Form::Stored | Form::Made(Made::Tar) => format!("{blobs_dir}/{}", l.digest.hex()),
+                };
+                let part = format!("{kept}.kiln-part");
+                let media_type = match form {
+                    Form::Stored => l.media_type.as_str(),
+                    Form::Made(made) => made.media_type(),
+                };
+                let untar = unpack.map(|into| untar(media_type, "-", &into));
+                if let Form::Made(made) = form {
+                    // Made here once for every host that takes this form, read while it is
+                    // written; the spool ends their stream only once the whole tar matched its
                     // diff_id, else it fails them.
-                    let source = Counting { inner: self.spool.reader(&l), host, sent, reporter };
-                    let untar = unpack.map(|into| untar(media::OCI_LAYER_TAR, "-", &into));
-                    session.pipe_unhashed(source, None, untar.as_deref()).await?;
+                    let source = Counting { inner: self.spool.reader(&l, made), host, sent, reporter };
+                    session.pipe_unhashed(source, keep.then_some(part.as_str()), untar.as_deref()).await?;
                 } else {
                     // As stored, carried unchanged by SSH and checked against its digest here
                     // while the first hosts receive it (once per run whatever the number of
@@ -431,7 +524,6 @@ impl Distributor<'_> {
                     let path = self.spool.store.blob_path(&l.digest);
                     let file = tokio::fs::File::open(&path).await.map_err(|e| StoreError::io("open blob", &path, e))?;
                     let source = Counting { inner: file, host, sent, reporter };
-                    let untar = unpack.map(|into| untar(&l.media_type, "-", &into));
                     let (piped, checked) = tokio::join!(
                         session.pipe_unhashed(source, keep.then_some(part.as_str()), untar.as_deref()),
                         self.spool.verify_blob(&l),
@@ -452,9 +544,9 @@ impl Distributor<'_> {
                     }
                     piped?;
                 }
-                // Held from now on: as its blob, or as a marker that the rootfs holds it.
+                // Held from now on: as a file kept, or as a marker that the rootfs holds it.
                 let commit = if keep {
-                    format!("chmod 600 {p} && mv -f {p} {b}", p = quote(&part), b = quote(&blob))
+                    format!("chmod 600 {p} && mv -f {p} {k}", p = quote(&part), k = quote(&kept))
                 } else {
                     format!(": > {}", quote(&format!("{blobs_dir}/{}", extracted_marker(&l.diff_id))))
                 };
@@ -473,18 +565,18 @@ impl Distributor<'_> {
                 if !removals.is_empty() {
                     session.run(&removals).await?;
                 }
-                if !holdings.lacks(&l.digest, &l.diff_id, rebuild) {
-                    let blob = format!("{blobs_dir}/{}", l.digest.hex());
-                    session.run(&untar(&l.media_type, &blob, &new)).await?;
-                } else {
-                    send(l, Some(new.clone())).await?;
+                match holdings.unpack_source(&blobs_dir, l) {
+                    Some((file, media_type)) => {
+                        session.run(&untar(media_type, &file, &new)).await?;
+                    }
+                    None => send(l, Some(new.clone())).await?,
                 }
             }
             session.run(&swap_script(dir, &wanted_id)).await?;
             outcome.rootfs_extracted = true;
         } else {
-            // The rootfs is current; only blobs to keep are missing (at most two at a time;
-            // raw layers are not kept, so a host on a fast link gets nothing here).
+            // The rootfs is current; only blobs to keep are missing (at most two at a time; a
+            // host that got raw layers keeps none, so it gets nothing here).
             let uploads: Vec<Result<(), DistributeError>> =
                 futures_util::stream::iter(missing.iter()).map(|l| send(l, None)).buffer_unordered(2).collect().await;
             for u in uploads {
@@ -498,16 +590,18 @@ impl Distributor<'_> {
     }
 }
 
-/// Layers decompressed once on this machine for the hosts that take them raw. One thread
-/// writes each into a temporary file while any number of hosts read what is already there, so
-/// a layer is decompressed once however many hosts get it, and sending starts at once. The
-/// files go with the spool.
+/// Layers made once on this machine for the hosts that take them raw or recompressed. One
+/// thread writes each into a temporary file while any number of hosts read what is already
+/// there, so a layer is decompressed (and recompressed) once however many hosts get it, and
+/// sending starts at once. The files go with the spool.
 pub struct LayerSpool {
     store: Store,
     dir: tempfile::TempDir,
-    layers: std::sync::Mutex<HashMap<Digest, watch::Receiver<Spooled>>>,
+    layers: std::sync::Mutex<HashMap<(Digest, Made), watch::Receiver<Spooled>>>,
     /// Blobs checked against their digest in this run (each once, however many hosts get it).
     checked: std::sync::Mutex<HashMap<Digest, Arc<BlobCheck>>>,
+    /// How fast this machine recompresses, in tar bytes per second: measured once per run.
+    recompress_rate: tokio::sync::OnceCell<f64>,
 }
 
 /// One blob's check, run once and awaited by every host that sends it.
@@ -539,7 +633,45 @@ impl LayerSpool {
             dir: store.scratch_dir("layer-spool-")?,
             layers: Default::default(),
             checked: Default::default(),
+            recompress_rate: Default::default(),
         })
+    }
+
+    /// How fast this machine recompresses gzip layers (tar bytes per second), measured once per
+    /// run on the first [`PROBE_BYTES`] of `layer`'s tar: real content, since a made-up sample
+    /// compresses at another speed than binaries do. 0 when the layer cannot be read (the
+    /// spool reports why when it reads it).
+    async fn recompress_rate(&self, layer: &LayerToSend) -> f64 {
+        let (store, layer) = (self.store.clone(), layer.clone());
+        *self
+            .recompress_rate
+            .get_or_init(|| async move {
+                tokio::task::spawn_blocking(move || {
+                    use std::io::{Read as _, Write as _};
+                    let started = std::time::Instant::now();
+                    let mut tar = layer::open_layer(&store, &layer.digest, &layer.media_type).ok()?;
+                    let mut zstd = recompressor(std::io::sink()).ok()?;
+                    let mut chunk = vec![0; SPOOL_CHUNK as usize];
+                    let mut done = 0u64;
+                    while done < PROBE_BYTES {
+                        let n = tar.read(&mut chunk).ok()?;
+                        if n == 0 {
+                            break;
+                        }
+                        zstd.write_all(&chunk[..n]).ok()?;
+                        done += n as u64;
+                    }
+                    zstd.finish().ok()?;
+                    let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-6);
+                    tracing::debug!(mb_per_sec = rate / 1e6, "recompression measured on {}", layer.digest);
+                    Some(rate)
+                })
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or(0.0)
+            })
+            .await
     }
 
     /// Checks the layer's blob against its digest, once per run: hosts asking while the first
@@ -570,10 +702,14 @@ impl LayerSpool {
         .clone()
     }
 
-    /// The layer's uncompressed tar, read while it is being written.
-    pub fn reader(&self, layer: &LayerToSend) -> impl AsyncRead + Send + Unpin + 'static {
-        let path = self.dir.path().join(layer.diff_id.hex());
-        let progress = self.start(layer, &path);
+    /// What is made of the layer, read while it is being written.
+    fn reader(&self, layer: &LayerToSend, made: Made) -> impl AsyncRead + Send + Unpin + 'static {
+        let name = match made {
+            Made::Zstd => recompressed_name(&layer.diff_id),
+            Made::Tar => format!("{}.tar", layer.diff_id.hex()),
+        };
+        let path = self.dir.path().join(name);
+        let progress = self.start(layer, made, &path);
         struct Tail {
             path: std::path::PathBuf,
             progress: watch::Receiver<Spooled>,
@@ -611,17 +747,18 @@ impl LayerSpool {
         tokio_util::io::StreamReader::new(Box::pin(chunks))
     }
 
-    /// Starts decompressing `layer` unless that already began.
-    fn start(&self, layer: &LayerToSend, path: &std::path::Path) -> watch::Receiver<Spooled> {
+    /// Starts making `made` of `layer` unless that already began.
+    fn start(&self, layer: &LayerToSend, made: Made, path: &std::path::Path) -> watch::Receiver<Spooled> {
         let mut layers = self.layers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(progress) = layers.get(&layer.diff_id) {
+        let key = (layer.diff_id.clone(), made);
+        if let Some(progress) = layers.get(&key) {
             return progress.clone();
         }
         let (progress, watching) = watch::channel(Spooled::Writing(0));
-        layers.insert(layer.diff_id.clone(), watching.clone());
+        layers.insert(key, watching.clone());
         let (store, layer, path) = (self.store.clone(), layer.clone(), path.to_owned());
         tokio::task::spawn_blocking(move || {
-            let end = match decompress_into(&store, &layer, &path, &progress) {
+            let end = match decompress_into(&store, &layer, made, &path, &progress) {
                 Ok(size) => Spooled::Done(size),
                 Err(reason) => Spooled::Failed(reason.into()),
             };
@@ -631,19 +768,67 @@ impl LayerSpool {
     }
 }
 
-/// Writes the layer's tar to `path`, reporting progress, and checks it against the diff_id.
+/// A zstd stream of what is written, made as [`Made::Zstd`] is: frames checksummed (the host's
+/// zstd checks them whenever it unpacks the kept file), on this machine's cores.
+fn recompressor<W: std::io::Write>(out: W) -> std::io::Result<zstd::stream::write::Encoder<'static, W>> {
+    let mut zstd = zstd::stream::write::Encoder::new(out, RECOMPRESS_LEVEL)?;
+    zstd.include_checksum(true)?;
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    zstd.multithread(workers as u32)?;
+    Ok(zstd)
+}
+
+/// Where the spool writes a layer: the file, or zstd into the file.
+enum SpoolOut {
+    Tar(CountingWrite<std::fs::File>),
+    Zstd(zstd::stream::write::Encoder<'static, CountingWrite<std::fs::File>>),
+}
+
+impl SpoolOut {
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write as _;
+        match self {
+            SpoolOut::Tar(file) => file.write_all(bytes),
+            SpoolOut::Zstd(zstd) => zstd.write_all(bytes),
+        }
+    }
+
+    /// Bytes in the file so far: what readers may read.
+    fn written(&self) -> u64 {
+        match self {
+            SpoolOut::Tar(file) => file.count,
+            SpoolOut::Zstd(zstd) => zstd.get_ref().count,
+        }
+    }
+
+    /// Ends the stream; the file's whole size.
+    fn finish(self) -> std::io::Result<u64> {
+        match self {
+            SpoolOut::Tar(file) => Ok(file.count),
+            SpoolOut::Zstd(zstd) => Ok(zstd.finish()?.count),
+        }
+    }
+}
+
+/// Writes the layer's tar (for [`Made::Zstd`], recompressed) to `path`, reporting progress, and
+/// checks the tar against the diff_id: readers' streams end only after that check passed.
 fn decompress_into(
     store: &Store,
     layer: &LayerToSend,
+    made: Made,
     path: &std::path::Path,
     progress: &watch::Sender<Spooled>,
 ) -> Result<u64, String> {
-    use std::io::{Read as _, Write as _};
+    use std::io::Read as _;
     let mut tar = layer::open_layer(store, &layer.digest, &layer.media_type).map_err(|e| e.to_string())?;
-    let mut out = std::fs::File::create(path).map_err(|e| format!("create {}: {e}", path.display()))?;
+    let file = std::fs::File::create(path).map_err(|e| format!("create {}: {e}", path.display()))?;
+    let file = CountingWrite { inner: file, count: 0 };
+    let mut out = match made {
+        Made::Zstd => SpoolOut::Zstd(recompressor(file).map_err(|e| format!("start zstd: {e}"))?),
+        Made::Tar => SpoolOut::Tar(file),
+    };
     let mut hasher = Sha256::new();
     let mut chunk = vec![0; SPOOL_CHUNK as usize];
-    let mut written = 0u64;
     loop {
         let n = tar.read(&mut chunk).map_err(|e| format!("decompress layer {}: {e}", layer.digest))?;
         if n == 0 {
@@ -651,9 +836,9 @@ fn decompress_into(
         }
         hasher.update(&chunk[..n]);
         out.write_all(&chunk[..n]).map_err(|e| format!("write {}: {e}", path.display()))?;
-        written += n as u64;
-        progress.send_replace(Spooled::Writing(written));
+        progress.send_replace(Spooled::Writing(out.written()));
     }
+    let written = out.finish().map_err(|e| format!("write {}: {e}", path.display()))?;
     let actual = Digest::from_sha256(hasher);
     if actual != layer.diff_id {
         return Err(format!(
@@ -664,15 +849,20 @@ fn decompress_into(
     Ok(written)
 }
 
-/// Measures a host's link (zeros to `/dev/null`) and its gunzip (a gzip stream of text-like
-/// lines to `gzip -dc`), both in bytes per second.
-async fn measure_host(session: &Session) -> Result<(f64, f64), DistributeError> {
+/// Measures a host's link (zeros to `/dev/null`) in bytes per second.
+async fn measure_link(session: &Session) -> Result<f64, DistributeError> {
     let zeros = |n: u64| tokio::io::repeat(0).take(n);
     session.timed_pipe("cat > /dev/null", zeros(PROBE_BYTES / 4)).await?;
-    let link = PROBE_BYTES as f64 / session.timed_pipe("cat > /dev/null", zeros(PROBE_BYTES)).await?.as_secs_f64();
+    let took = session.timed_pipe("cat > /dev/null", zeros(PROBE_BYTES)).await?;
+    Ok(PROBE_BYTES as f64 / took.as_secs_f64().max(1e-6))
+}
+
+/// Measures a host's gunzip (a gzip stream of text-like lines to `gzip -dc`), in uncompressed
+/// bytes per second.
+async fn measure_gunzip(session: &Session) -> Result<f64, DistributeError> {
     let (payload, unpacked) = gunzip_probe();
     let took = session.timed_pipe("gzip -dc > /dev/null", payload).await?.as_secs_f64();
-    Ok((link, unpacked as f64 / took.max(1e-6)))
+    Ok(unpacked as f64 / took.max(1e-6))
 }
 
 /// A gzip stream (and its unpacked size) about as compressible as a rootfs layer: 24 MiB of
@@ -705,7 +895,7 @@ fn gunzip_probe() -> (&'static [u8], u64) {
     (bytes, *size)
 }
 
-/// Counts bytes written (the probe's unpacked size).
+/// Counts bytes written (the probe's unpacked size, the spool's file).
 struct CountingWrite<W> {
     inner: W,
     count: u64,
@@ -726,6 +916,11 @@ impl<W: std::io::Write> std::io::Write for CountingWrite<W> {
 /// The file that says a raw layer is in the rootfs (it has no blob on the host).
 fn extracted_marker(diff_id: &Digest) -> String {
     format!("{}.extracted", diff_id.hex())
+}
+
+/// The file a host keeps a recompressed layer in (named by its tar: it is not the image's blob).
+fn recompressed_name(diff_id: &Digest) -> String {
+    format!("{}.tar.zst", diff_id.hex())
 }
 
 /// Names the exact layer list a rootfs was built from.
@@ -869,29 +1064,55 @@ mod tests {
         let raw: Vec<u8> = (0..5 * SPOOL_CHUNK as usize + 12_345).map(|i| (i * 31 % 251) as u8).collect();
         let layer = gzip_layer(&store, &raw, Digest::of(&raw));
         let spool = LayerSpool::new(&store).unwrap();
-        let readers: Vec<_> = (0..4).map(|_| read_all(spool.reader(&layer))).collect();
+        let readers: Vec<_> = (0..4).map(|_| read_all(spool.reader(&layer, Made::Tar))).collect();
         for got in futures_util::future::join_all(readers).await {
             assert!(got.unwrap() == raw, "a reader got other bytes than the layer's tar");
         }
         // One file for the layer, however many readers.
         assert_eq!(std::fs::read_dir(spool.dir.path()).unwrap().count(), 1);
         // A later reader (the layer already whole) gets the same.
-        assert!(read_all(spool.reader(&layer)).await.unwrap() == raw);
+        assert!(read_all(spool.reader(&layer, Made::Tar)).await.unwrap() == raw);
         let spool_dir = spool.dir.path().to_owned();
         drop(spool);
         assert!(!spool_dir.exists(), "the spool outlived its run");
     }
 
     #[tokio::test]
-    async fn spooled_layer_not_matching_its_diff_id_fails_every_reader() {
+    async fn recompressed_layer_is_made_once_as_checksummed_zstd_of_the_tar() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let raw: Vec<u8> = (0..6 * SPOOL_CHUNK as usize + 999).map(|i| ((i / 7) * 13 % 251) as u8).collect();
+        let layer = gzip_layer(&store, &raw, Digest::of(&raw));
+        let spool = LayerSpool::new(&store).unwrap();
+        let readers = (0..3).map(|_| read_all(spool.reader(&layer, Made::Zstd)));
+        let streams: Vec<Vec<u8>> =
+            futures_util::future::join_all(readers).await.into_iter().map(Result::unwrap).collect();
+        assert!(streams.windows(2).all(|w| w[0] == w[1]), "readers got different streams");
+        assert!(zstd::decode_all(&streams[0][..]).unwrap() == raw, "the stream is not the layer's tar");
+        assert!(streams[0].len() < raw.len() / 2, "{} bytes of zstd for {} of tar", streams[0].len(), raw.len());
+        // The frame carries a content checksum: a damaged copy does not unpack.
+        let mut damaged = streams[0].clone();
+        let n = damaged.len();
+        damaged[n - 2] ^= 0x55;
+        assert!(zstd::decode_all(&damaged[..]).is_err(), "a damaged stream unpacked");
+        // One file per form: the tar form is made apart.
+        assert!(read_all(spool.reader(&layer, Made::Tar)).await.unwrap() == raw);
+        assert_eq!(std::fs::read_dir(spool.dir.path()).unwrap().count(), 2);
+        assert!(spool.recompress_rate(&layer).await > 0.0);
+    }
+
+    #[tokio::test]
+    async fn layer_made_here_not_matching_its_diff_id_fails_every_reader() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let raw = vec![7u8; 3 * SPOOL_CHUNK as usize];
         let layer = gzip_layer(&store, &raw, Digest::of(b"something else"));
         let spool = LayerSpool::new(&store).unwrap();
-        for got in futures_util::future::join_all((0..2).map(|_| read_all(spool.reader(&layer)))).await {
-            let error = got.unwrap_err().to_string();
-            assert!(error.contains("not its diff_id"), "{error}");
+        for made in [Made::Tar, Made::Zstd] {
+            for got in futures_util::future::join_all((0..2).map(|_| read_all(spool.reader(&layer, made)))).await {
+                let error = got.unwrap_err().to_string();
+                assert!(error.contains("not its diff_id"), "{made:?}: {error}");
+            }
         }
     }
 
@@ -915,6 +1136,27 @@ mod tests {
         assert!(holdings.lacks(&came_raw, &diff, true));
         // No rootfs directory: a rebuild whatever the id says.
         assert!(HostHoldings::parse(&format!("id={id}\nhas-zstd\n")).needs_rebuild(&id));
+        // A layer that came recompressed is kept, and unpacked from there while zstd is there.
+        let layer = LayerToSend {
+            digest: Digest::of(b"gzip blob"),
+            media_type: media::OCI_LAYER_GZIP.to_owned(),
+            size: 1,
+            diff_id: Digest::of(b"its tar"),
+            raw_size: 2,
+            registry: false,
+            whiteouts: vec![],
+            opaque_dirs: vec![],
+        };
+        let kept = format!("{}\nhas-rootfs\n", recompressed_name(&layer.diff_id));
+        let with_zstd = HostHoldings::parse(&format!("{kept}has-zstd\n"));
+        assert!(!with_zstd.lacks(&layer.digest, &layer.diff_id, true));
+        assert_eq!(
+            with_zstd.unpack_source("/b", &layer),
+            Some((format!("/b/{}.tar.zst", layer.diff_id.hex()), media::OCI_LAYER_ZSTD))
+        );
+        let without = HostHoldings::parse(&kept);
+        assert!(without.lacks(&layer.digest, &layer.diff_id, true) && without.unpack_source("/b", &layer).is_none());
+        assert!(!without.lacks(&layer.digest, &layer.diff_id, false), "a current rootfs needs it not");
     }
 
     #[test]
