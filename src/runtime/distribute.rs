@@ -704,12 +704,8 @@ impl LayerSpool {
 
     /// What is made of the layer, read while it is being written.
     fn reader(&self, layer: &LayerToSend, made: Made) -> impl AsyncRead + Send + Unpin + 'static {
-        let name = match made {
-            Made::Zstd => recompressed_name(&layer.diff_id),
-            Made::Tar => format!("{}.tar", layer.diff_id.hex()),
-        };
-        let path = self.dir.path().join(name);
-        let progress = self.start(layer, made, &path);
+        let path = self.path(layer, made);
+        let progress = self.start(layer, made);
         struct Tail {
             path: std::path::PathBuf,
             progress: watch::Receiver<Spooled>,
@@ -719,11 +715,7 @@ impl LayerSpool {
         let tail = Tail { path, progress, file: None, position: 0 };
         let chunks = futures_util::stream::try_unfold(tail, |mut tail| async move {
             loop {
-                let (written, finished) = match &*tail.progress.borrow_and_update() {
-                    Spooled::Writing(n) => (*n, false),
-                    Spooled::Done(n) => (*n, true),
-                    Spooled::Failed(reason) => return Err(std::io::Error::other(reason.to_string())),
-                };
+                let (written, finished) = extent(&mut tail.progress)?;
                 if tail.position < written {
                     let file = match &mut tail.file {
                         Some(file) => file,
@@ -741,30 +733,107 @@ impl LayerSpool {
                 if finished {
                     return Ok(None);
                 }
-                tail.progress.changed().await.map_err(|_| std::io::Error::other("layer decompression stopped"))?;
+                tail.progress.changed().await.map_err(|_| stopped())?;
             }
         });
         tokio_util::io::StreamReader::new(Box::pin(chunks))
     }
 
-    /// Starts making `made` of `layer` unless that already began.
-    fn start(&self, layer: &LayerToSend, made: Made, path: &std::path::Path) -> watch::Receiver<Spooled> {
+    fn path(&self, layer: &LayerToSend, made: Made) -> std::path::PathBuf {
+        self.dir.path().join(match made {
+            Made::Zstd => recompressed_name(&layer.diff_id),
+            Made::Tar => format!("{}.tar", layer.diff_id.hex()),
+        })
+    }
+
+    /// Starts making `made` of `layer` unless that already began: from the other form when
+    /// that is being made (hosts on different links may take different forms; a layer is
+    /// decompressed once per run all the same), else from the blob.
+    fn start(&self, layer: &LayerToSend, made: Made) -> watch::Receiver<Spooled> {
         let mut layers = self.layers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let key = (layer.diff_id.clone(), made);
         if let Some(progress) = layers.get(&key) {
             return progress.clone();
         }
+        let other = match made {
+            Made::Zstd => Made::Tar,
+            Made::Tar => Made::Zstd,
+        };
+        let from = layers.get(&(layer.diff_id.clone(), other)).map(|progress| Sibling {
+            made: other,
+            tail: BlockingTail {
+                path: self.path(layer, other),
+                progress: progress.clone(),
+                file: None,
+                position: 0,
+                runtime: tokio::runtime::Handle::current(),
+            },
+        });
         let (progress, watching) = watch::channel(Spooled::Writing(0));
         layers.insert(key, watching.clone());
-        let (store, layer, path) = (self.store.clone(), layer.clone(), path.to_owned());
+        let (store, layer, path) = (self.store.clone(), layer.clone(), self.path(layer, made));
         tokio::task::spawn_blocking(move || {
-            let end = match decompress_into(&store, &layer, made, &path, &progress) {
+            let end = match decompress_into(&store, &layer, from, made, &path, &progress) {
                 Ok(size) => Spooled::Done(size),
                 Err(reason) => Spooled::Failed(reason.into()),
             };
             progress.send_replace(end);
         });
         watching
+    }
+}
+
+/// How much of a spooled file readers may read, and whether that is all of it.
+fn extent(progress: &mut watch::Receiver<Spooled>) -> std::io::Result<(u64, bool)> {
+    match &*progress.borrow_and_update() {
+        Spooled::Writing(n) => Ok((*n, false)),
+        Spooled::Done(n) => Ok((*n, true)),
+        Spooled::Failed(reason) => Err(std::io::Error::other(reason.to_string())),
+    }
+}
+
+fn stopped() -> std::io::Error {
+    std::io::Error::other("layer decompression stopped")
+}
+
+/// The other form of a layer, being made in this run: what a new one is made from.
+struct Sibling {
+    made: Made,
+    tail: BlockingTail,
+}
+
+/// A spooled file read on a blocking thread while it is written.
+struct BlockingTail {
+    path: std::path::PathBuf,
+    progress: watch::Receiver<Spooled>,
+    file: Option<std::fs::File>,
+    position: u64,
+    runtime: tokio::runtime::Handle,
+}
+
+impl std::io::Read for BlockingTail {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let (written, finished) = extent(&mut self.progress)?;
+            if self.position < written {
+                let file = match &mut self.file {
+                    Some(file) => file,
+                    None => self.file.insert(std::fs::File::open(&self.path)?),
+                };
+                let want = usize::try_from(written - self.position).unwrap_or(usize::MAX).min(buf.len());
+                let n = file.read(&mut buf[..want])?;
+                if n == 0 {
+                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "spooled layer shrank"));
+                }
+                self.position += n as u64;
+                return Ok(n);
+            }
+            if finished {
+                return Ok(0);
+            }
+            // A blocking thread, not the runtime's: waiting here stalls no task.
+            self.runtime.block_on(self.progress.changed()).map_err(|_| stopped())?;
+        }
     }
 }
 
@@ -811,16 +880,25 @@ impl SpoolOut {
 }
 
 /// Writes the layer's tar (for [`Made::Zstd`], recompressed) to `path`, reporting progress, and
-/// checks the tar against the diff_id: readers' streams end only after that check passed.
+/// checks the tar against the diff_id: readers' streams end only after that check passed. The
+/// tar comes from the blob, or from the other form `from` (zstd unpacks several times faster
+/// than gzip).
 fn decompress_into(
     store: &Store,
     layer: &LayerToSend,
+    from: Option<Sibling>,
     made: Made,
     path: &std::path::Path,
     progress: &watch::Sender<Spooled>,
 ) -> Result<u64, String> {
     use std::io::Read as _;
-    let mut tar = layer::open_layer(store, &layer.digest, &layer.media_type).map_err(|e| e.to_string())?;
+    let mut tar: Box<dyn std::io::Read> = match from {
+        None => layer::open_layer(store, &layer.digest, &layer.media_type).map_err(|e| e.to_string())?,
+        Some(Sibling { made: Made::Tar, tail }) => Box::new(tail),
+        Some(Sibling { made: Made::Zstd, tail }) => {
+            Box::new(zstd::stream::read::Decoder::new(tail).map_err(|e| format!("start zstd: {e}"))?)
+        }
+    };
     let file = std::fs::File::create(path).map_err(|e| format!("create {}: {e}", path.display()))?;
     let file = CountingWrite { inner: file, count: 0 };
     let mut out = match made {
@@ -1099,6 +1177,25 @@ mod tests {
         assert!(read_all(spool.reader(&layer, Made::Tar)).await.unwrap() == raw);
         assert_eq!(std::fs::read_dir(spool.dir.path()).unwrap().count(), 2);
         assert!(spool.recompress_rate(&layer).await > 0.0);
+    }
+
+    /// Hosts that take different forms of a layer in one run: the second form is made from the
+    /// first, not from the blob again (gone here, so only that can work).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_form_is_made_from_the_first() {
+        for (first, second) in [(Made::Tar, Made::Zstd), (Made::Zstd, Made::Tar)] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            let raw: Vec<u8> = (0..4 * SPOOL_CHUNK as usize + 77).map(|i| ((i / 5) * 7 % 253) as u8).collect();
+            let layer = gzip_layer(&store, &raw, Digest::of(&raw));
+            let spool = LayerSpool::new(&store).unwrap();
+            let first_bytes = read_all(spool.reader(&layer, first)).await.unwrap();
+            std::fs::remove_file(store.blob_path(&layer.digest)).unwrap();
+            let second_bytes = read_all(spool.reader(&layer, second)).await.unwrap();
+            let (tar, zst) = if first == Made::Tar { (first_bytes, second_bytes) } else { (second_bytes, first_bytes) };
+            assert!(tar == raw, "{first:?} then {second:?}: the tar differs");
+            assert!(zstd::decode_all(&zst[..]).unwrap() == raw, "{first:?} then {second:?}: the zstd is not the tar");
+        }
     }
 
     #[tokio::test]
