@@ -68,6 +68,17 @@ pub struct Cluster {
     pub data_root: PathBuf,
 }
 
+/// The container runtime when the Clusterfile names none (as in Sealer).
+const DEFAULT_CONTAINER_RUNTIME: &str = "containerd";
+
+impl Cluster {
+    /// The container runtime's name (`spec.containerRuntime.type`): the image's
+    /// `scripts/<cri>.sh` installs it, `uninstall-<cri>.sh` removes it.
+    pub fn cri(&self) -> &str {
+        self.container_runtime.as_deref().unwrap_or(DEFAULT_CONTAINER_RUNTIME)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Host {
     pub ip: IpAddr,

@@ -98,7 +98,7 @@ pub async fn delete(
         hooks.run(Phase::PreUninstall, reporter).await?;
     }
     reporter.phase("clean", "run the image's clean scripts and undo kiln's changes");
-    let cri = cluster.container_runtime.clone().unwrap_or_else(|| "containerd".into());
+    let cri = cluster.cri();
     let results: Vec<(IpAddr, Result<(), DeleteError>)> = futures_util::stream::iter(cluster.hosts.iter())
         .filter_map(|h| {
             let session = fleet.sessions.get(&h.ip).cloned();

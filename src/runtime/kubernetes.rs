@@ -15,6 +15,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
+
 use super::run::{Context, RunError, RunReporter, on_hosts, step_error};
 use crate::clusterfile::{Cluster, Host, Registry};
 use crate::kubernetes::kubeadm_config::{JoinSpec, KubeadmConfig, KubeadmConfigError, KubeadmInputs};
@@ -401,8 +403,16 @@ async fn refresh_worker_vips(ctx: &Context<'_>, plan: &Plan, reporter: &dyn RunR
     }
     let fleet = super::Fleet::connect(&workers, &ctx.request.connect).await;
     let script = ipvs_script(plan.vip, &plan.masters);
-    for (ip, session) in &fleet.sessions {
-        match session.run(&script).await {
+    let refreshed: Vec<(IpAddr, Result<_, SshError>)> = futures_util::stream::iter(&fleet.sessions)
+        .map(|(ip, session)| {
+            let script = &script;
+            async move { (*ip, session.run(script).await) }
+        })
+        .buffer_unordered(ctx.request.connect.max_hosts.max(1))
+        .collect()
+        .await;
+    for (ip, result) in refreshed {
+        match result {
             Ok(_) => reporter.step(&ip.to_string(), "apiserver virtual server lists every master"),
             Err(e) => {
                 reporter.step(&ip.to_string(), &format!("warning: its apiserver virtual server was not updated: {e}"))

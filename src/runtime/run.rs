@@ -431,9 +431,9 @@ pub async fn run(request: &RunRequest<'_>, reporter: &dyn RunReporter) -> Result
     // join leaves the existing hosts, master0 among them, exactly as they were.
     let joining = matches!(request.scope, Scope::Join(_));
     if (result.is_ok() || !joining)
-        && let (Ok(bytes), Some(session)) = (std::fs::read(&ctx.journal_path), ctx.fleet.sessions.get(&ctx.master0.ip))
+        && let Some(session) = ctx.fleet.sessions.get(&ctx.master0.ip)
     {
-        let _ = session.upload(&bytes[..], &format!("{}/.kiln/journal.json", ctx.dir), 0o600).await;
+        super::state::copy_journal_to_master0(session, &ctx.dir, &ctx.journal_path).await;
     }
     // And the whole state once a run finished, so another machine can take the cluster over.
     if result.is_ok()
@@ -838,8 +838,7 @@ impl RegistryClientConfig {
 
 async fn container_runtime_phase(ctx: &Context<'_>, reporter: &dyn RunReporter) -> Result<(), RunError> {
     reporter.phase(PHASES[4].0, PHASES[4].1);
-    let cri = ctx.request.clusterfile.cluster.container_runtime.clone().unwrap_or_else(|| "containerd".into());
-    let script = format!("scripts/{cri}.sh");
+    let script = format!("scripts/{}.sh", ctx.request.clusterfile.cluster.cri());
     on_hosts(ctx, "container-runtime", ctx.targets(), |host| {
         let command = format!("if [ -f {s} ]; then bash {s}; fi", s = quote(&script));
         async move { ctx.script(reporter, host, &command).await }

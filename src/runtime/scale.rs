@@ -205,9 +205,7 @@ pub async fn leave(request: &LeaveRequest<'_>, reporter: &dyn RunReporter) -> Re
     if masters_left || master0_moved {
         ctx.update_remaining(masters_left, master0_moved, &mut outcome, reporter).await;
     }
-    if let Ok(bytes) = std::fs::read(&journal_path) {
-        let _ = ctx.master0_session.upload(&bytes[..], &format!("{}/.kiln/journal.json", ctx.dir), 0o600).await;
-    }
+    super::state::copy_journal_to_master0(&ctx.master0_session, &ctx.dir, &journal_path).await;
     let copied = super::state::copy_to_master0(&ctx.master0_session, &ctx.dir, &request.state_dir, &after).await;
     if let Err(e) = copied {
         outcome.not_updated.insert(new_master0.ip, format!("its copy of the cluster state: {e}"));
@@ -295,7 +293,7 @@ impl Leaving<'_> {
                     self.new_master0,
                     &self.dir,
                     &self.rootfs,
-                    &cri(self.after),
+                    self.after.cluster.cri(),
                     reporter,
                 )
                 .await
@@ -369,14 +367,31 @@ impl Leaving<'_> {
             return;
         }
         let fleet = Fleet::connect(&hosts, &self.request.connect).await;
-        for (ip, session) in &fleet.sessions {
-            for script in &scripts[ip] {
-                if let Err(e) = session.run(script).await {
-                    outcome.not_updated.insert(*ip, crate::error_chain(&e));
+        // Every host at once (bounded): each one's scripts in order, stopping at the first that
+        // fails.
+        let updates: Vec<(IpAddr, Result<(), String>)> = futures_util::stream::iter(&fleet.sessions)
+            .map(|(ip, session)| {
+                let scripts = &scripts[ip];
+                async move {
+                    let mut result = Ok(());
+                    for script in scripts {
+                        if let Err(e) = session.run(script).await {
+                            result = Err(crate::error_chain(&e));
+                            break;
+                        }
+                    }
+                    (*ip, result)
                 }
-            }
-            if !outcome.not_updated.contains_key(ip) {
-                reporter.step(&ip.to_string(), "updated for the hosts that left");
+            })
+            .buffer_unordered(self.request.connect.max_hosts.max(1))
+            .collect()
+            .await;
+        for (ip, result) in updates {
+            match result {
+                Ok(()) => reporter.step(&ip.to_string(), "updated for the hosts that left"),
+                Err(e) => {
+                    outcome.not_updated.insert(ip, e);
+                }
             }
         }
         for (ip, e) in &fleet.failed {
@@ -384,10 +399,6 @@ impl Leaving<'_> {
         }
         fleet.close().await;
     }
-}
-
-fn cri(clusterfile: &Clusterfile) -> String {
-    clusterfile.cluster.container_runtime.clone().unwrap_or_else(|| "containerd".into())
 }
 
 /// Node names by InternalIP, as the API lists them (a node's name need not be its hostname).

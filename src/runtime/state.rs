@@ -81,6 +81,14 @@ pub fn pack(state_dir: &Path, clusterfile_yaml: &str) -> Result<Vec<u8>, StateEr
     tar.into_inner().map_err(read_error(state_dir))
 }
 
+/// Copies the run's journal to master0 (0600), so the state survives the operator's machine.
+/// Best effort: the operator's copy is the one runs continue from.
+pub async fn copy_journal_to_master0(session: &Session, cluster_dir: &str, journal_path: &Path) {
+    if let Ok(bytes) = std::fs::read(journal_path) {
+        let _ = session.upload(&bytes[..], &format!("{cluster_dir}/.kiln/journal.json"), 0o600).await;
+    }
+}
+
 /// Copies the state in `state_dir`, with `clusterfile` as its Clusterfile, to master0 (0600;
 /// the directory is root's). The error says what failed, for a warning: the operation it
 /// follows has finished either way.
