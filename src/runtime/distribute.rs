@@ -468,10 +468,12 @@ impl Distributor<'_> {
                     };
                     outcome.recompress_bytes_per_sec = Some(rate);
                     if link > rate { Sent::Raw } else { Sent::Recompressed }
-                } else {
-                    let gunzip = measure_gunzip(session).await?;
+                } else if let Some(layer) = gzip_layers().max_by_key(|l| l.size) {
+                    let gunzip = measure_gunzip(session, &*self.spool.gunzip_probe(layer).await?).await?;
                     outcome.gunzip_bytes_per_sec = Some(gunzip);
                     if link > gunzip { Sent::Raw } else { Sent::Compressed }
+                } else {
+                    Sent::Compressed
                 }
             }
         };
@@ -602,6 +604,8 @@ pub struct LayerSpool {
     checked: std::sync::Mutex<HashMap<Digest, Arc<BlobCheck>>>,
     /// How fast this machine recompresses, in tar bytes per second: measured once per run.
     recompress_rate: tokio::sync::OnceCell<f64>,
+    /// What hosts without zstd unpack to measure their gunzip: read once per run.
+    gunzip_probe: tokio::sync::OnceCell<Arc<GunzipProbe>>,
 }
 
 /// One blob's check, run once and awaited by every host that sends it.
@@ -634,7 +638,23 @@ impl LayerSpool {
             layers: Default::default(),
             checked: Default::default(),
             recompress_rate: Default::default(),
+            gunzip_probe: Default::default(),
         })
+    }
+
+    /// The start of `layer`'s blob for [`measure_gunzip`], read once per run.
+    async fn gunzip_probe(&self, layer: &LayerToSend) -> Result<Arc<GunzipProbe>, DistributeError> {
+        let (store, layer) = (self.store.clone(), layer.clone());
+        let probe = self
+            .gunzip_probe
+            .get_or_try_init(|| async move {
+                let digest = layer.digest.clone();
+                tokio::task::spawn_blocking(move || GunzipProbe::read(&store, &layer).map(Arc::new))
+                    .await
+                    .map_err(|e| DistributeError::UnreadableLocal { digest, reason: e.to_string() })?
+            })
+            .await?;
+        Ok(Arc::clone(probe))
     }
 
     /// How fast this machine recompresses gzip layers (tar bytes per second), measured once per
@@ -935,42 +955,44 @@ async fn measure_link(session: &Session) -> Result<f64, DistributeError> {
     Ok(PROBE_BYTES as f64 / took.as_secs_f64().max(1e-6))
 }
 
-/// Measures a host's gunzip (a gzip stream of text-like lines to `gzip -dc`), in uncompressed
-/// bytes per second.
-async fn measure_gunzip(session: &Session) -> Result<f64, DistributeError> {
-    let (payload, unpacked) = gunzip_probe();
-    let took = session.timed_pipe("gzip -dc > /dev/null", payload).await?.as_secs_f64();
-    Ok(unpacked as f64 / took.max(1e-6))
+/// Measures a host's gunzip on the start of a gzip layer (`probe`), in uncompressed bytes per
+/// second.
+async fn measure_gunzip(session: &Session, probe: &GunzipProbe) -> Result<f64, DistributeError> {
+    let took = session.timed_pipe(GUNZIP_PROBE_COMMAND, &probe.compressed[..]).await?.as_secs_f64();
+    Ok(probe.unpacked as f64 / took.max(1e-6))
 }
 
-/// A gzip stream (and its unpacked size) about as compressible as a rootfs layer: 24 MiB of
-/// numbered lines with varying fields, made once.
-fn gunzip_probe() -> (&'static [u8], u64) {
-    static PROBE: std::sync::OnceLock<(Vec<u8>, u64)> = std::sync::OnceLock::new();
-    let (bytes, size) = PROBE.get_or_init(|| {
-        use std::io::Write as _;
-        let mut gz = CountingWrite {
-            inner: flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default()),
-            count: 0,
+/// The probe ends mid-stream, which gzip reports (status 1) after unpacking all of it; a
+/// missing gzip (127) fails.
+const GUNZIP_PROBE_COMMAND: &str = "gzip -dc > /dev/null 2>&1; [ $? -le 1 ]";
+
+/// How much of a gzip blob [`measure_gunzip`] sends.
+const GUNZIP_PROBE_BYTES: u64 = 8 << 20;
+
+/// The start of a gzip layer's blob and what it unpacks to: real content, since a made-up
+/// sample unpacks at another speed than binaries do.
+struct GunzipProbe {
+    compressed: Vec<u8>,
+    unpacked: u64,
+}
+
+impl GunzipProbe {
+    fn read(store: &Store, layer: &LayerToSend) -> Result<Self, DistributeError> {
+        use std::io::Read as _;
+        let path = store.blob_path(&layer.digest);
+        let unreadable = |e: std::io::Error| DistributeError::UnreadableLocal {
+            digest: layer.digest.clone(),
+            reason: format!("{}: {e}", path.display()),
         };
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        while gz.count < 24 << 20 {
-            // xorshift: fields vary like real files' contents, not a repeating pattern.
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let line = format!(
-                "{:08} usr/lib/kiln/probe/{state:x}.so size={} mode=0{:o}\n",
-                gz.count,
-                state % 100_003,
-                state % 0o777
-            );
-            let _ = gz.write_all(line.as_bytes());
-        }
-        let count = gz.count;
-        (gz.inner.finish().unwrap_or_default(), count)
-    });
-    (bytes, *size)
+        let mut compressed = Vec::new();
+        std::fs::File::open(&path)
+            .and_then(|f| f.take(GUNZIP_PROBE_BYTES).read_to_end(&mut compressed))
+            .map_err(unreadable)?;
+        let mut unpacked = CountingWrite { inner: std::io::sink(), count: 0 };
+        // Ends with an error where the prefix ends; what came before counts.
+        let _ = std::io::copy(&mut flate2::read::MultiGzDecoder::new(&compressed[..]), &mut unpacked);
+        Ok(Self { compressed, unpacked: unpacked.count })
+    }
 }
 
 /// Counts bytes written (the probe's unpacked size, the spool's file).
@@ -1211,6 +1233,48 @@ mod tests {
                 assert!(error.contains("not its diff_id"), "{made:?}: {error}");
             }
         }
+    }
+
+    /// The probe is the start of the blob and counts what that unpacks to; gzip unpacks it as
+    /// the hosts run it (the status of a stream cut short is not a failure; no gzip is).
+    #[test]
+    fn gunzip_probe_is_the_start_of_the_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // Barely compressible, so the blob is longer than the probe.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let raw: Vec<u8> = (0..(GUNZIP_PROBE_BYTES + (2 << 20)))
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 24) as u8
+            })
+            .collect();
+        let layer = gzip_layer(&store, &raw, Digest::of(&raw));
+        let probe = GunzipProbe::read(&store, &layer).unwrap();
+        assert_eq!(probe.compressed.len() as u64, GUNZIP_PROBE_BYTES);
+        let blob = std::fs::read(store.blob_path(&layer.digest)).unwrap();
+        assert!(blob.starts_with(&probe.compressed));
+        // All but the last part-block of what the prefix holds.
+        assert!(
+            probe.unpacked > GUNZIP_PROBE_BYTES - (1 << 20) && probe.unpacked <= GUNZIP_PROBE_BYTES,
+            "{}",
+            probe.unpacked
+        );
+        let run = |command: &str| {
+            let mut child = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(command)
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            // Without gzip nothing reads it.
+            let _ = std::io::Write::write_all(&mut child.stdin.take().unwrap(), &probe.compressed);
+            child.wait().unwrap().success()
+        };
+        assert!(run(GUNZIP_PROBE_COMMAND));
+        assert!(!run(&GUNZIP_PROBE_COMMAND.replace("gzip", "no-such-gzip")));
     }
 
     #[test]
