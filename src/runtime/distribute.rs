@@ -230,9 +230,16 @@ impl RootfsPlan {
     }
 
     /// What a host of this platform needs free: the unpacked rootfs and, when hosts keep
-    /// layers, their blobs; the registry layer's share only on registry hosts.
+    /// layers, their blobs (a gzip layer may come recompressed: zstd's level 1 makes about 5 %
+    /// more than gzip's default, so a tenth more is counted); the registry layer's share only
+    /// on registry hosts.
     pub fn disk_need(&self, keep_layers: bool) -> DiskNeed {
-        let bytes = |l: &LayerToSend| l.raw_size + if keep_layers { l.size } else { 0 };
+        let kept = |l: &LayerToSend| match l.compression() {
+            _ if !keep_layers => 0,
+            Some(Compression::Gzip) => l.size + l.size / 10,
+            _ => l.size,
+        };
+        let bytes = |l: &LayerToSend| l.raw_size + kept(l);
         DiskNeed {
             rootfs: self.layers.iter().filter(|l| !l.registry).map(bytes).sum(),
             registry: self.layers.iter().filter(|l| l.registry).map(bytes).sum(),
@@ -1275,6 +1282,29 @@ mod tests {
         };
         assert!(run(GUNZIP_PROBE_COMMAND));
         assert!(!run(&GUNZIP_PROBE_COMMAND.replace("gzip", "no-such-gzip")));
+    }
+
+    #[test]
+    fn disk_need_counts_a_kept_gzip_layer_as_it_may_come_recompressed() {
+        let layer = |media_type: &str, size: u64, registry: bool| LayerToSend {
+            digest: Digest::of(media_type.as_bytes()),
+            media_type: media_type.to_owned(),
+            size,
+            diff_id: Digest::of(b"tar"),
+            raw_size: 3 * size,
+            registry,
+            whiteouts: vec![],
+            opaque_dirs: vec![],
+        };
+        let plan = RootfsPlan {
+            layers: vec![
+                layer(media::OCI_LAYER_GZIP, 1000, false),
+                layer(media::OCI_LAYER_ZSTD, 100, false),
+                layer(media::OCI_LAYER_TAR, 10, true),
+            ],
+        };
+        assert_eq!(plan.disk_need(true), DiskNeed { rootfs: 3000 + 1100 + 300 + 100, registry: 30 + 10 });
+        assert_eq!(plan.disk_need(false), DiskNeed { rootfs: 3000 + 300, registry: 30 });
     }
 
     #[test]
