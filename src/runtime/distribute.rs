@@ -731,39 +731,7 @@ impl LayerSpool {
 
     /// What is made of the layer, read while it is being written.
     fn reader(&self, layer: &LayerToSend, made: Made) -> impl AsyncRead + Send + Unpin + 'static {
-        let path = self.path(layer, made);
-        let progress = self.start(layer, made);
-        struct Tail {
-            path: std::path::PathBuf,
-            progress: watch::Receiver<Spooled>,
-            file: Option<tokio::fs::File>,
-            position: u64,
-        }
-        let tail = Tail { path, progress, file: None, position: 0 };
-        let chunks = futures_util::stream::try_unfold(tail, |mut tail| async move {
-            loop {
-                let (written, finished) = extent(&mut tail.progress)?;
-                if tail.position < written {
-                    let file = match &mut tail.file {
-                        Some(file) => file,
-                        None => tail.file.insert(tokio::fs::File::open(&tail.path).await?),
-                    };
-                    let mut chunk = vec![0; (written - tail.position).min(SPOOL_CHUNK) as usize];
-                    let n = file.read(&mut chunk).await?;
-                    if n == 0 {
-                        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "spooled layer shrank"));
-                    }
-                    chunk.truncate(n);
-                    tail.position += n as u64;
-                    return Ok(Some((bytes::Bytes::from(chunk), tail)));
-                }
-                if finished {
-                    return Ok(None);
-                }
-                tail.progress.changed().await.map_err(|_| stopped())?;
-            }
-        });
-        tokio_util::io::StreamReader::new(Box::pin(chunks))
+        tail(self.path(layer, made), self.start(layer, made))
     }
 
     fn path(&self, layer: &LayerToSend, made: Made) -> std::path::PathBuf {
@@ -786,15 +754,9 @@ impl LayerSpool {
             Made::Zstd => Made::Tar,
             Made::Tar => Made::Zstd,
         };
-        let from = layers.get(&(layer.diff_id.clone(), other)).map(|progress| Sibling {
-            made: other,
-            tail: BlockingTail {
-                path: self.path(layer, other),
-                progress: progress.clone(),
-                file: None,
-                position: 0,
-                runtime: tokio::runtime::Handle::current(),
-            },
+        let from = layers.get(&(layer.diff_id.clone(), other)).map(|progress| {
+            let reader: Box<dyn AsyncRead + Send + Unpin> = Box::new(tail(self.path(layer, other), progress.clone()));
+            Sibling { made: other, tail: tokio_util::io::SyncIoBridge::new(reader) }
         });
         let (progress, watching) = watch::channel(Spooled::Writing(0));
         layers.insert(key, watching.clone());
@@ -810,58 +772,51 @@ impl LayerSpool {
     }
 }
 
-/// How much of a spooled file readers may read, and whether that is all of it.
-fn extent(progress: &mut watch::Receiver<Spooled>) -> std::io::Result<(u64, bool)> {
-    match &*progress.borrow_and_update() {
-        Spooled::Writing(n) => Ok((*n, false)),
-        Spooled::Done(n) => Ok((*n, true)),
-        Spooled::Failed(reason) => Err(std::io::Error::other(reason.to_string())),
+/// A spooled file read while it is written: its stream ends once it is done (checked), or fails
+/// with its failure.
+fn tail(path: std::path::PathBuf, progress: watch::Receiver<Spooled>) -> impl AsyncRead + Send + Unpin + 'static {
+    struct Tail {
+        path: std::path::PathBuf,
+        progress: watch::Receiver<Spooled>,
+        file: Option<tokio::fs::File>,
+        position: u64,
     }
-}
-
-fn stopped() -> std::io::Error {
-    std::io::Error::other("layer decompression stopped")
-}
-
-/// The other form of a layer, being made in this run: what a new one is made from.
-struct Sibling {
-    made: Made,
-    tail: BlockingTail,
-}
-
-/// A spooled file read on a blocking thread while it is written.
-struct BlockingTail {
-    path: std::path::PathBuf,
-    progress: watch::Receiver<Spooled>,
-    file: Option<std::fs::File>,
-    position: u64,
-    runtime: tokio::runtime::Handle,
-}
-
-impl std::io::Read for BlockingTail {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+    let tail = Tail { path, progress, file: None, position: 0 };
+    let chunks = futures_util::stream::try_unfold(tail, |mut tail| async move {
         loop {
-            let (written, finished) = extent(&mut self.progress)?;
-            if self.position < written {
-                let file = match &mut self.file {
+            let (written, finished) = match &*tail.progress.borrow_and_update() {
+                Spooled::Writing(n) => (*n, false),
+                Spooled::Done(n) => (*n, true),
+                Spooled::Failed(reason) => return Err(std::io::Error::other(reason.to_string())),
+            };
+            if tail.position < written {
+                let file = match &mut tail.file {
                     Some(file) => file,
-                    None => self.file.insert(std::fs::File::open(&self.path)?),
+                    None => tail.file.insert(tokio::fs::File::open(&tail.path).await?),
                 };
-                let want = usize::try_from(written - self.position).unwrap_or(usize::MAX).min(buf.len());
-                let n = file.read(&mut buf[..want])?;
+                let mut chunk = vec![0; (written - tail.position).min(SPOOL_CHUNK) as usize];
+                let n = file.read(&mut chunk).await?;
                 if n == 0 {
                     return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "spooled layer shrank"));
                 }
-                self.position += n as u64;
-                return Ok(n);
+                chunk.truncate(n);
+                tail.position += n as u64;
+                return Ok(Some((bytes::Bytes::from(chunk), tail)));
             }
             if finished {
-                return Ok(0);
+                return Ok(None);
             }
-            // A blocking thread, not the runtime's: waiting here stalls no task.
-            self.runtime.block_on(self.progress.changed()).map_err(|_| stopped())?;
+            tail.progress.changed().await.map_err(|_| std::io::Error::other("layer decompression stopped"))?;
         }
-    }
+    });
+    tokio_util::io::StreamReader::new(Box::pin(chunks))
+}
+
+/// The other form of a layer, being made in this run: what a new one is made from (read on the
+/// spool's blocking thread).
+struct Sibling {
+    made: Made,
+    tail: tokio_util::io::SyncIoBridge<Box<dyn AsyncRead + Send + Unpin>>,
 }
 
 /// A zstd stream of what is written, made as [`Made::Zstd`] is: frames checksummed (the host's
