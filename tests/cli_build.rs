@@ -420,3 +420,73 @@ fn bad_flags_are_user_errors() {
     let unused = env.run(&["build", "-t", "x:1", "--build-arg", "NOPE=1", c]);
     assert!(String::from_utf8_lossy(&unused.stderr).contains("not consumed by any ARG: NOPE"));
 }
+
+/// Container images built by kiln (the Kubernetes images): ENTRYPOINT, USER and WORKDIR reach the
+/// config and a child inherits them; SOURCE_DATE_EPOCH makes the creation time, so two builds of
+/// the same inputs have the same digest; `--image-source store` packs an image built into the
+/// store into a cluster image's registry with no registry involved; `kiln inspect` lists
+/// `kiln.io/component.*` labels as components.
+#[test]
+fn container_images_reproducible_and_packed_from_the_store() {
+    let env = Env::new();
+    env.file("pause", "#!/bin/sh\n");
+    env.kubefile("FROM scratch\nCOPY pause /pause\nUSER 65535:65535\nWORKDIR /\nENTRYPOINT [\"/pause\"]\n");
+    let ctx = env.ctx();
+    let build = |tag: &str, epoch: &str| {
+        let out = env
+            .kiln()
+            .env("SOURCE_DATE_EPOCH", epoch)
+            .args(["build", "-q", "--build-mode", "lite", "--platform", "linux/amd64,linux/arm64", "-t", tag])
+            .arg(&ctx)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let first = build("127.0.0.1:9/k8s/pause:1", "1761566464");
+    let config = &env.inspect("127.0.0.1:9/k8s/pause:1")["platforms"][0]["config"];
+    assert_eq!(config["config"]["Entrypoint"], serde_json::json!(["/pause"]));
+    assert_eq!(config["config"]["User"], "65535:65535");
+    assert_eq!(config["config"]["WorkingDir"], "/");
+    assert_eq!(config["created"], "2025-10-27T12:01:04Z");
+    assert_eq!(build("127.0.0.1:9/k8s/pause:again", "1761566464"), first, "same inputs, same time: same digest");
+    assert_ne!(build("127.0.0.1:9/k8s/pause:later", "1761566465"), first);
+    let err = env.kiln().env("SOURCE_DATE_EPOCH", "yesterday").args(["build", "-t", "x:1"]).arg(&ctx).output().unwrap();
+    assert_eq!(err.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&err.stderr).contains("SOURCE_DATE_EPOCH"));
+
+    // A child keeps the base's ENTRYPOINT and USER unless it sets its own.
+    env.file("Kubefile.child", "FROM 127.0.0.1:9/k8s/pause:1\nUSER 0\n");
+    env.ok(&[
+        "build",
+        "-q",
+        "--build-mode",
+        "lite",
+        "-t",
+        "child:1",
+        "-f",
+        ctx.join("Kubefile.child").to_str().unwrap(),
+        ctx.to_str().unwrap(),
+    ]);
+    let child = &env.inspect("child:1")["platforms"][0]["config"]["config"];
+    assert_eq!(child["Entrypoint"], serde_json::json!(["/pause"]));
+    assert_eq!(child["User"], "0");
+
+    // The store as an image source: a cluster image whose manifest names the image.
+    env.file("manifests/pod.yaml", "spec:\n  containers:\n  - image: 127.0.0.1:9/k8s/pause:1\n");
+    env.file("Kubefile.cluster", "FROM scratch\nLABEL kiln.io/component.pause=1 other=x\nCOPY manifests manifests\n");
+    let kubefile = ctx.join("Kubefile.cluster");
+    let args =
+        ["build", "-q", "--platform", "linux/amd64,linux/arm64", "-t", "cluster:1", "-f", kubefile.to_str().unwrap()];
+    // Without the store as a source the image is looked for on its (closed) registry.
+    let err = env.fails(&[&args[..], &["--retries", "0", ctx.to_str().unwrap()]].concat(), 1);
+    assert!(err.contains("could not be fetched"), "{err}");
+    env.ok(&[&args[..], &["--image-source", "store", ctx.to_str().unwrap()]].concat());
+    let info = env.inspect("cluster:1");
+    for platform in info["platforms"].as_array().unwrap() {
+        let images = platform["containerImages"].as_array().unwrap();
+        assert_eq!(images.len(), 1, "{images:?}");
+        assert_eq!(images[0]["origin"], "kiln store");
+        assert_eq!(platform["components"], serde_json::json!({"pause": "1"}));
+    }
+}

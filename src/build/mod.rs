@@ -52,6 +52,8 @@ pub struct BuildRequest {
     pub compression: Compression,
     /// Discover and cache container images (`None`: `--build-mode lite`).
     pub offline: Option<OfflineOptions>,
+    /// The creation time written into configs and manifests (`SOURCE_DATE_EPOCH` or now).
+    pub created: chrono::DateTime<chrono::Utc>,
 }
 
 /// Progress events; the CLI turns them into output.
@@ -218,6 +220,14 @@ struct BuiltPlatform {
     manifest_size: u64,
 }
 
+/// What a container of the image runs: Docker's ENTRYPOINT, USER and WORKDIR.
+#[derive(Debug, Default)]
+struct ContainerSettings {
+    entrypoint: Option<Vec<String>>,
+    user: Option<String>,
+    working_dir: Option<String>,
+}
+
 /// The state of one platform's build as instructions are applied.
 struct PlatformBuild<'a> {
     store: &'a Store,
@@ -232,6 +242,8 @@ struct PlatformBuild<'a> {
     env: Vec<(String, String)>,
     labels: BTreeMap<String, String>,
     author: Option<String>,
+    /// ENTRYPOINT, USER and WORKDIR of a container image (inherited from the base).
+    container: ContainerSettings,
     layers: Vec<LayerBlob>,
     /// The `registry/` layers among `layers`: the base image's and this build's.
     registry_layers: BTreeSet<Digest>,
@@ -277,6 +289,7 @@ impl<'a> PlatformBuild<'a> {
             env: Vec::new(),
             labels: BTreeMap::new(),
             author: None,
+            container: ContainerSettings::default(),
             layers: Vec::new(),
             registry_layers: BTreeSet::new(),
             history: Vec::new(),
@@ -412,6 +425,29 @@ impl<'a> PlatformBuild<'a> {
                 self.author = Some(name.clone());
                 Ok(())
             }
+            InstructionKind::Entrypoint(cmd) => {
+                let argv = match cmd {
+                    RunCommand::Shell(s) => vec!["/bin/sh".into(), "-c".into(), s.clone()],
+                    RunCommand::Exec(v) => v.clone(),
+                };
+                let parts: Vec<&str> = std::iter::once("ENTRYPOINT").chain(argv.iter().map(String::as_str)).collect();
+                self.chain(&parts);
+                self.container.entrypoint = Some(argv);
+                self.history_entry(ins, true);
+                Ok(())
+            }
+            InstructionKind::User(user) => {
+                self.chain(&["USER", user]);
+                self.container.user = Some(user.clone());
+                self.history_entry(ins, true);
+                Ok(())
+            }
+            InstructionKind::Workdir(dir) => {
+                self.chain(&["WORKDIR", dir]);
+                self.container.working_dir = Some(dir.clone());
+                self.history_entry(ins, true);
+                Ok(())
+            }
             InstructionKind::KubeVersion(v) => {
                 self.labels.insert("app.alpha.sealer.io/supported-kube-version".to_owned(), v.clone());
                 Ok(())
@@ -526,6 +562,11 @@ impl<'a> PlatformBuild<'a> {
             for (k, v) in config.labels().iter().flatten() {
                 self.labels.insert(k.clone(), v.clone());
             }
+            self.container = ContainerSettings {
+                entrypoint: config.entrypoint().clone(),
+                user: config.user().clone(),
+                working_dir: config.working_dir().clone(),
+            };
         }
         self.history = base.config.history().clone().unwrap_or_default();
         if let Some(ext) = base.extension()? {
@@ -919,14 +960,17 @@ impl<'a> PlatformBuild<'a> {
     }
 
     fn commit(&mut self) -> Result<BuiltPlatform> {
-        let created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let created = self.request.created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let mut labels: HashMap<String, String> = self.labels.clone().into_iter().collect();
         labels.extend(self.request.labels.clone());
-        let config = ConfigBuilder::default()
+        let mut config = ConfigBuilder::default()
             .env(self.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>())
             .labels(labels)
             .build()
             .map_err(|e| BuildError::Encode(e.to_string()))?;
+        config.set_entrypoint(self.container.entrypoint.clone());
+        config.set_user(self.container.user.clone());
+        config.set_working_dir(self.container.working_dir.clone());
         let rootfs = RootFsBuilder::default()
             .typ("layers")
             .diff_ids(self.layers.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>())

@@ -1,7 +1,7 @@
-//! `--image-source`: container images taken from local OCI archives, `docker save` tars, OCI
-//! layout directories or (cargo feature `containerd`) the build host's containerd, tried in the
-//! order given and before any registry, so images built or pulled locally are packed without a
-//! registry and without network.
+//! `--image-source`: container images taken from kiln's own store, local OCI archives, `docker
+//! save` tars, OCI layout directories or (cargo feature `containerd`) the build host's
+//! containerd, tried in the order given and before any registry, so images built or pulled
+//! locally are packed without a registry and without network.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -14,6 +14,10 @@ use crate::image::{Digest, ImageRef, IndexEntry, Platform, Store, StoreError, me
 /// One `--image-source` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImageSource {
+    /// `store`: images in kiln's own store (built by `kiln build`, pulled or loaded earlier),
+    /// by their exact name. Their blobs were verified when they were stored. (A directory
+    /// called `store` is `./store`.)
+    Store,
     /// An OCI archive, a `docker save` tar (either optionally gzipped) or an OCI layout directory.
     Path(PathBuf),
     /// `containerd[:NAMESPACE]`: the containerd at `$CONTAINERD_ADDRESS`
@@ -26,6 +30,9 @@ impl FromStr for ImageSource {
     type Err = std::convert::Infallible;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "store" {
+            return Ok(Self::Store);
+        }
         Ok(match s.strip_prefix("containerd") {
             Some("") => Self::Containerd { namespace: None },
             Some(ns) if ns.starts_with(':') && ns.len() > 1 => Self::Containerd { namespace: Some(ns[1..].to_owned()) },
@@ -37,6 +44,7 @@ impl FromStr for ImageSource {
 impl fmt::Display for ImageSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::Store => f.write_str("store"),
             Self::Path(p) => write!(f, "{}", p.display()),
             Self::Containerd { namespace: Some(ns) } => write!(f, "containerd:{ns}"),
             Self::Containerd { namespace: None } => f.write_str("containerd"),
@@ -68,12 +76,20 @@ pub struct LocalImage {
     pub origin: String,
 }
 
-/// Every archive and layout source, imported; containerd sources are asked per image.
+/// Every archive and layout source, imported; the store and containerd are asked per image, in
+/// the order they were given.
 #[derive(Debug, Default)]
 pub struct LocalSources {
     by_name: HashMap<String, LocalImage>,
     by_digest: HashMap<Digest, LocalImage>,
-    containerd: Vec<Option<String>>,
+    asked: Vec<AskedSource>,
+}
+
+/// A source looked up image by image rather than read whole first.
+#[derive(Debug)]
+enum AskedSource {
+    Store,
+    Containerd(Option<String>),
 }
 
 impl LocalSources {
@@ -103,7 +119,8 @@ impl LocalSources {
                         local.by_digest.entry(image.digest).or_insert(found);
                     }
                 }
-                ImageSource::Containerd { namespace } => local.containerd.push(namespace.clone()),
+                ImageSource::Store => local.asked.push(AskedSource::Store),
+                ImageSource::Containerd { namespace } => local.asked.push(AskedSource::Containerd(namespace.clone())),
             }
         }
         Ok(local)
@@ -125,9 +142,22 @@ impl LocalSources {
             let entry = select_platforms(store, &hit.entry, platforms, &hit.origin, wanted)?;
             return Ok(Some(LocalImage { entry, origin: hit.origin.clone() }));
         }
-        for namespace in &self.containerd {
-            if let Some(found) = containerd_source::find(store, namespace.as_deref(), wanted, platforms).await? {
-                return Ok(Some(found));
+        for source in &self.asked {
+            let found = match source {
+                AskedSource::Store => match store.resolve(wanted)? {
+                    Some(entry) => {
+                        let origin = "kiln store".to_owned();
+                        let entry = select_platforms(store, &entry, platforms, &origin, wanted)?;
+                        Some(LocalImage { entry: IndexEntry { name: None, ..entry }, origin })
+                    }
+                    None => None,
+                },
+                AskedSource::Containerd(namespace) => {
+                    containerd_source::find(store, namespace.as_deref(), wanted, platforms).await?
+                }
+            };
+            if found.is_some() {
+                return Ok(found);
             }
         }
         Ok(None)
@@ -335,5 +365,7 @@ mod tests {
         );
         assert_eq!("./containerd.tar".parse::<ImageSource>().unwrap(), ImageSource::Path("./containerd.tar".into()));
         assert_eq!("containerd:".parse::<ImageSource>().unwrap(), ImageSource::Path("containerd:".into()));
+        assert_eq!("store".parse::<ImageSource>().unwrap(), ImageSource::Store);
+        assert_eq!("./store".parse::<ImageSource>().unwrap(), ImageSource::Path("./store".into()));
     }
 }

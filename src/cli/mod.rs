@@ -263,10 +263,11 @@ pub struct BuildArgs {
     /// Container images pulled at once
     #[arg(long, default_value_t = 8, value_name = "N", help_heading = "Container images")]
     pub max_pull_procs: usize,
-    /// Take container images from here before any registry: an OCI archive, a `docker save`
-    /// tar, an OCI layout directory, or `containerd[:NAMESPACE]` (the build host's containerd,
-    /// with the `containerd` feature); repeatable, first match wins
-    #[arg(long = "image-source", value_name = "PATH|containerd[:NS]", help_heading = "Container images")]
+    /// Take container images from here before any registry: `store` (kiln's own store: images
+    /// built, pulled or loaded earlier), an OCI archive, a `docker save` tar, an OCI layout
+    /// directory, or `containerd[:NAMESPACE]` (the build host's containerd, with the
+    /// `containerd` feature); repeatable, first match wins
+    #[arg(long = "image-source", value_name = "store|PATH|containerd[:NS]", help_heading = "Container images")]
     pub image_sources: Vec<crate::build::ImageSource>,
     #[command(flatten)]
     pub transport: TransportArgs,

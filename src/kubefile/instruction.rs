@@ -134,6 +134,13 @@ pub enum InstructionKind {
     Label(Vec<KeyValue>),
     Maintainer(String),
     Run(RunCommand),
+    /// Docker's ENTRYPOINT: what a container of this image runs (container images built by
+    /// kiln, such as the Kubernetes control-plane images).
+    Entrypoint(RunCommand),
+    /// Docker's USER: the user (and group) a container runs as.
+    User(String),
+    /// Docker's WORKDIR: a container's working directory (absolute).
+    Workdir(String),
     App(App),
     /// An APP that is also labelled as the cluster's CNI.
     Cni(App),
@@ -174,6 +181,9 @@ pub const KEYWORDS: &[&str] = &[
     "LABEL",
     "MAINTAINER",
     "RUN",
+    "ENTRYPOINT",
+    "USER",
+    "WORKDIR",
     "APP",
     "APPCMDS",
     "APPENV",
@@ -196,6 +206,9 @@ impl InstructionKind {
             Self::Label(_) => "LABEL",
             Self::Maintainer(_) => "MAINTAINER",
             Self::Run(_) => "RUN",
+            Self::Entrypoint(_) => "ENTRYPOINT",
+            Self::User(_) => "USER",
+            Self::Workdir(_) => "WORKDIR",
             Self::App(_) => "APP",
             Self::Cni(_) => "CNI",
             Self::Csi(_) => "CSI",

@@ -90,7 +90,10 @@ impl<'l> LineParser<'l> {
             "ENV" => InstructionKind::Env(self.key_values(args, "ENV")?),
             "LABEL" => InstructionKind::Label(self.key_values(args, "LABEL")?),
             "MAINTAINER" => InstructionKind::Maintainer(raw_rest(args, "MAINTAINER", "a name")?),
-            "RUN" => InstructionKind::Run(self.run(args)?),
+            "RUN" => InstructionKind::Run(self.command(args, "RUN")?),
+            "ENTRYPOINT" => InstructionKind::Entrypoint(self.command(args, "ENTRYPOINT")?),
+            "USER" => InstructionKind::User(raw_rest(args, "USER", "a user name or id")?),
+            "WORKDIR" => self.workdir(args)?,
             "APP" => InstructionKind::App(self.app(args, "APP")?),
             "CNI" => InstructionKind::Cni(self.app(args, "CNI")?),
             "CSI" => InstructionKind::Csi(self.app(args, "CSI")?),
@@ -229,9 +232,15 @@ impl<'l> LineParser<'l> {
         Ok(KeyValue { key: self.spanned(&key), value: self.word(&value, self.shell()) })
     }
 
-    fn run(&self, args: In<'_>) -> LineResult<RunCommand> {
+    /// RUN's and ENTRYPOINT's argument: a JSON array (exec form) or a shell command.
+    fn command(&self, args: In<'_>, keyword: &str) -> LineResult<RunCommand> {
         if args.is_empty() {
-            return Err(LineError::at(args, 1, "RUN needs a command", "expected a shell command or a JSON array"));
+            return Err(LineError::at(
+                args,
+                1,
+                format!("{keyword} needs a command"),
+                "expected a shell command or a JSON array",
+            ));
         }
         if args.starts_with('[')
             && let Ok(items) = json_array_all(args)
@@ -239,6 +248,15 @@ impl<'l> LineParser<'l> {
             return Ok(RunCommand::Exec(items.into_iter().map(|p| p.text).collect()));
         }
         Ok(RunCommand::Shell(args.fragment().to_string()))
+    }
+
+    fn workdir(&self, args: In<'_>) -> LineResult<InstructionKind> {
+        let dir = raw_rest(args, "WORKDIR", "a directory")?;
+        if !dir.starts_with('/') {
+            return Err(LineError::at(args, 1, "WORKDIR must be absolute", "a relative directory")
+                .help(format!("write `WORKDIR /{dir}`")));
+        }
+        Ok(InstructionKind::Workdir(dir))
     }
 
     fn app(&self, args: In<'_>, keyword: &str) -> LineResult<App> {
@@ -380,7 +398,7 @@ fn unknown_instruction(keyword: In<'_>, rest: In<'_>) -> LineError {
     let mut err =
         LineError::at(keyword, word_len, format!("unknown instruction `{given}`"), "not a Kubefile instruction");
     let docker_only =
-        ["WORKDIR", "USER", "ENTRYPOINT", "EXPOSE", "VOLUME", "SHELL", "ONBUILD", "HEALTHCHECK", "STOPSIGNAL"];
+        ["EXPOSE", "VOLUME", "SHELL", "ONBUILD", "HEALTHCHECK", "STOPSIGNAL"];
     let hint = if docker_only.contains(&upper.as_str()) {
         format!(
             "`{upper}` is a Dockerfile instruction with no meaning in a cluster image; valid instructions: {}",

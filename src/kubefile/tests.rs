@@ -100,6 +100,24 @@ fn label_and_maintainer() {
 }
 
 #[test]
+fn container_settings() {
+    assert_eq!(
+        second("FROM scratch\nENTRYPOINT [\"/pause\", \"-v\"]"),
+        InstructionKind::Entrypoint(RunCommand::Exec(vec!["/pause".into(), "-v".into()]))
+    );
+    assert_eq!(
+        second("FROM scratch\nENTRYPOINT exec etcd"),
+        InstructionKind::Entrypoint(RunCommand::Shell("exec etcd".into()))
+    );
+    assert_eq!(second("FROM scratch\nUSER 65535:65535"), InstructionKind::User("65535:65535".into()));
+    assert_eq!(second("FROM scratch\nWORKDIR /var/lib"), InstructionKind::Workdir("/var/lib".into()));
+    assert!(err("FROM scratch\nENTRYPOINT").message().contains("ENTRYPOINT needs a command"));
+    assert!(err("FROM scratch\nUSER").message().contains("USER needs a user name or id"));
+    let e = err("FROM scratch\nWORKDIR var/lib");
+    assert!(e.message().contains("WORKDIR must be absolute"), "{}", e.message());
+}
+
+#[test]
 fn run_shell_and_exec() {
     assert_eq!(
         second("FROM scratch\nRUN echo $HOME > x"),
@@ -212,8 +230,8 @@ fn launch_rules() {
 
 #[test]
 fn unknown_instruction_lists_valid_ones() {
-    let e = err("FROM scratch\nWORKDIR /x");
-    assert_eq!(e.message(), "unknown instruction `WORKDIR`");
+    let e = err("FROM scratch\nHEALTHCHECK NONE");
+    assert_eq!(e.message(), "unknown instruction `HEALTHCHECK`");
     assert_eq!(e.location().to_string(), "Kubefile:2:1");
     let help = e.help_text().unwrap();
     assert!(help.contains("Dockerfile instruction"));

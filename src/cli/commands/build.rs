@@ -7,6 +7,20 @@ use crate::image::media::Compression;
 use crate::image::{ImageType, Platform};
 use crate::output::{BuildProgress, Printer, UserErrorExt};
 
+/// `SOURCE_DATE_EPOCH` when set (reproducible builds), else now.
+fn creation_time() -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    let Ok(value) = std::env::var(crate::env::SOURCE_DATE_EPOCH) else {
+        return Ok(chrono::Utc::now());
+    };
+    value
+        .trim()
+        .parse::<i64>()
+        .ok()
+        .and_then(|secs| chrono::DateTime::from_timestamp(secs, 0))
+        .ok_or_else(|| anyhow::anyhow!("SOURCE_DATE_EPOCH={value:?} is not a number of seconds since 1970"))
+        .user_error()
+}
+
 pub async fn run(settings: &Settings, printer: Printer, args: BuildArgs) -> anyhow::Result<()> {
     let platforms = match &args.platform {
         Some(p) => Platform::parse_list(p).user_error()?,
@@ -30,6 +44,7 @@ pub async fn run(settings: &Settings, printer: Printer, args: BuildArgs) -> anyh
             transport: super::transport(&args.transport),
             sources: args.image_sources.clone(),
         }),
+        created: creation_time()?,
     };
     let store = settings.store()?;
     let started = Instant::now();

@@ -3,6 +3,9 @@ use crate::cli::settings::{Settings, parse_ref};
 use crate::image::{Platform, media};
 use crate::output::{Printer, UserError, UserErrorExt};
 
+/// The label prefix naming a component's version (`kiln.io/component.kubernetes=v1.37.2`).
+const COMPONENT_LABEL: &str = "kiln.io/component.";
+
 pub async fn run(settings: &Settings, printer: Printer, args: InspectArgs) -> anyhow::Result<()> {
     let store = settings.store()?;
     let name = parse_ref(&args.image)?;
@@ -31,8 +34,19 @@ pub async fn run(settings: &Settings, printer: Printer, args: InspectArgs) -> an
                         .collect()
                 })
                 .unwrap_or_default();
+            // `kiln.io/component.NAME=VERSION` labels: what a cluster image is made of.
+            let components: std::collections::BTreeMap<&str, &str> = p
+                .config
+                .config()
+                .as_ref()
+                .and_then(|c| c.labels().as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, v)| Some((k.strip_prefix(COMPONENT_LABEL)?, v.as_str())))
+                .collect();
             platforms.push(serde_json::json!({
                 "platform": p.platform.to_string(),
+                "components": components,
                 "manifestDigest": p.manifest_digest.to_string(),
                 "manifest": p.manifest,
                 "configDigest": p.config_digest.to_string(),
