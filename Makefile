@@ -16,14 +16,21 @@ CARGO_FLAGS := --locked --features "$(FEATURES)"
 TEST_PACKAGES := skopeo docker-registry containerd apache2-utils openssl jq time bc tar gzip zstd coreutils util-linux python3 curl \
   debootstrap qemu-user-static binfmt-support systemd-container iproute2 openssh-client sshpass procps \
   protobuf-compiler fio
+# Building the Kubernetes image from source: the arm64 C cross compiler (pause, runc, flanneld),
+# pkg-config (runc's libseccomp), file (the image test's architecture checks).
+TEST_PACKAGES += gcc-aarch64-linux-gnu pkgconf file
+# The Kubernetes release `make kubernetes-image` builds (kubefiles/kubernetes/versions/).
+KUBE_VERSION ?= v1.37.2
+GO_MIN := 1.26
 
-.PHONY: all build release test test-unit test-hosts test-e2e deps demo bench-build bench-share bench-offline bench-run fuzz lint clean help
+.PHONY: all build release test test-unit test-hosts test-e2e deps go kubernetes-image test-kubernetes-image demo bench-build bench-share bench-offline bench-run fuzz lint clean help
 
 all: build
 
 help:
 	@echo "make demo         build kiln and the demo cluster image, show it"
 	@echo "make test         every test (unit, CLI, interop with skopeo, test hosts)"
+	@echo "make kubernetes-image  build the Kubernetes cluster image from source (KUBE_VERSION, default $(KUBE_VERSION))"
 	@echo "make test-hosts   bring up 2 amd64 + 1 arm64 test hosts and check them"
 	@echo "make test-e2e     kiln on the test hosts: SSH, host keys, facts, preflight"
 	@echo "make bench-build  build benchmark: kiln vs tar|gzip|sha256sum floor"
@@ -42,8 +49,23 @@ deps:
 	fi
 	@command -v $(CARGO) >/dev/null || { echo "error: cargo is required (install Rust with rustup)"; exit 1; }
 
+# Go builds Kubernetes and the other upstream components from their modules.
+go:
+	@command -v go >/dev/null || { echo "error: Go $(GO_MIN) or newer is required (kubefiles/kubernetes builds Kubernetes from its modules)"; exit 1; }
+	@printf '%s\n' "$(GO_MIN)" "$$(go env GOVERSION | sed 's/^go//')" | sort -V -C || \
+	  { echo "error: Go $(GO_MIN) or newer is required, this is $$(go env GOVERSION)"; exit 1; }
+
 build:
 	$(CARGO) build $(CARGO_FLAGS)
+
+# The Kubernetes cluster image kiln/kubernetes:$(KUBE_VERSION) (amd64 + arm64) in kiln's store,
+# every binary built from pinned sources; Go builds are cached in /var/cache/kiln-build (and
+# Go's own caches), so only the first run is long.
+kubernetes-image: deps go build
+	kubefiles/kubernetes/image.sh $(KILN_DEBUG) $(KUBE_VERSION)
+
+test-kubernetes-image: kubernetes-image
+	KUBE_VERSION=$(KUBE_VERSION) e2e/test-kubernetes-image.sh $(KILN_DEBUG)
 
 release:
 	$(CARGO) build $(CARGO_FLAGS) --release
@@ -51,6 +73,7 @@ release:
 test: deps
 	$(CARGO) build $(CARGO_FLAGS) --all-targets
 	KILN_REQUIRE_PEERS=1 $(CARGO) test $(CARGO_FLAGS) -- --test-threads=2
+	$(MAKE) --no-print-directory test-kubernetes-image
 	$(MAKE) --no-print-directory test-hosts
 	$(MAKE) --no-print-directory test-e2e
 

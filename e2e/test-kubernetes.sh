@@ -33,15 +33,20 @@ H6=$(ip_of kiln-h6); H7=$(ip_of kiln-h7)
 # --- images: the stand-in base from rootfs/, then the test image with a CNI and an app -----------
 "$ROOT/kubefiles/prepare.sh" >/dev/null || { echo "0 passed, 1 failed (prepare.sh)"; exit 1; }
 CTX=$WORK/context
-cp -a "$ROOT/rootfs" "$CTX"
+mkdir -p "$CTX"
+tar -C "$ROOT/rootfs" --exclude=./kube-bin -cf - . | tar -C "$CTX" -xf -
 for arch in amd64 arm64; do
-  mkdir -p "$CTX/kube-bin/$arch"
-  for tool in kubeadm kubelet kubectl ipvsadm; do install -m 0755 "$ROOT/e2e/fake-kube/fakekube.py" "$CTX/kube-bin/$arch/$tool"; done
+  mkdir -p "$CTX/kube-bin/node/$arch"
+  for tool in kubeadm kubelet kubectl ipvsadm; do install -m 0755 "$ROOT/e2e/fake-kube/fakekube.py" "$CTX/kube-bin/node/$arch/$tool"; done
+  # Debian's containerd and runc stand in for the source-built ones.
+  cp "$CTX/bin/$arch/"{containerd,containerd-shim-runc-v2,ctr,runc} "$CTX/kube-bin/node/$arch/"
 done
+mkdir -p "$CTX/kube-bin/etc"
+cp "$CTX/kubernetes/etc/kubeadm.yml" "$CTX/kube-bin/etc/kubeadm.yml"
 # The test machine's kernel has no IP_VS and no loadable modules (/lib/modules is empty), and
 # the hosts (containers) see no /sys/module, so the stand-in image asks for no modules.
 printf '# e2e stand-in image: no loadable kernel modules on the test hosts\n' > "$CTX/kubernetes/etc/modules-load.d/k8s.conf"
-# The stand-ins need no control-plane images (fetch.sh writes the real list).
+# The stand-ins need no control-plane images (build.sh writes the real list).
 printf '# e2e stand-ins: no control-plane images\n' > "$CTX/kube-bin/imageList"
 kiln -q build --build-mode lite --platform linux/amd64,linux/arm64 -t kiln-e2e/kubernetes-stand-ins:v1.30.6 \
   -f "$ROOT/kubefiles/kubernetes/Kubefile" --build-arg KUBE_BIN=kube-bin "$CTX" >/dev/null \

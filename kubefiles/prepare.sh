@@ -8,24 +8,17 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=${KILN_DEMO_CACHE:-$ROOT/.cache/demo}
-MIRROR=${KILN_DEMO_MIRROR:-http://deb.debian.org/debian}
-SUITE=bookworm
 PACKAGES=(etcd-server etcd-client containerd runc docker-registry busybox-static)
+DEBIAN_CACHE=$CACHE
+# shellcheck source=debian.sh
+. "$ROOT/kubefiles/debian.sh"
 mkdir -p "$CACHE"
 
 fetch() { # ARCH
-  local arch=$1 apt=$CACHE/apt-$1 debs=$CACHE/debs-$1
+  local arch=$1 debs=$CACHE/debs-$1
   if [ -f "$debs/.done" ]; then return 0; fi
-  mkdir -p "$apt"/{lists/partial,cache/archives/partial,etc/preferences.d,etc/apt.conf.d} "$debs"
-  echo "deb [arch=$arch signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $MIRROR $SUITE main" > "$apt/etc/sources.list"
-  : > "$apt/status"
-  local opts=(-o "APT::Architecture=$arch" -o "APT::Architectures=$arch" -o "Dir::State=$apt" -o "Dir::State::Lists=$apt/lists"
-    -o "Dir::State::status=$apt/status" -o "Dir::Cache=$apt/cache" -o "Dir::Etc::SourceList=$apt/etc/sources.list"
-    -o "Dir::Etc::SourceParts=/nonexistent" -o "Dir::Etc::Preferences=/nonexistent" -o "Dir::Etc::PreferencesParts=$apt/etc/preferences.d"
-    -o "Debug::NoLocking=1" -o "APT::Sandbox::User=root")
   echo "Fetching ${PACKAGES[*]} for $arch..."
-  apt-get "${opts[@]}" -qq update
-  (cd "$debs" && apt-get "${opts[@]}" -qq download "${PACKAGES[@]}")
+  debian_download "$arch" "$debs" "${PACKAGES[@]}"
   touch "$debs/.done"
 }
 
