@@ -52,8 +52,9 @@ pub struct BuildRequest {
     pub compression: Compression,
     /// Discover and cache container images (`None`: `--build-mode lite`).
     pub offline: Option<OfflineOptions>,
-    /// The creation time written into configs and manifests (`SOURCE_DATE_EPOCH` or now).
-    pub created: chrono::DateTime<chrono::Utc>,
+    /// `SOURCE_DATE_EPOCH`: the creation time written into configs and manifests (else now),
+    /// and the newest mtime a layer entry may have, so the same inputs give the same digests.
+    pub source_date_epoch: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Progress events; the CLI turns them into output.
@@ -295,7 +296,8 @@ impl<'a> PlatformBuild<'a> {
             history: Vec::new(),
             extension: ImageExtension::new(request.image_type),
             launch_set: false,
-            cache_key: String::new(),
+            // Clamped layers differ from unclamped ones: they are cached apart.
+            cache_key: request.source_date_epoch.map(|t| format!("mtime<={}", t.timestamp())).unwrap_or_default(),
             scratch: store.scratch_dir("build-")?,
             rootfs: None,
             dir_index: None,
@@ -305,6 +307,11 @@ impl<'a> PlatformBuild<'a> {
             run_count: 0,
             container_images: None,
         })
+    }
+
+    fn layer_writer(&self) -> Result<LayerWriter> {
+        let newest = self.request.source_date_epoch.map(|t| t.timestamp().max(0) as u64);
+        Ok(LayerWriter::new(self.store, self.request.compression)?.clamp_mtimes(newest))
     }
 
     fn run(&mut self) -> Result<()> {
@@ -733,7 +740,7 @@ impl<'a> PlatformBuild<'a> {
             || self.image_has_dir(&dest)?;
         let key = self.chain(&[keyword, &dest_raw, &format!("{opts:?}"), &sources_key]);
         let mut produce = |this: &mut Self| -> Result<Produced> {
-            let mut w = LayerWriter::new(this.store, this.request.compression)?;
+            let mut w = this.layer_writer()?;
             let parent_of_targets = if dest_is_dir { dest.clone() } else { parent(&dest) };
             add_parents(&mut w, &parent_of_targets, dest_is_dir)?;
             for source in locals.iter() {
@@ -818,7 +825,7 @@ impl<'a> PlatformBuild<'a> {
         let key = self.chain(&["APP", &app.name.value, &key_parts]);
         let name = app.name.value.clone();
         let mut produce = |this: &mut Self| -> Result<Produced> {
-            let mut w = LayerWriter::new(this.store, this.request.compression)?;
+            let mut w = this.layer_writer()?;
             add_parents(&mut w, &dest, true)?;
             let mut files = Vec::new();
             for (i, source) in &sources {
@@ -949,7 +956,7 @@ impl<'a> PlatformBuild<'a> {
             let reporter = this.reporter;
             sandbox::run(&dirs, &argv, &env, &mut |line| reporter.output(line))
                 .map_err(|e| this.error(ins.span, format!("RUN failed: {e}"), "this command"))?;
-            let mut w = LayerWriter::new(this.store, this.request.compression)?;
+            let mut w = this.layer_writer()?;
             let entries = layer::add_overlay_upper(&mut w, &dirs.upper)?;
             let blob = w.finish()?;
             let _ = fs::remove_dir_all(&base);
@@ -960,7 +967,11 @@ impl<'a> PlatformBuild<'a> {
     }
 
     fn commit(&mut self) -> Result<BuiltPlatform> {
-        let created = self.request.created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let created = self
+            .request
+            .source_date_epoch
+            .unwrap_or_else(chrono::Utc::now)
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let mut labels: HashMap<String, String> = self.labels.clone().into_iter().collect();
         labels.extend(self.request.labels.clone());
         let mut config = ConfigBuilder::default()

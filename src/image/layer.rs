@@ -60,6 +60,8 @@ pub struct LayerBlob {
 pub struct LayerWriter {
     tar: tar::Builder<HashingWriter<Compressor>>,
     compression: Compression,
+    /// No entry is newer than this (seconds since 1970): `SOURCE_DATE_EPOCH` builds.
+    newest_mtime: Option<u64>,
 }
 
 /// Ownership and mode overrides for added files (COPY `--chown` / `--chmod`).
@@ -92,12 +94,23 @@ impl LayerWriter {
         let mut tar = tar::Builder::new(HashingWriter::new(compressor));
         tar.mode(tar::HeaderMode::Complete);
         tar.follow_symlinks(false);
-        Ok(Self { tar, compression })
+        Ok(Self { tar, compression, newest_mtime: None })
+    }
+
+    /// Clamps every entry's mtime to `newest` (reproducible builds: files made at build time
+    /// get the same time in every build).
+    pub fn clamp_mtimes(mut self, newest: Option<u64>) -> Self {
+        self.newest_mtime = newest;
+        self
+    }
+
+    fn mtime(&self, mtime: u64) -> u64 {
+        self.newest_mtime.map_or(mtime, |newest| mtime.min(newest))
     }
 
     /// Adds a directory entry.
     pub fn add_dir(&mut self, path: &str, mode: u32, mtime: u64, opts: EntryOptions) -> Result<(), StoreError> {
-        let mut h = header(tar::EntryType::Directory, opts.mode.unwrap_or(mode), mtime, opts);
+        let mut h = header(tar::EntryType::Directory, opts.mode.unwrap_or(mode), self.mtime(mtime), opts);
         h.set_size(0);
         self.tar.append_data(&mut h, format!("{}/", path.trim_end_matches('/')), io::empty()).map_err(tar_err)
     }
@@ -112,14 +125,14 @@ impl LayerWriter {
         opts: EntryOptions,
         reader: impl Read,
     ) -> Result<(), StoreError> {
-        let mut h = header(tar::EntryType::Regular, opts.mode.unwrap_or(mode), mtime, opts);
+        let mut h = header(tar::EntryType::Regular, opts.mode.unwrap_or(mode), self.mtime(mtime), opts);
         h.set_size(size);
         self.tar.append_data(&mut h, path, reader).map_err(tar_err)
     }
 
     /// Adds a symbolic link.
     pub fn add_symlink(&mut self, path: &str, target: &Path, mtime: u64, opts: EntryOptions) -> Result<(), StoreError> {
-        let mut h = header(tar::EntryType::Symlink, 0o777, mtime, opts);
+        let mut h = header(tar::EntryType::Symlink, 0o777, self.mtime(mtime), opts);
         h.set_size(0);
         self.tar.append_link(&mut h, path, target).map_err(tar_err)
     }

@@ -397,8 +397,7 @@ fn unknown_instruction(keyword: In<'_>, rest: In<'_>) -> LineError {
     let upper = given.to_ascii_uppercase();
     let mut err =
         LineError::at(keyword, word_len, format!("unknown instruction `{given}`"), "not a Kubefile instruction");
-    let docker_only =
-        ["EXPOSE", "VOLUME", "SHELL", "ONBUILD", "HEALTHCHECK", "STOPSIGNAL"];
+    let docker_only = ["EXPOSE", "VOLUME", "SHELL", "ONBUILD", "HEALTHCHECK", "STOPSIGNAL"];
     let hint = if docker_only.contains(&upper.as_str()) {
         format!(
             "`{upper}` is a Dockerfile instruction with no meaning in a cluster image; valid instructions: {}",

@@ -7,16 +7,17 @@ use crate::image::media::Compression;
 use crate::image::{ImageType, Platform};
 use crate::output::{BuildProgress, Printer, UserErrorExt};
 
-/// `SOURCE_DATE_EPOCH` when set (reproducible builds), else now.
-fn creation_time() -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+/// `SOURCE_DATE_EPOCH` (reproducible builds), when set.
+fn source_date_epoch() -> anyhow::Result<Option<chrono::DateTime<chrono::Utc>>> {
     let Ok(value) = std::env::var(crate::env::SOURCE_DATE_EPOCH) else {
-        return Ok(chrono::Utc::now());
+        return Ok(None);
     };
     value
         .trim()
         .parse::<i64>()
         .ok()
         .and_then(|secs| chrono::DateTime::from_timestamp(secs, 0))
+        .map(Some)
         .ok_or_else(|| anyhow::anyhow!("SOURCE_DATE_EPOCH={value:?} is not a number of seconds since 1970"))
         .user_error()
 }
@@ -44,7 +45,7 @@ pub async fn run(settings: &Settings, printer: Printer, args: BuildArgs) -> anyh
             transport: super::transport(&args.transport),
             sources: args.image_sources.clone(),
         }),
-        created: creation_time()?,
+        source_date_epoch: source_date_epoch()?,
     };
     let store = settings.store()?;
     let started = Instant::now();
