@@ -373,11 +373,11 @@ fn kubefile_error_shows_location_and_caret_and_changes_nothing() {
     env.file("a", "a");
     env.build("keep:1", &[]);
     let before = env.snapshot();
-    env.kubefile("FROM scratch\nWORKDIR /app\n");
+    env.kubefile("FROM scratch\nHEALTHCHECK NONE\n");
     let err = env.fails(&["build", "-t", "bad:1", env.ctx().to_str().unwrap()], 1);
-    assert!(err.contains("unknown instruction `WORKDIR`"), "{err}");
+    assert!(err.contains("unknown instruction `HEALTHCHECK`"), "{err}");
     assert!(err.contains("Kubefile:2:1"), "{err}");
-    assert!(err.contains("WORKDIR /app"), "{err}");
+    assert!(err.contains("HEALTHCHECK NONE"), "{err}");
     assert!(err.contains("valid instructions: FROM, COPY"), "{err}");
     assert_eq!(env.snapshot(), before);
 }
