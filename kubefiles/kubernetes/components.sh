@@ -1,6 +1,6 @@
 # Sourced by build.sh and new-wrapper.sh: what each upstream component is, where its Go module
 # lives and how Kubernetes' (or the component's own) release build links it. One function per
-# component sets:
+# component sets (`component` resets the optional ones first):
 #   MODULE      the Go module the wrapper requires
 #   PACKAGES    "binary=package ..." to build (the binary's name in bin/<arch>/)
 #   CGO         1 when upstream needs cgo (runc: nsenter and libseccomp; flannel's udp backend),
@@ -22,11 +22,8 @@ component_kubernetes() {
     kubectl=k8s.io/kubernetes/cmd/kubectl kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver
     kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager
     kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler kube-proxy=k8s.io/kubernetes/cmd/kube-proxy"
-  CGO=0
-  TAGS=""
   # hack/lib/version.sh stamps both version packages; "archive" is its tree state for a build
   # from a source archive, which is what a module is: it carries no git commit (left empty).
-  LDFLAGS=""
   local pkg
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     LDFLAGS+=" -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitVersion=$v"
@@ -39,7 +36,6 @@ component_containerd() {
   MODULE=github.com/containerd/containerd/v2
   PACKAGES="containerd=$MODULE/cmd/containerd containerd-shim-runc-v2=$MODULE/cmd/containerd-shim-runc-v2
     ctr=$MODULE/cmd/ctr"
-  CGO=0
   # The tags of containerd's static release build that need no C library.
   TAGS="no_btrfs no_devmapper netgo osusergo"
   LDFLAGS="-X $MODULE/version.Version=$v"
@@ -64,8 +60,6 @@ component_cni_plugins() {
     meta/bandwidth meta/firewall meta/tuning; do
     PACKAGES+=" ${p#*/}=$MODULE/plugins/$p"
   done
-  CGO=0
-  TAGS=""
   LDFLAGS="-X $MODULE/pkg/utils/buildversion.BuildVersion=$v"
 }
 
@@ -75,8 +69,6 @@ component_cni_flannel() {
   local v=$1
   MODULE=github.com/containernetworking/plugins
   PACKAGES="flannel=$MODULE/plugins/meta/flannel"
-  CGO=0
-  TAGS=""
   LDFLAGS="-X $MODULE/pkg/utils/buildversion.BuildVersion=$v"
 }
 
@@ -85,7 +77,6 @@ component_flannel() {
   MODULE=github.com/flannel-io/flannel
   PACKAGES="flanneld=github.com/flannel-io/flannel"
   CGO=1
-  TAGS=""
   LDFLAGS="-X $MODULE/pkg/version.Version=$v -linkmode external -extldflags -static"
   PATCH=flannel_without_tencentvpc
 }
@@ -102,26 +93,18 @@ component_etcd() {
   MODULE=go.etcd.io/etcd/server/v3
   PACKAGES="etcd=go.etcd.io/etcd/server/v3 etcdctl=go.etcd.io/etcd/etcdctl/v3 etcdutl=go.etcd.io/etcd/etcdutl/v3"
   EXTRA_MODULES="go.etcd.io/etcd/etcdctl/v3 go.etcd.io/etcd/etcdutl/v3"
-  CGO=0
-  TAGS=""
-  LDFLAGS=""
 }
 
 component_coredns() {
   local v=$1
   MODULE=github.com/coredns/coredns
   PACKAGES="coredns=github.com/coredns/coredns"
-  CGO=0
-  TAGS=""
-  LDFLAGS=""
 }
 
 component_crictl() {
   local v=$1
   MODULE=sigs.k8s.io/cri-tools
   PACKAGES="crictl=sigs.k8s.io/cri-tools/cmd/crictl"
-  CGO=0
-  TAGS=""
   LDFLAGS="-X sigs.k8s.io/cri-tools/pkg/version.Version=$v"
 }
 
@@ -129,14 +112,13 @@ component_helm() {
   local v=$1
   MODULE=helm.sh/helm/v4
   PACKAGES="helm=helm.sh/helm/v4/cmd/helm"
-  CGO=0
-  TAGS=""
   LDFLAGS="-X helm.sh/helm/v4/internal/version.version=$v -X helm.sh/helm/v4/internal/version.gitTreeState=archive"
 }
 
 # Loads one component's description: component NAME VERSION.
 component() {
-  EXTRA_MODULES="" PATCH="" SYSROOT_PACKAGES=""
+  # Defaults: pure Go, no tags, no stamps; each component sets what differs.
+  CGO=0 TAGS="" LDFLAGS="" EXTRA_MODULES="" PATCH="" SYSROOT_PACKAGES=""
   local fn=component_${1//-/_}
   declare -F "$fn" >/dev/null || { echo "error: unknown component '$1'" >&2; return 1; }
   "$fn" "$2"
