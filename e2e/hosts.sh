@@ -227,6 +227,10 @@ mount_rootfs() { # NAME OS ARCH
     mount -t overlay overlay -o "lowerdir=$CACHE/rootfs-$2-$3-r$ROOTFS_REVISION,upperdir=$d/upper,workdir=$d/work" "$d/merged"
   fi
   printf '%s\n' "$1" > "$d/merged/etc/hostname"
+  # A real server has its kernel's module directory, with modules.builtin listing what is built
+  # in (kube-proxy mounts /lib/modules; kiln reads modules.builtin). These hosts share this
+  # machine's kernel: its list, from the kernel's own configuration.
+  write_modules_builtin "$d/merged/lib/modules/$(uname -r)"
   printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' "$1" > "$d/merged/etc/hosts"
   if [ "$3" != amd64 ]; then
     # qemu-user cannot emulate systemd's credential mounts; these units need none here.
@@ -250,17 +254,64 @@ mount_rootfs() { # NAME OS ARCH
   done
 }
 
+# What a host runs as PID 1 (the harness's, not kiln's): nspawn mounts the cgroup v1 controllers
+# read-only, where a real server's are writable and container runtimes create cgroups in them.
+# Each controller is mounted afresh (inside the host's cgroup namespace) before systemd starts,
+# as kind's node entrypoint does; then systemd takes over as PID 1.
+write_init() { # DIR
+  mkdir -p "$1/usr/local/sbin"
+  cat > "$1/usr/local/sbin/kiln-e2e-init" <<'INIT'
+#!/bin/sh
+if [ ! -f /sys/fs/cgroup/cgroup.controllers ]; then
+  mount -o remount,rw /sys/fs/cgroup
+  for dir in /sys/fs/cgroup/*; do
+    controller=${dir##*/}
+    case $controller in unified|systemd) continue ;; esac
+    grep -q "^$controller[[:space:]]" /proc/cgroups || continue
+    umount -l "$dir" && mount -t cgroup -o "$controller" cgroup "$dir"
+  done
+fi
+exec /lib/systemd/systemd "$@"
+INIT
+  chmod 0755 "$1/usr/local/sbin/kiln-e2e-init"
+}
+
+# The modules Kubernetes hosts use, by kernel option, as a kernel package's modules.builtin
+# names them when they are built in (=y).
+write_modules_builtin() { # DIR
+  mkdir -p "$1"
+  [ -r /proc/config.gz ] || return 0
+  zcat /proc/config.gz | awk '
+    BEGIN {
+      path["OVERLAY_FS"] = "fs/overlayfs/overlay.ko"; path["BRIDGE"] = "net/bridge/bridge.ko"
+      path["BRIDGE_NETFILTER"] = "net/bridge/br_netfilter.ko"; path["VXLAN"] = "drivers/net/vxlan/vxlan.ko"
+      path["NF_CONNTRACK"] = "net/netfilter/nf_conntrack.ko"; path["NF_TABLES"] = "net/netfilter/nf_tables.ko"
+      path["IP_VS"] = "net/netfilter/ipvs/ip_vs.ko"; path["IP_VS_RR"] = "net/netfilter/ipvs/ip_vs_rr.ko"
+      path["IP_VS_WRR"] = "net/netfilter/ipvs/ip_vs_wrr.ko"; path["IP_VS_SH"] = "net/netfilter/ipvs/ip_vs_sh.ko"
+      path["VETH"] = "drivers/net/veth.ko"; path["IP_NF_IPTABLES"] = "net/ipv4/netfilter/ip_tables.ko"
+    }
+    /^CONFIG_[A-Z0-9_]+=y$/ { split(substr($0, 8), kv, "="); if (kv[1] in path) print "kernel/" path[kv[1]] }
+  ' | sort > "$1/modules.builtin"
+}
+
 boot() { # NAME
   local name=$1 d ns
   d=$(host_dir "$name")
   ns=$(host_ns "$name")
-  # /proc/sys/net writable and CAP_NET_ADMIN, as root has on a real server (each host has its
-  # own network namespace, so this reaches nothing outside it).
-  SYSTEMD_NSPAWN_API_VFS_WRITABLE=network \
-  setsid systemd-nspawn --quiet -b -D "$d/merged" --register=no --keep-unit \
-    --network-namespace-path="/run/netns/$ns" --capability=CAP_NET_ADMIN --hostname="$name" --machine="$name" \
+  write_init "$d/merged"
+  # The host's root is an overlay, and containerd's overlay snapshots cannot stack on one: its
+  # directory is a plain one, as on a real server's disk (kind gives its nodes a volume there).
+  mkdir -p "$d/containerd"
+  # Root on a real server: every capability, /proc/sys and /sys writable, the kernel log, and
+  # the system calls container runtimes make (session keyrings, bpf for cgroup device filters).
+  # Network settings reach only the host's own network namespace; kernel-wide ones (the
+  # kubelet's vm.overcommit_memory, kernel.panic) are this machine's, as kind's nodes share theirs.
+  SYSTEMD_NSPAWN_API_VFS_WRITABLE=yes \
+  setsid systemd-nspawn --quiet -D "$d/merged" --register=no --keep-unit \
+    --network-namespace-path="/run/netns/$ns" --capability=all --system-call-filter='@keyring bpf' \
+    --bind=/dev/kmsg --bind="$d/containerd:/var/lib/containerd" --hostname="$name" --machine="$name" \
     --resolv-conf=off --timezone=off --link-journal=no --console=passive \
-    >"$d/console.log" 2>&1 </dev/null &
+    /usr/local/sbin/kiln-e2e-init >"$d/console.log" 2>&1 </dev/null &
   echo $! > "$d/pid"
 }
 

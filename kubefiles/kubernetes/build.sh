@@ -8,6 +8,7 @@
 #   images/userspace/<arch> Debian's iptables/nftables and busybox for kube-proxy and flannel
 #   versions.env            every component's version (the Kubefile's labels)
 #   etc/kubeadm.yml         rootfs/kubernetes/etc/kubeadm.yml with this kubernetesVersion
+#   etc/containerd/config.toml  rootfs/kubernetes/etc/containerd/config.toml with this pause tag
 #   imageList               `kubeadm config images list` of this kubeadm
 # Go components build from the wrapper modules in go/<component>-<version>/ (versions/VERSION
 # names them); pause from Kubernetes' own pause.c. Each result is cached under
@@ -269,6 +270,9 @@ grep -q "image: ghcr.io/flannel-io/flannel:$FLANNEL\$" "$ROOT/rootfs/kubernetes/
 # The image's kubeadm configuration, for this version.
 mkdir -p "$OUT.tmp/etc"
 sed "s/^kubernetesVersion: .*/kubernetesVersion: $KUBERNETES/" "$ROOT/rootfs/kubernetes/etc/kubeadm.yml" > "$OUT.tmp/etc/kubeadm.yml"
+# containerd's sandbox image: the pause kubeadm's release deploys.
+mkdir -p "$OUT.tmp/etc/containerd"
+sed "s/PAUSE_TAG/$PAUSE/" "$ROOT/rootfs/kubernetes/etc/containerd/config.toml" > "$OUT.tmp/etc/containerd/config.toml"
 {
   sed -e '/^#/d' -e '/^$/d' "$HERE/versions/$VERSION"
   echo "GO=$(go env GOVERSION)"

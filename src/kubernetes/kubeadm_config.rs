@@ -13,6 +13,7 @@ use std::net::IpAddr;
 
 use serde_json::{Map, Value, json};
 
+use super::node_kernel::{NodeAdaptations, ProxyMode};
 use super::pki::{APISERVER_DOMAIN, APISERVER_PORT};
 use crate::clusterfile::RawDocument;
 
@@ -39,6 +40,11 @@ pub enum KubeadmConfigError {
     NoVersion,
     #[error("Kubernetes version `{0}` is not one kiln can configure (v1.15 or later, e.g. v1.30.2)")]
     Version(String),
+    #[error(
+        "kube-proxy `mode: ipvs` is asked for, but not every host's kernel has IP_VS (see `kiln check`, \
+         row `kube-kernel`): leave `mode` out (kiln picks {fallback}) or load IPVS on every host"
+    )]
+    IpvsMissing { fallback: ProxyMode },
 }
 
 /// What the generated configuration depends on.
@@ -57,6 +63,8 @@ pub struct KubeadmInputs<'a> {
     pub image_config: Option<(&'a str, &'a str)>,
     /// The Clusterfile's kubeadm documents and the Clusterfile's name.
     pub clusterfile_documents: (&'a str, &'a [RawDocument]),
+    /// What the nodes' kernels call for (preflight decides it from their facts).
+    pub nodes: NodeAdaptations,
 }
 
 /// A Kubernetes version, `v1.30.2`.
@@ -169,12 +177,12 @@ impl KubeadmConfig {
             kube_proxy: merged("KubeProxyConfiguration"),
             cluster,
         };
-        config.force(inputs);
+        config.force(inputs)?;
         Ok(config)
     }
 
     /// Values kiln decides whatever the sources say.
-    fn force(&mut self, inputs: &KubeadmInputs<'_>) {
+    fn force(&mut self, inputs: &KubeadmInputs<'_>) -> Result<(), KubeadmConfigError> {
         let endpoint = format!("{APISERVER_DOMAIN}:{APISERVER_PORT}");
         set(&mut self.cluster, &["controlPlaneEndpoint"], json!(endpoint));
         set(&mut self.init, &["localAPIEndpoint", "advertiseAddress"], json!(inputs.master0_ip.to_string()));
@@ -192,6 +200,18 @@ impl KubeadmConfig {
             IpAddr::V6(v6) => format!("{v6}/128"),
         };
         union_strings(&mut self.kube_proxy, &["ipvs", "excludeCIDRs"], vec![vip_cidr]);
+        let nodes = inputs.nodes;
+        if self.kube_proxy.get("mode").and_then(Value::as_str) == Some("ipvs") && !nodes.ip_vs_everywhere {
+            return Err(KubeadmConfigError::IpvsMissing { fallback: nodes.proxy_mode });
+        }
+        if nodes.cgroup_v1 {
+            // Kubernetes' own opt-in for cgroup v1 (KEP 5573): both, or neither works.
+            set(&mut self.kubelet, &["failCgroupV1"], json!(false));
+            for doc in [&mut self.init, &mut self.join] {
+                union_strings(doc, &["nodeRegistration", "ignorePreflightErrors"], vec!["SystemVerification".into()]);
+            }
+        }
+        Ok(())
     }
 
     /// Every name the apiserver certificate must carry beyond kubeadm's own.
@@ -294,8 +314,10 @@ fn defaults(inputs: &KubeadmInputs<'_>) -> BTreeMap<&'static str, Value> {
         (
             "ClusterConfiguration",
             json!({
-                "imageRepository": inputs.registry,
-                "dns": { "imageRepository": format!("{}/coredns", inputs.registry) },
+                // The in-cluster registry keeps registry.k8s.io's images under that name
+                // (`registry::layout`), so kubeadm pulls them there directly.
+                "imageRepository": format!("{}/registry.k8s.io", inputs.registry),
+                "dns": { "imageRepository": format!("{}/registry.k8s.io/coredns", inputs.registry) },
                 "networking": {
                     "podSubnet": env("PodCIDR", DEFAULT_POD_CIDR),
                     "serviceSubnet": env("SvcCIDR", DEFAULT_SERVICE_CIDR),
@@ -306,8 +328,18 @@ fn defaults(inputs: &KubeadmInputs<'_>) -> BTreeMap<&'static str, Value> {
         ),
         ("JoinConfiguration", json!({ "nodeRegistration": { "criSocket": CRI_SOCKET } })),
         ("KubeletConfiguration", json!({ "cgroupDriver": "systemd" })),
-        ("KubeProxyConfiguration", json!({ "mode": "ipvs" })),
+        ("KubeProxyConfiguration", kube_proxy_defaults(inputs.nodes)),
     ])
+}
+
+/// kube-proxy's mode for these nodes; where `nf_conntrack_max` is read-only, kube-proxy must
+/// not try to raise it (it would exit).
+fn kube_proxy_defaults(nodes: NodeAdaptations) -> Value {
+    let mut doc = json!({ "mode": nodes.proxy_mode.as_str() });
+    if nodes.conntrack_max_read_only {
+        set(&mut doc, &["conntrack", "maxPerCore"], json!(0));
+    }
+    doc
 }
 
 /// Files a document under its kind, extraArgs as maps; a kind given twice by one source is an

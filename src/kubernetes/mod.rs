@@ -1,6 +1,7 @@
 //! The `kubernetes` cluster runtime: kubeadm configuration and the cluster PKI.
 
 pub mod kubeadm_config;
+pub mod node_kernel;
 pub mod pki;
 
 #[cfg(test)]

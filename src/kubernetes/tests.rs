@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use super::kubeadm_config::{JoinSpec, KubeadmConfig, KubeadmConfigError, KubeadmInputs};
+use super::node_kernel::{KernelFeatures, NodeAdaptations};
 use crate::clusterfile::Clusterfile;
 
 /// The image's `etc/kubeadm.yml` as kiln's base image ships it (trimmed to what it sets).
@@ -40,6 +41,15 @@ fn generate(
     env: &[(&str, &str)],
     clusterfile: Option<&str>,
 ) -> Result<KubeadmConfig, KubeadmConfigError> {
+    generate_for(masters, env, clusterfile, NodeAdaptations::default())
+}
+
+fn generate_for(
+    masters: &[&str],
+    env: &[(&str, &str)],
+    clusterfile: Option<&str>,
+    nodes: NodeAdaptations,
+) -> Result<KubeadmConfig, KubeadmConfigError> {
     let env: BTreeMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let documents = match clusterfile {
         Some(text) => Clusterfile::parse("Clusterfile", text).expect("valid Clusterfile").documents,
@@ -54,6 +64,7 @@ fn generate(
         env: &env,
         image_config: Some(("etc/kubeadm.yml", IMAGE_KUBEADM)),
         clusterfile_documents: ("Clusterfile", &documents),
+        nodes,
     })
 }
 
@@ -80,6 +91,46 @@ fn three_masters() {
     let config = generate(&["192.168.0.11", "192.168.0.12", "192.168.0.13"], &[], None).expect("config");
     insta::assert_snapshot!(config.init_yaml());
     insta::assert_snapshot!("three_masters_master_join", join(&config, true));
+}
+
+/// Hosts like the e2e ones (containers on a cgroup v1 kernel without IPVS) next to a current one.
+fn container_nodes() -> NodeAdaptations {
+    let container = KernelFeatures {
+        cgroup_v1: true,
+        ip_vs: false,
+        conntrack_max_read_only: true,
+        oom_score_adj_restricted: true,
+        nftables: true,
+    };
+    NodeAdaptations::for_kernels([KernelFeatures::default(), container])
+}
+
+#[test]
+fn container_kernels_get_cgroup_v1_opt_in_nftables_and_fixed_conntrack() {
+    let config = generate_for(&["192.168.0.11"], &[], None, container_nodes()).expect("config");
+    let init = config.init_yaml();
+    for want in ["failCgroupV1: false", "- SystemVerification", "mode: nftables", "maxPerCore: 0"] {
+        assert!(init.contains(want), "init lacks {want}:\n{init}");
+    }
+    assert!(join(&config, false).contains("- SystemVerification"));
+    insta::assert_snapshot!(init);
+    // Where every host has IPVS, kube-proxy uses it and nothing else changes.
+    let modern = generate(&["192.168.0.11"], &[], None).expect("config").init_yaml();
+    assert!(modern.contains("mode: ipvs") && !modern.contains("failCgroupV1") && !modern.contains("maxPerCore"));
+}
+
+#[test]
+fn an_explicit_ipvs_mode_is_refused_where_a_host_lacks_ipvs() {
+    let clusterfile = with_cluster(
+        "\
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: ipvs
+",
+    );
+    let error = generate_for(&["192.168.0.11"], &[], Some(&clusterfile), container_nodes()).expect_err("no IPVS");
+    assert!(error.to_string().contains("kiln picks nftables"), "{error}");
+    assert!(generate(&["192.168.0.11"], &[], Some(&clusterfile)).is_ok());
 }
 
 #[test]

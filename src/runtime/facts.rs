@@ -1,6 +1,7 @@
 //! Facts about a host, gathered with one command: arch, OS, kernel, CPUs, memory, swap, disk
 //! free under the data root, hostname, machine-id, clock, init system, cgroup version, listening
-//! ports and missing commands.
+//! ports, missing commands, and the kernel features Kubernetes adapts to (IP_VS, whether
+//! `nf_conntrack_max` can be set).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -34,11 +35,30 @@ pub struct Facts {
     pub cgroup: String,
     pub listening_ports: Vec<u16>,
     pub missing_commands: Vec<String>,
+    /// The kernel has IPVS (loaded, built in, or a module it can load).
+    pub ip_vs: bool,
+    /// `nf_conntrack_max` is read-only here (a host in a network namespace other than the
+    /// kernel's first, such as a container): kube-proxy must not try to raise it.
+    pub conntrack_max_read_only: bool,
+    /// Root cannot lower a process's `oom_score_adj` (no CAP_SYS_RESOURCE, as in some
+    /// containers and restricted VMs): containerd must not ask for less than its own.
+    pub oom_score_adj_restricted: bool,
 }
 
 impl Facts {
     pub fn platform(&self) -> Platform {
         Platform::linux(&self.arch)
+    }
+
+    /// What Kubernetes must adapt to in this host's kernel.
+    pub fn kernel_features(&self) -> crate::kubernetes::node_kernel::KernelFeatures {
+        crate::kubernetes::node_kernel::KernelFeatures {
+            cgroup_v1: self.cgroup == "v1",
+            ip_vs: self.ip_vs,
+            conntrack_max_read_only: self.conntrack_max_read_only,
+            oom_score_adj_restricted: self.oom_score_adj_restricted,
+            nftables: self.kernel_version().is_some_and(|v| v >= (5, 13)),
+        }
     }
 
     /// Kernel `major.minor`, if it parses.
@@ -97,6 +117,11 @@ echo "hostname=$(hostname)"
 echo "machine_id=$(cat /etc/machine-id 2>/dev/null)"
 echo "init=$(cat /proc/1/comm 2>/dev/null)"
 if [ -f /sys/fs/cgroup/cgroup.controllers ]; then echo cgroup=v2; else echo cgroup=v1; fi
+m=/lib/modules/$(uname -r)
+if [ -e /proc/net/ip_vs ] || grep -qs '/ip_vs\.ko' "$m/modules.builtin" "$m/modules.dep"; then echo ip_vs=yes; fi
+f=/proc/sys/net/netfilter/nf_conntrack_max
+if [ -e $f ] && [ "$(stat -c %a $f)" = 444 ]; then echo conntrack_max=read-only; fi
+sh -c 'echo -1 > /proc/self/oom_score_adj' 2>/dev/null || echo oom_score_adj=restricted
 for c in {commands}; do command -v "$c" >/dev/null 2>&1 || echo "missing=$c"; done
 if command -v ss >/dev/null 2>&1; then ss -Htln | awk '{{print "listen=" $4}}'
 else awk 'NR>1 && $4=="0A" {{split($2,a,":"); print "listen=:" strtonum("0x" a[2])}}' /proc/net/tcp /proc/net/tcp6 2>/dev/null; fi
@@ -146,5 +171,8 @@ else awk 'NR>1 && $4=="0A" {{split($2,a,":"); print "listen=:" strtonum("0x" a[2
         cgroup: text("cgroup"),
         listening_ports: ports,
         missing_commands: missing,
+        ip_vs: text("ip_vs") == "yes",
+        conntrack_max_read_only: text("conntrack_max") == "read-only",
+        oom_score_adj_restricted: text("oom_score_adj") == "restricted",
     })
 }

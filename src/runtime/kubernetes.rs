@@ -20,6 +20,7 @@ use futures_util::StreamExt;
 use super::run::{Context, RunError, RunReporter, on_hosts, step_error};
 use crate::clusterfile::{Cluster, Host, Registry};
 use crate::kubernetes::kubeadm_config::{JoinSpec, KubeadmConfig, KubeadmConfigError, KubeadmInputs};
+use crate::kubernetes::node_kernel::NodeAdaptations;
 use crate::kubernetes::pki::{APISERVER_DOMAIN, APISERVER_PORT, ClusterPki, ControlPlaneNode, PkiError, PkiSettings};
 use crate::secret::Secret;
 use crate::ssh::{Session, SshError, quote};
@@ -256,6 +257,7 @@ impl Plan {
             env: &cluster.env,
             image_config: (!image_config.trim().is_empty()).then_some(("etc/kubeadm.yml (image)", &*image_config)),
             clusterfile_documents: ("Clusterfile", &ctx.request.clusterfile.documents),
+            nodes: NodeAdaptations::for_kernels(ctx.kernels.values().copied()),
         })?;
         let pki_dir = ctx.request.state_dir.join("pki");
         let validity = ctx.request.cert_validity;

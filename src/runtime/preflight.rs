@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::facts::Facts;
 use crate::clusterfile::{Cluster, Host, Role};
 use crate::image::Platform;
+use crate::kubernetes::node_kernel::NodeAdaptations;
 
 /// Check names, for `--skip-checks` and the table.
 pub const CHECKS: &[&str] = &[
@@ -26,6 +27,7 @@ pub const CHECKS: &[&str] = &[
     "kernel",
     "commands",
     "reach",
+    "kube-kernel",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -36,6 +38,8 @@ pub enum Outcome {
     Skipped,
     /// Fails now, and a plugin that repairs it runs in `pre-init-host`; kiln checks again then.
     Repair,
+    /// Passes, with kiln configuring something differently for it (the detail says what).
+    Adapt,
 }
 
 impl Outcome {
@@ -46,6 +50,7 @@ impl Outcome {
             Self::Fail => "FAIL",
             Self::Skipped => "skipped",
             Self::Repair => "repair",
+            Self::Adapt => "adapt",
         }
     }
 }
@@ -91,6 +96,8 @@ pub struct PreflightOptions {
     pub planned_hostnames: BTreeMap<IpAddr, PlannedHostname>,
     /// Hosts where a plugin repairs a failing clock-skew check: the plugin's name.
     pub clock_repairs: BTreeMap<IpAddr, String>,
+    /// The image runs Kubernetes: its kernel adaptations are shown (`kube-kernel`).
+    pub kubernetes: bool,
 }
 
 /// The hostname a plugin gives a host.
@@ -118,6 +125,7 @@ impl Default for PreflightOptions {
             extra_commands: vec![],
             planned_hostnames: BTreeMap::new(),
             clock_repairs: BTreeMap::new(),
+            kubernetes: false,
         }
     }
 }
@@ -135,6 +143,7 @@ impl PreflightOptions {
             if super::run::ClusterRuntime::of(image) == Ok(super::run::ClusterRuntime::Kubernetes) {
                 self.ports_everywhere.extend(KUBELET_PORTS);
                 self.ports_on_masters.extend(CONTROL_PLANE_PORTS);
+                self.kubernetes = true;
             }
             self.image_platforms = Some(image.platforms.iter().map(|p| p.platform.clone()).collect());
             self.rootfs_bytes = image.platforms.iter().map(|p| p.layers_size()).max().unwrap_or(0) * 2;
@@ -232,6 +241,9 @@ pub fn evaluate(
             machine_ids.entry(f.machine_id.clone()).or_default().push(*ip);
         }
     }
+    let adaptations = NodeAdaptations::for_kernels(
+        observed.values().filter_map(|o| o.facts.as_ref().ok()).map(Facts::kernel_features),
+    );
     for host in &cluster.hosts {
         let mut push = |check: &'static str, outcome: Outcome, detail: String| {
             let outcome = if options.skip.contains(check) { Outcome::Skipped } else { outcome };
@@ -380,6 +392,18 @@ pub fn evaluate(
                 format!("cannot reach {}", o.unreachable_peers.join(", "))
             },
         );
+        if options.kubernetes {
+            let adapted = adaptations.for_host(&facts.kernel_features(), !host.is_master());
+            if adapted.is_empty() {
+                push(
+                    "kube-kernel",
+                    Outcome::Pass,
+                    format!("cgroup {}, IP_VS: kube-proxy {}", facts.cgroup, adaptations.proxy_mode),
+                );
+            } else {
+                push("kube-kernel", Outcome::Adapt, adapted.join("; "));
+            }
+        }
     }
     results
 }
@@ -427,6 +451,9 @@ mod tests {
             cgroup: "v2".into(),
             listening_ports: vec![22],
             missing_commands: vec![],
+            ip_vs: true,
+            conntrack_max_read_only: false,
+            oom_score_adj_restricted: false,
         }
     }
 
@@ -454,8 +481,41 @@ mod tests {
             .collect();
         let options = PreflightOptions { image_platforms: Some(vec![Platform::linux("amd64")]), ..Default::default() };
         let results = evaluate(&c, &observed, &registry_hosts(&c), &options);
-        assert_eq!(results.len(), 3 * (CHECKS.len()));
+        // Every check but `kube-kernel` (the image runs no Kubernetes).
+        assert_eq!(results.len(), 3 * (CHECKS.len() - 1));
         assert!(failures(&results).is_empty(), "{results:?}");
+    }
+
+    #[test]
+    fn kubernetes_hosts_show_what_their_kernels_change() {
+        let c = cluster();
+        let container = |name: &str| Facts {
+            cgroup: "v1".into(),
+            ip_vs: false,
+            conntrack_max_read_only: true,
+            oom_score_adj_restricted: true,
+            ..facts(name, "amd64")
+        };
+        let observed: BTreeMap<IpAddr, Observed> = c
+            .hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let f = if i == 2 { container("h2") } else { facts(&format!("h{i}"), "amd64") };
+                (h.ip, Observed { facts: Ok(f), unreachable_peers: vec![] })
+            })
+            .collect();
+        let options = PreflightOptions { kubernetes: true, ..Default::default() };
+        let results = evaluate(&c, &observed, &registry_hosts(&c), &options);
+        let row = |ip: &str| {
+            results.iter().find(|r| r.check == "kube-kernel" && r.host.to_string() == ip).expect("kube-kernel row")
+        };
+        assert_eq!(row("10.0.0.3").outcome, Outcome::Adapt);
+        assert!(row("10.0.0.3").detail.contains("haproxy"), "{}", row("10.0.0.3").detail);
+        // One host without IPVS moves kube-proxy off IPVS everywhere: the others say so too.
+        assert_eq!(row("10.0.0.1").outcome, Outcome::Pass);
+        assert!(row("10.0.0.1").detail.contains("kube-proxy nftables"), "{}", row("10.0.0.1").detail);
+        assert!(failures(&results).is_empty());
     }
 
     #[test]

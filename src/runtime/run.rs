@@ -21,6 +21,7 @@ use super::registry_access::{self, RegistryAccess};
 use super::{CheckReport, ConnectOptions, Fleet};
 use crate::clusterfile::{Clusterfile, Host, LocalRegistry, Registry, Role};
 use crate::image::{Digest, Image, ImageExtension, Platform, PlatformImage, Store, media};
+use crate::kubernetes::node_kernel::KernelFeatures;
 use crate::plugins::Phase;
 use crate::secret::Secret;
 use crate::ssh::{Session, SshError, quote, with_env};
@@ -178,6 +179,8 @@ pub(super) struct Context<'a> {
     clock_offsets: BTreeMap<IpAddr, f64>,
     /// Hosts whose clock-skew check a plugin repairs in `pre-init-host`: the plugin.
     clock_repairs: BTreeMap<IpAddr, String>,
+    /// What each reached host's kernel offers (Kubernetes adapts to it; preflight showed how).
+    pub(super) kernels: BTreeMap<IpAddr, KernelFeatures>,
     pub(super) dir: String,
     pub(super) rootfs: String,
     registry_hosts: BTreeSet<IpAddr>,
@@ -392,10 +395,14 @@ pub async fn run(request: &RunRequest<'_>, reporter: &dyn RunReporter) -> Result
         .filter(|r| r.outcome == super::preflight::Outcome::Repair && r.check == "clock-skew")
         .filter_map(|r| Some((r.host, preflight.clock_repairs.get(&r.host)?.clone())))
         .collect();
-    for r in report.results.iter().filter(|r| r.outcome == super::preflight::Outcome::Repair) {
+    let adapted = |r: &&super::preflight::CheckResult| {
+        matches!(r.outcome, super::preflight::Outcome::Repair | super::preflight::Outcome::Adapt)
+    };
+    for r in report.results.iter().filter(adapted) {
         reporter.step(&r.host.to_string(), &format!("{}: {}", r.check, r.detail));
     }
     let clock_offsets = report.facts.iter().map(|(ip, f)| (*ip, f.clock_offset_s)).collect();
+    let kernels = report.facts.iter().map(|(ip, f)| (*ip, f.kernel_features())).collect();
     let dir = distribute::cluster_dir(&cluster.data_root, &cluster.name);
     let journal = Journal::load_for(&journal_path, &cluster.name, &request.image.entry.digest.to_string())?;
     let ctx = Context {
@@ -406,6 +413,7 @@ pub async fn run(request: &RunRequest<'_>, reporter: &dyn RunReporter) -> Result
         node_names,
         clock_offsets,
         clock_repairs,
+        kernels,
         rootfs: distribute::rootfs_dir(&dir),
         dir,
         registry_hosts: super::preflight::registry_hosts(cluster),
@@ -836,11 +844,21 @@ impl RegistryClientConfig {
     }
 }
 
+/// Host-specific containerd settings in the rootfs, which `scripts/containerd.sh` installs.
+const HOST_DROP_IN: &str = "etc/containerd/conf.d/kiln-host.toml";
+
 async fn container_runtime_phase(ctx: &Context<'_>, reporter: &dyn RunReporter) -> Result<(), RunError> {
     reporter.phase(PHASES[4].0, PHASES[4].1);
     let script = format!("scripts/{}.sh", ctx.request.clusterfile.cluster.cri());
     on_hosts(ctx, "container-runtime", ctx.targets(), |host| {
-        let command = format!("if [ -f {s} ]; then bash {s}; fi", s = quote(&script));
+        // What this host's kernel needs of containerd (preflight showed it), beside the
+        // image's config, which imports `/etc/containerd/conf.d/*.toml`.
+        let drop_in = ctx.kernels.get(&host.ip).and_then(crate::kubernetes::node_kernel::containerd_drop_in);
+        let settings = match drop_in {
+            Some(toml) => format!("mkdir -p etc/containerd/conf.d && printf '%s' {} > {HOST_DROP_IN}", quote(toml)),
+            None => format!("rm -f {HOST_DROP_IN}"),
+        };
+        let command = format!("{settings} && if [ -f {s} ]; then bash {s}; fi", s = quote(&script));
         async move { ctx.script(reporter, host, &command).await }
     })
     .await

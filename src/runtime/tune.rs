@@ -40,9 +40,14 @@ for f in "$ROOTFS"/etc/modules-load.d/*.conf; do
   cp "$f" "/etc/modules-load.d/kiln-$(basename "$f")"
   sed -e 's/#.*//' "$f" | while read -r m; do
     [ -n "$m" ] || continue
-    if [ -d "/sys/module/$m" ]; then continue; fi
-    grep -qx "$m" "$R/modules.before" || echo "$m" >> "$R/modules.before"
-    modprobe "$m" || {{ echo "kernel module $m cannot be loaded" >&2; exit 1; }}
+    if [ -d "/sys/module/$m" ] || grep -qs "/$m\.ko" "/lib/modules/$(uname -r)/modules.builtin"; then continue; fi
+    if modprobe "$m"; then
+      grep -qx "$m" "$R/modules.before" || echo "$m" >> "$R/modules.before"
+    else
+      # IPVS is optional: without it preflight moved kube-proxy and the apiserver VIP off it.
+      case $m in ip_vs*) echo "kernel module $m is not available (IPVS unused)" >&2; continue ;; esac
+      echo "kernel module $m cannot be loaded" >&2; exit 1
+    fi
   done
 done
 if [ -d /etc/security/limits.d ]; then
