@@ -304,11 +304,13 @@ boot() { # NAME
   mkdir -p "$d/containerd"
   # Root on a real server: every capability, /proc/sys and /sys writable, the kernel log, and
   # the system calls container runtimes make (session keyrings, bpf for cgroup device filters).
+  # All but CAP_SYS_TIME: the clock is this machine's, which a host's chronyd must not steer.
   # Network settings reach only the host's own network namespace; kernel-wide ones (the
   # kubelet's vm.overcommit_memory, kernel.panic) are this machine's, as kind's nodes share theirs.
   SYSTEMD_NSPAWN_API_VFS_WRITABLE=yes \
   setsid systemd-nspawn --quiet -D "$d/merged" --register=no --keep-unit \
-    --network-namespace-path="/run/netns/$ns" --capability=all --system-call-filter='@keyring bpf' \
+    --network-namespace-path="/run/netns/$ns" --capability=all --drop-capability=CAP_SYS_TIME \
+    --system-call-filter='@keyring bpf' \
     --bind=/dev/kmsg --bind="$d/containerd:/var/lib/containerd" --hostname="$name" --machine="$name" \
     --resolv-conf=off --timezone=off --link-journal=no --console=passive \
     /usr/local/sbin/kiln-e2e-init >"$d/console.log" 2>&1 </dev/null &
