@@ -1,5 +1,6 @@
 //! The `kubernetes` cluster runtime: kubeadm configuration and the cluster PKI.
 
+pub mod eviction;
 pub mod kubeadm_config;
 pub mod node_kernel;
 pub mod pki;

@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::image::Platform;
+pub use crate::kubernetes::eviction::FsUsage;
 use crate::ssh::{Session, SshError, quote};
 
 /// Commands kiln itself needs on every host.
@@ -43,6 +44,10 @@ pub struct Facts {
     /// Root cannot lower a process's `oom_score_adj` (no CAP_SYS_RESOURCE, as in some
     /// containers and restricted VMs): containerd must not ask for less than its own.
     pub oom_score_adj_restricted: bool,
+    /// The filesystems the kubelet's directory and containerd's would be on (the nearest
+    /// existing parent), for the kubelet's disk eviction thresholds.
+    pub kubelet_fs: Option<FsUsage>,
+    pub containerd_fs: Option<FsUsage>,
 }
 
 impl Facts {
@@ -80,6 +85,13 @@ pub fn oci_arch(machine: &str) -> String {
         other => other,
     }
     .to_owned()
+}
+
+/// `df -Pk`'s size and available columns (KiB).
+fn fs_usage(text: &str) -> Option<FsUsage> {
+    let mut columns = text.split_whitespace().map(|c| c.parse::<u64>().ok());
+    let (Some(Some(size)), Some(Some(available))) = (columns.next(), columns.next()) else { return None };
+    Some(FsUsage { size_bytes: size * 1024, available_bytes: available * 1024 })
 }
 
 fn now() -> f64 {
@@ -122,6 +134,8 @@ if [ -e /proc/net/ip_vs ] || grep -qs '/ip_vs\.ko' "$m/modules.builtin" "$m/modu
 f=/proc/sys/net/netfilter/nf_conntrack_max
 if [ -e $f ] && [ "$(stat -c %a $f)" = 444 ]; then echo conntrack_max=read-only; fi
 sh -c 'echo -1 > /proc/self/oom_score_adj' 2>/dev/null || echo oom_score_adj=restricted
+for f in kubelet containerd; do d=/var/lib/$f; while [ ! -d "$d" ]; do d=$(dirname "$d"); done
+  echo "${{f}}_fs=$(df -Pk "$d" | awk 'NR==2{{print $2 " " $4}}')"; done
 for c in {commands}; do command -v "$c" >/dev/null 2>&1 || echo "missing=$c"; done
 if command -v ss >/dev/null 2>&1; then ss -Htln | awk '{{print "listen=" $4}}'
 else awk 'NR>1 && $4=="0A" {{split($2,a,":"); print "listen=:" strtonum("0x" a[2])}}' /proc/net/tcp /proc/net/tcp6 2>/dev/null; fi
@@ -173,6 +187,8 @@ else awk 'NR>1 && $4=="0A" {{split($2,a,":"); print "listen=:" strtonum("0x" a[2
         missing_commands: missing,
         ip_vs: text("ip_vs") == "yes",
         conntrack_max_read_only: text("conntrack_max") == "read-only",
+        kubelet_fs: fs_usage(&text("kubelet_fs")),
+        containerd_fs: fs_usage(&text("containerd_fs")),
         oom_score_adj_restricted: text("oom_score_adj") == "restricted",
     })
 }

@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::facts::Facts;
 use crate::clusterfile::{Cluster, Host, Role};
 use crate::image::Platform;
+use crate::kubernetes::eviction::DiskEviction;
 use crate::kubernetes::node_kernel::NodeAdaptations;
 
 /// Check names, for `--skip-checks` and the table.
@@ -28,6 +29,7 @@ pub const CHECKS: &[&str] = &[
     "commands",
     "reach",
     "kube-kernel",
+    "kubelet-disk",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -98,6 +100,8 @@ pub struct PreflightOptions {
     pub clock_repairs: BTreeMap<IpAddr, String>,
     /// The image runs Kubernetes: its kernel adaptations are shown (`kube-kernel`).
     pub kubernetes: bool,
+    /// The kubelet's disk eviction thresholds (`kubelet-disk`), for Kubernetes images.
+    pub kubelet_eviction: Option<DiskEviction>,
 }
 
 /// The hostname a plugin gives a host.
@@ -126,6 +130,7 @@ impl Default for PreflightOptions {
             planned_hostnames: BTreeMap::new(),
             clock_repairs: BTreeMap::new(),
             kubernetes: false,
+            kubelet_eviction: None,
         }
     }
 }
@@ -144,6 +149,7 @@ impl PreflightOptions {
                 self.ports_everywhere.extend(KUBELET_PORTS);
                 self.ports_on_masters.extend(CONTROL_PLANE_PORTS);
                 self.kubernetes = true;
+                self.kubelet_eviction = Some(DiskEviction::default());
             }
             self.image_platforms = Some(image.platforms.iter().map(|p| p.platform.clone()).collect());
             self.rootfs_bytes = image.platforms.iter().map(|p| p.layers_size()).max().unwrap_or(0) * 2;
@@ -160,6 +166,15 @@ impl PreflightOptions {
 }
 
 impl PreflightOptions {
+    /// The kubelet's disk thresholds as the Clusterfile's KubeletConfiguration sets them (for
+    /// Kubernetes images; others have no kubelet).
+    pub fn with_kubelet_config(mut self, documents: &[crate::clusterfile::RawDocument]) -> Self {
+        if self.kubelet_eviction.is_some() {
+            self.kubelet_eviction = Some(DiskEviction::from_documents(documents));
+        }
+        self
+    }
+
     /// The disk each host needs, as the image's layers measured (unpacked size, plus the blobs
     /// hosts keep; registry content on registry hosts only).
     pub fn with_disk_need(mut self, need: super::distribute::DiskNeed) -> Self {
@@ -404,6 +419,22 @@ pub fn evaluate(
                 push("kube-kernel", Outcome::Adapt, adapted.join("; "));
             }
         }
+        if let Some(eviction) = &options.kubelet_eviction {
+            match (facts.kubelet_fs, facts.containerd_fs) {
+                (Some(nodefs), Some(imagefs)) => match eviction.shortfall(nodefs, imagefs) {
+                    None => push("kubelet-disk", Outcome::Pass, eviction.describe()),
+                    Some(why) => push(
+                        "kubelet-disk",
+                        Outcome::Fail,
+                        format!(
+                            "{why}: the kubelet would evict every pod; free space, or set evictionHard \
+                             in a KubeletConfiguration of the Clusterfile"
+                        ),
+                    ),
+                },
+                _ => push("kubelet-disk", Outcome::Fail, "df printed no size for /var/lib/kubelet's filesystem".into()),
+            }
+        }
     }
     results
 }
@@ -433,6 +464,7 @@ pub fn registry_hosts(cluster: &Cluster) -> BTreeSet<IpAddr> {
 mod tests {
     use super::*;
     use crate::clusterfile::Clusterfile;
+    use crate::kubernetes::eviction::FsUsage;
 
     fn facts(hostname: &str, arch: &str) -> Facts {
         Facts {
@@ -454,6 +486,8 @@ mod tests {
             ip_vs: true,
             conntrack_max_read_only: false,
             oom_score_adj_restricted: false,
+            kubelet_fs: Some(FsUsage { size_bytes: 100 << 30, available_bytes: 50 << 30 }),
+            containerd_fs: Some(FsUsage { size_bytes: 100 << 30, available_bytes: 50 << 30 }),
         }
     }
 
@@ -481,8 +515,8 @@ mod tests {
             .collect();
         let options = PreflightOptions { image_platforms: Some(vec![Platform::linux("amd64")]), ..Default::default() };
         let results = evaluate(&c, &observed, &registry_hosts(&c), &options);
-        // Every check but `kube-kernel` (the image runs no Kubernetes).
-        assert_eq!(results.len(), 3 * (CHECKS.len() - 1));
+        // Every check but `kube-kernel` and `kubelet-disk` (the image runs no Kubernetes).
+        assert_eq!(results.len(), 3 * (CHECKS.len() - 2));
         assert!(failures(&results).is_empty(), "{results:?}");
     }
 
@@ -516,6 +550,43 @@ mod tests {
         assert_eq!(row("10.0.0.1").outcome, Outcome::Pass);
         assert!(row("10.0.0.1").detail.contains("kube-proxy nftables"), "{}", row("10.0.0.1").detail);
         assert!(failures(&results).is_empty());
+    }
+
+    #[test]
+    fn a_disk_under_the_kubelets_eviction_threshold_fails_before_anything_is_installed() {
+        let c = cluster();
+        let full = FsUsage { size_bytes: 250 << 30, available_bytes: 20 << 30 };
+        let observed: BTreeMap<IpAddr, Observed> = c
+            .hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let mut f = facts(&format!("h{i}"), "amd64");
+                if i > 0 {
+                    (f.kubelet_fs, f.containerd_fs) = (Some(full), Some(full));
+                }
+                (h.ip, Observed { facts: Ok(f), unreachable_peers: vec![] })
+            })
+            .collect();
+        let kubernetes = PreflightOptions { kubelet_eviction: Some(DiskEviction::default()), ..Default::default() };
+        let results = evaluate(&c, &observed, &registry_hosts(&c), &kubernetes);
+        // Both full hosts are named, not only the first.
+        assert_eq!(
+            failures(&results),
+            vec![("10.0.0.2".to_string(), "kubelet-disk"), ("10.0.0.3".to_string(), "kubelet-disk")]
+        );
+        let row = results.iter().find(|r| r.check == "kubelet-disk" && r.host.to_string() == "10.0.0.2").unwrap();
+        assert!(row.detail.contains("(8.0 %), under the kubelet's nodefs.available 10 %"), "{}", row.detail);
+        assert!(row.detail.contains("evictionHard"), "{}", row.detail);
+        // The same hosts pass with the operator's explicit, absolute thresholds.
+        let documents = Clusterfile::parse(
+            "C",
+            "kind: Cluster\nspec:\n  hosts:\n  - ips: [10.0.0.1]\n    roles: [master]\n---\nkind: KubeletConfiguration\nevictionHard:\n  nodefs.available: 2Gi\n  imagefs.available: 2Gi\n",
+        )
+        .unwrap()
+        .documents;
+        let explicit = kubernetes.with_kubelet_config(&documents);
+        assert!(failures(&evaluate(&c, &observed, &registry_hosts(&c), &explicit)).is_empty());
     }
 
     #[test]

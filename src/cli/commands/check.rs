@@ -19,6 +19,7 @@ pub async fn run(settings: &Settings, printer: Printer, args: CheckArgs) -> anyh
     let image_env = image.as_ref().map(super::run::image_env).unwrap_or_default();
     let mut options = crate::cli::cluster::preflight_options(&args.checks)?
         .for_cluster(&clusterfile.cluster, image.as_ref())
+        .with_kubelet_config(&clusterfile.documents)
         .with_plugins(&plugins, &clusterfile.cluster, &image_env);
     if let Some(image) = image.clone() {
         let store = settings.store()?;

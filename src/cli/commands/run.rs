@@ -91,6 +91,7 @@ pub(crate) async fn execute(
     };
     let preflight = crate::cli::cluster::preflight_options(&options.checks)?
         .for_cluster(&clusterfile.cluster, Some(&image))
+        .with_kubelet_config(&clusterfile.documents)
         .with_plugins(&plugins, &clusterfile.cluster, &image_env(&image));
     for choice in &plugins.choices {
         printer.status(choice);
