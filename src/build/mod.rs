@@ -160,7 +160,9 @@ pub fn build(store: &Store, request: &BuildRequest, reporter: &dyn BuildReporter
         builders.push(builder);
     }
     if let Some(options) = &request.offline {
-        let found = discover_all(store, &mut builders, options)?;
+        let mut found = discover_all(store, &mut builders, options)?;
+        // What the base's registry holds for every platform is there already: not cached twice.
+        found.images.retain(|f| !builders.iter().all(|b| b.inherits_image(&f.image)));
         for w in &found.warnings {
             reporter.warning(w);
         }
@@ -262,6 +264,8 @@ struct PlatformBuild<'a> {
     run_count: usize,
     /// The `sealer.image.container.images` annotation, when a registry layer was added.
     container_images: Option<String>,
+    /// The base's entries of that annotation: images its registry layers already hold.
+    inherited_images: Vec<serde_json::Value>,
 }
 
 impl<'a> PlatformBuild<'a> {
@@ -306,6 +310,7 @@ impl<'a> PlatformBuild<'a> {
             layers_cached: 0,
             run_count: 0,
             container_images: None,
+            inherited_images: Vec::new(),
         })
     }
 
@@ -335,30 +340,34 @@ impl<'a> PlatformBuild<'a> {
         Ok(())
     }
 
-    /// Adds the `registry/` layer and records the container images for the manifest.
+    /// Whether the base's registry already holds `image` for this platform.
+    fn inherits_image(&self, image: &str) -> bool {
+        self.inherited_images.iter().any(|entry| entry.get("image").and_then(|i| i.as_str()) == Some(image))
+    }
+
+    /// Adds the `registry/` layer and records the container images for the manifest (the
+    /// base's and this layer's).
     fn add_registry_layer(&mut self, layer: LayerBlob, images: &[CachedImage]) {
         let platform = serde_json::json!({
             "architecture": self.platform.architecture,
             "os": self.platform.os,
             "variant": self.platform.variant.clone().unwrap_or_default(),
         });
-        let list: Vec<serde_json::Value> = images
-            .iter()
-            .map(|i| {
-                let mut v = serde_json::json!({
-                    "image": i.image,
-                    "platform": platform,
-                    "platforms": i.platforms,
-                    "digest": i.digest,
-                    "origin": i.origin,
-                    "referencedBy": i.sources,
-                });
-                if let Some(app) = &i.app {
-                    v["appName"] = serde_json::Value::String(app.clone());
-                }
-                v
-            })
-            .collect();
+        let added = images.iter().map(|i| {
+            let mut v = serde_json::json!({
+                "image": i.image,
+                "platform": platform,
+                "platforms": i.platforms,
+                "digest": i.digest,
+                "origin": i.origin,
+                "referencedBy": i.sources,
+            });
+            if let Some(app) = &i.app {
+                v["appName"] = serde_json::Value::String(app.clone());
+            }
+            v
+        });
+        let list: Vec<serde_json::Value> = self.inherited_images.iter().cloned().chain(added).collect();
         self.container_images = Some(serde_json::Value::Array(list).to_string());
         if let Ok(h) =
             HistoryBuilder::default().created_by(format!("kiln: registry ({} container images)", images.len())).build()
@@ -558,6 +567,8 @@ impl<'a> PlatformBuild<'a> {
             base.manifest.annotations().as_ref().and_then(|a| a.get(media::ANNOTATION_SEALER_CONTAINER_IMAGES))
         {
             self.container_images = Some(images.clone());
+            // An annotation that does not parse only costs a second copy of its images.
+            self.inherited_images = serde_json::from_str(images).unwrap_or_default();
         }
         if let Some(config) = base.config.config() {
             for e in config.env().iter().flatten() {
