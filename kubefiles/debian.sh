@@ -3,6 +3,7 @@
 #   debian_download ARCH DIR PACKAGE...   the packages themselves into DIR
 #   debian_closure ARCH DIR PACKAGE...    the packages and everything they depend on into DIR
 #   debian_extract DEB... DEST            unpack .deb files into DEST (no maintainer scripts)
+#   debian_version ARCH PACKAGE           the version apt would fetch
 DEBIAN_MIRROR=${KILN_DEMO_MIRROR:-http://deb.debian.org/debian}
 DEBIAN_SUITE=bookworm
 
@@ -54,4 +55,11 @@ debian_extract() { # DEB... DEST
   local dest=${!#} deb
   mkdir -p "$dest"
   for deb in "${@:1:$#-1}"; do dpkg-deb -x "$deb" "$dest"; done
+}
+
+debian_version() { # ARCH PACKAGE
+  local opts
+  debian_update "$1"
+  mapfile -t opts < <(debian_apt_opts "$1")
+  apt-cache "${opts[@]}" show --no-all-versions "$2" | sed -n 's/^Version: //p' | head -1
 }

@@ -6,10 +6,12 @@
 #   images/<arch>/          what the container images hold: kube-apiserver, kube-controller-manager,
 #                           kube-scheduler, kube-proxy, etcd, etcdctl, etcdutl, coredns, flanneld, pause
 #   images/userspace/<arch> Debian's iptables/nftables and busybox for kube-proxy and flannel
+#   images/haproxy/<arch>   Debian's haproxy and the libraries it loads (the workers' apiserver
+#                           balancer where the kernel has no IPVS)
 #   versions.env            every component's version (the Kubefile's labels)
 #   etc/kubeadm.yml         rootfs/kubernetes/etc/kubeadm.yml with this kubernetesVersion
 #   etc/containerd/config.toml  rootfs/kubernetes/etc/containerd/config.toml with this pause tag
-#   imageList               `kubeadm config images list` of this kubeadm
+#   imageList               `kubeadm config images list` of this kubeadm, and the haproxy image
 # Go components build from the wrapper modules in go/<component>-<version>/ (versions/VERSION
 # names them); pause from Kubernetes' own pause.c. Each result is cached under
 # $KILN_BUILD_CACHE (/var/cache/kiln-build), keyed by component, version, architecture, the
@@ -40,7 +42,7 @@ DEBIAN_CACHE=$CACHE/debian
 COMPONENTS=(kubernetes:$KUBERNETES etcd:$ETCD coredns:$COREDNS containerd:$CONTAINERD runc:$RUNC
   cni-plugins:$CNI_PLUGINS cni-flannel:$CNI_FLANNEL flannel:$FLANNEL crictl:$CRICTL helm:$HELM)
 read -ra ARCH_LIST <<< "$ARCHES"
-STEPS=$(( (${#COMPONENTS[@]} + 2) * ${#ARCH_LIST[@]} ))
+STEPS=$(( (${#COMPONENTS[@]} + 3) * ${#ARCH_LIST[@]} ))
 STEP=0
 STARTED=$(date +%s)
 
@@ -213,6 +215,63 @@ build_userspace() { # ARCH
   touch "$dir/.done"
 }
 
+# Debian's haproxy with only the shared libraries it loads: the workers' apiserver balancer where
+# the kernel has no IPVS (kiln runs it as a static pod). Cached by Debian version.
+build_haproxy() { # ARCH
+  local arch=$1 version dir
+  version=$(debian_version "$arch" haproxy)
+  [ -n "$version" ] || die "Debian has no haproxy for $arch"
+  dir=$CACHE/haproxy/$version/$arch
+  BUILT["haproxy $arch"]=$dir
+  HAPROXY_TAG=${version//+/_}
+  if [ -f "$dir/.done" ]; then
+    step haproxy "$HAPROXY_TAG" "$arch" "cached ($dir)"
+    return
+  fi
+  step haproxy "$HAPROXY_TAG" "$arch" "Debian's haproxy and the libraries it loads"
+  rm -rf "$dir" "$dir.debs" "$dir.all"
+  debian_closure "$arch" "$dir.debs" "haproxy=$version"
+  debian_extract "$dir.debs"/*.deb "$dir.all"
+  elf_closure "$dir.all" "$dir/root" usr/sbin/haproxy
+  rm -rf "$dir.debs" "$dir.all"
+  touch "$dir/.done"
+}
+
+# A path inside ROOT with its symbolic links followed inside ROOT (absolute ones too).
+resolve_in() { # ROOT PATH
+  local root=$1 path=$2 target hops=0
+  while [ -L "$root/$path" ] && [ $hops -lt 40 ]; do
+    target=$(readlink "$root/$path")
+    case $target in /*) path=${target#/} ;; *) path=$(dirname "$path")/$target ;; esac
+    hops=$((hops + 1))
+  done
+  echo "$path"
+}
+
+# Copies FILEs (paths inside ROOT) into DEST with every shared library they load, recursively,
+# and the dynamic loader, each under the path the loader looks for.
+elf_closure() { # ROOT DEST FILE...
+  local root=$1 dest=$2 file lib found interp
+  shift 2
+  local -a queue=("$@")
+  local -A seen=()
+  while [ ${#queue[@]} -gt 0 ]; do
+    file=${queue[0]}
+    queue=("${queue[@]:1}")
+    [ -z "${seen[$file]:-}" ] || continue
+    seen[$file]=1
+    mkdir -p "$dest/$(dirname "$file")"
+    cp "$root/$(resolve_in "$root" "$file")" "$dest/$file"
+    interp=$(readelf -l "$dest/$file" | sed -n 's/.*Requesting program interpreter: \(.*\)]/\1/p')
+    [ -z "$interp" ] || queue+=("${interp#/}")
+    for lib in $(readelf -d "$dest/$file" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p'); do
+      found=$(cd "$root" && { find lib lib64 usr/lib -name "$lib" 2>/dev/null || true; } | sort | head -1)
+      [ -n "$found" ] || die "$file needs $lib, which no package of its closure has"
+      queue+=("$found")
+    done
+  done
+}
+
 link_into() { # SRC-DIR DEST-DIR NAME...: hard links (copies across file systems) of cached builds
   local src=$1 dest=$2 name
   shift 2
@@ -237,6 +296,7 @@ for arch in "${ARCH_LIST[@]}"; do
   done
   build_pause "$arch"
   build_userspace "$arch"
+  build_haproxy "$arch"
 
   node=$OUT.tmp/node/$arch images=$OUT.tmp/images/$arch
   link_into "$(built kubernetes "$arch")" "$node" kubeadm kubelet kubectl
@@ -252,8 +312,9 @@ for arch in "${ARCH_LIST[@]}"; do
   link_into "$(built flannel "$arch")" "$images" flanneld
   link_into "$(built pause "$arch")" "$images" pause
   link_into "$CACHE/userspace/$arch/ipvsadm/sbin" "$node" ipvsadm
-  mkdir -p "$OUT.tmp/images/userspace"
+  mkdir -p "$OUT.tmp/images/userspace" "$OUT.tmp/images/haproxy"
   cp -a "$CACHE/userspace/$arch/root" "$OUT.tmp/images/userspace/$arch"
+  cp -a "$(built haproxy "$arch")/root" "$OUT.tmp/images/haproxy/$arch"
 done
 
 # kubeadm's own list of the images it deploys, from the binary just built for this machine.
@@ -267,6 +328,8 @@ expect "registry.k8s.io/coredns/coredns:$COREDNS" coredns
 expect "registry.k8s.io/pause:$PAUSE" pause
 grep -q "image: ghcr.io/flannel-io/flannel:$FLANNEL\$" "$ROOT/rootfs/kubernetes/manifests/kube-flannel.yml" ||
   die "rootfs/kubernetes/manifests/kube-flannel.yml does not run flannel $FLANNEL (versions/$VERSION): update its image tags"
+# The workers' apiserver balancer (where there is no IPVS) is in the registry too.
+echo "kiln.local/haproxy:$HAPROXY_TAG" >> "$OUT.tmp/imageList"
 # The image's kubeadm configuration, for this version.
 mkdir -p "$OUT.tmp/etc"
 sed "s/^kubernetesVersion: .*/kubernetesVersion: $KUBERNETES/" "$ROOT/rootfs/kubernetes/etc/kubeadm.yml" > "$OUT.tmp/etc/kubeadm.yml"
@@ -275,6 +338,7 @@ mkdir -p "$OUT.tmp/etc/containerd"
 sed "s/PAUSE_TAG/$PAUSE/" "$ROOT/rootfs/kubernetes/etc/containerd/config.toml" > "$OUT.tmp/etc/containerd/config.toml"
 {
   sed -e '/^#/d' -e '/^$/d' "$HERE/versions/$VERSION"
+  echo "HAPROXY=$HAPROXY_TAG"
   echo "GO=$(go env GOVERSION)"
 } > "$OUT.tmp/versions.env"
 rm -rf "$OUT"
