@@ -71,8 +71,13 @@ impl Image {
 
     /// The cluster runtime the image asks for (its [`RUNTIME_LABEL`]), if it names one.
     pub fn runtime_label(&self) -> Option<&str> {
+        self.label(RUNTIME_LABEL)
+    }
+
+    /// A label of the image's config (every platform carries the same labels).
+    pub fn label(&self, key: &str) -> Option<&str> {
         let config = self.platforms.first()?.config.config().as_ref()?;
-        config.labels().as_ref()?.get(RUNTIME_LABEL).map(String::as_str)
+        config.labels().as_ref()?.get(key).map(String::as_str)
     }
 
     /// The variant for `platform`, if the image has it.

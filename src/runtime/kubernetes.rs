@@ -17,11 +17,12 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
+use super::apiserver_balancer::{self, BalancerTarget};
 use super::run::{Context, RunError, RunReporter, on_hosts, step_error};
 use crate::clusterfile::{Cluster, Host, Registry};
 use crate::kubernetes::kubeadm_config::{JoinSpec, KubeadmConfig, KubeadmConfigError, KubeadmInputs};
-use crate::kubernetes::node_kernel::NodeAdaptations;
-use crate::kubernetes::pki::{APISERVER_DOMAIN, APISERVER_PORT, ClusterPki, ControlPlaneNode, PkiError, PkiSettings};
+use crate::kubernetes::node_kernel::{ApiserverBalancer, NodeAdaptations};
+use crate::kubernetes::pki::{APISERVER_DOMAIN, ClusterPki, ControlPlaneNode, PkiError, PkiSettings};
 use crate::secret::Secret;
 use crate::ssh::{Session, SshError, quote};
 
@@ -35,11 +36,6 @@ pub const DEFAULT_VIP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 103, 97, 
 pub const HOSTS_TAG: &str = "# kiln-apiserver";
 /// Where kiln's kubectl calls on master0 find their credentials.
 const ADMIN_CONF: &str = "/etc/kubernetes/admin.conf";
-/// The dummy interface holding the VIP on workers (as kube-proxy's kube-ipvs0 holds services).
-const VIP_LINK: &str = "kiln-ipvs0";
-/// The unit that restores the workers' virtual server at boot.
-const IPVS_UNIT: &str = "kiln-apiserver-ipvs.service";
-const IPVS_SCRIPT: &str = "/etc/kiln/apiserver-ipvs.sh";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
@@ -69,6 +65,8 @@ pub enum KubeError {
     NotReady { seconds: u64, not_ready: usize, total: usize, report: String },
     #[error("`kubectl get nodes -o json` on {host} printed what is not a node list: {reason}")]
     NodeList { host: String, reason: String },
+    #[error(transparent)]
+    NoBalancerImage(#[from] apiserver_balancer::NoBalancerImage),
     #[error(transparent)]
     Ssh(Box<SshError>),
 }
@@ -165,44 +163,13 @@ pub fn certificate_key(output: &str) -> Option<&str> {
     (key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit())).then_some(key)
 }
 
-/// The workers' virtual server: `VIP:6443` over every master, restored at boot by a unit.
-pub fn ipvs_script(vip: IpAddr, masters: &[IpAddr]) -> String {
-    let service = format!("{vip}:{APISERVER_PORT}");
-    let mut rules = format!("ipvsadm -D -t {service} 2>/dev/null || true\nipvsadm -A -t {service} -s rr\n");
-    for m in masters {
-        rules.push_str(&format!("ipvsadm -a -t {service} -r {m}:{APISERVER_PORT} -m\n"));
-    }
-    let prefix = if vip.is_ipv4() { 32 } else { 128 };
-    // The VIP on a dummy link, as kube-proxy keeps service addresses on kube-ipvs0; IPVS also
-    // serves local connections without it, so a kernel without dummy links is no failure.
-    let link = format!(
-        "if ip link show {VIP_LINK} >/dev/null 2>&1 || ip link add {VIP_LINK} type dummy 2>/dev/null; then \
-         ip addr replace {vip}/{prefix} dev {VIP_LINK}; fi\n"
-    );
-    let restore =
-        format!("#!/bin/sh\n# Written by kiln: the apiserver's virtual server on this worker.\nset -e\n{link}{rules}");
-    let unit = format!(
-        "[Unit]\nDescription=apiserver virtual server (kiln)\nAfter=network-online.target\n\
-         [Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/sh {IPVS_SCRIPT}\n\
-         [Install]\nWantedBy=multi-user.target\n"
-    );
-    format!(
-        "set -e\nmkdir -p /etc/kiln\ncat > {IPVS_SCRIPT} <<'KILN_EOF'\n{restore}KILN_EOF\n\
-         cat > /etc/systemd/system/{IPVS_UNIT} <<'KILN_EOF'\n{unit}KILN_EOF\n\
-         systemctl daemon-reload\nsystemctl enable {IPVS_UNIT} >/dev/null 2>&1\nsh {IPVS_SCRIPT}\n"
-    )
-}
-
 /// Undoes what this runtime did on a host, before the image's clean scripts run; only where
 /// kiln's marker says it set Kubernetes up there (`<dir>/.kiln/kubernetes`). CNI configs that
 /// were in `/etc/cni/net.d` before the cluster stay (Sealer removes all of `/etc/cni`).
 pub fn reset_script(dir: &str, vip: IpAddr) -> String {
     format!(
         "if [ -f {marker} ]; then\n\
-         if command -v ipvsadm >/dev/null 2>&1; then ipvsadm -D -t {vip}:{APISERVER_PORT} 2>/dev/null || true; fi\n\
-         systemctl disable --now {IPVS_UNIT} >/dev/null 2>&1 || true\n\
-         rm -f /etc/systemd/system/{IPVS_UNIT} {IPVS_SCRIPT}; rmdir /etc/kiln 2>/dev/null || true\n\
-         ip link del {VIP_LINK} 2>/dev/null || true\n\
+         {balancer}\
          if command -v kubeadm >/dev/null 2>&1; then kubeadm reset -f --cri-socket unix:///run/containerd/containerd.sock >/dev/null; fi\n\
          rm -rf /etc/kubernetes /var/lib/kubelet /var/lib/etcd\n\
          if [ -d /etc/cni/net.d ]; then for f in $(ls -A /etc/cni/net.d); do \
@@ -211,6 +178,7 @@ pub fn reset_script(dir: &str, vip: IpAddr) -> String {
          sed -i '/{HOSTS_TAG}$/d' /etc/hosts\n",
         marker = quote(&format!("{dir}/.kiln/kubernetes")),
         cni_before = quote(&format!("{dir}/.kiln/cni-before")),
+        balancer = apiserver_balancer::remove_script(vip),
     )
 }
 
@@ -230,6 +198,8 @@ struct Plan {
     vip: IpAddr,
     masters: Vec<IpAddr>,
     init_config: String,
+    /// The haproxy image as workers pull it from the in-cluster registry, if the image has one.
+    haproxy_image: Option<String>,
 }
 
 impl Plan {
@@ -253,7 +223,7 @@ impl Plan {
             master0_ip: ctx.master0.ip,
             master_ips: masters.clone(),
             vip,
-            registry,
+            registry: registry.clone(),
             env: &cluster.env,
             image_config: (!image_config.trim().is_empty()).then_some(("etc/kubeadm.yml (image)", &*image_config)),
             clusterfile_documents: ("Clusterfile", &ctx.request.clusterfile.documents),
@@ -271,7 +241,28 @@ impl Plan {
         }
         .with_alt_names(&pki_dir)?;
         settings.save(&pki_dir)?;
-        Ok(Self { config, pki, settings, vip, masters, init_config: format!("{}/.kiln/kubeadm-init.yaml", ctx.dir) })
+        let haproxy_image = ctx
+            .request
+            .image
+            .label(apiserver_balancer::IMAGE_LABEL)
+            .and_then(|name| name.parse::<crate::image::ImageRef>().ok())
+            .map(|image| {
+                let tag = image.tag().unwrap_or("latest");
+                format!("{registry}/{}:{tag}", crate::registry::layout::repository_for(&image))
+            });
+        Ok(Self {
+            config,
+            pki,
+            settings,
+            vip,
+            masters,
+            init_config: format!("{}/.kiln/kubeadm-init.yaml", ctx.dir),
+            haproxy_image,
+        })
+    }
+
+    fn balancer_target(&self) -> BalancerTarget<'_> {
+        BalancerTarget { vip: self.vip, masters: &self.masters, haproxy_image: self.haproxy_image.as_deref() }
     }
 
     /// A control-plane node's certificates and kubeconfigs; a joining master gets no
@@ -320,7 +311,10 @@ pub(super) async fn bring_up(ctx: &Context<'_>, reporter: &dyn RunReporter) -> R
     on_hosts(ctx, "kube-prepare", ctx.targets(), |host| async move {
         let session = ctx.session_for(host)?;
         let marker = format!("{}/.kiln/kubernetes", ctx.dir);
-        let apiserver = if host.is_master() { ctx.master0.ip } else { plan.vip };
+        // A worker whose balancer is a static pod joins through master0: the pod runs only
+        // once the kubelet does; it names the VIP after its join.
+        let through_vip = !host.is_master() && worker_balancer(ctx, host) == ApiserverBalancer::Ipvs;
+        let apiserver = if through_vip { plan.vip } else { ctx.master0.ip };
         // The CNI configs already there are kept by delete; the cluster's CNI adds its own.
         let cni_before = quote(&format!("{}/.kiln/cni-before", ctx.dir));
         let command = format!(
@@ -332,10 +326,14 @@ pub(super) async fn bring_up(ctx: &Context<'_>, reporter: &dyn RunReporter) -> R
             hosts = hosts_entry(apiserver)
         );
         ctx.script(reporter, host, &command).await?;
-        if !host.is_master() {
-            session.run(&ipvs_script(plan.vip, &plan.masters)).await?;
+        if host.is_master() {
+            reporter.step(&host.ip.to_string(), "kubelet installed, apiserver name set");
+        } else {
+            let balancer = worker_balancer(ctx, host);
+            let who = host.ip.to_string();
+            session.run(&apiserver_balancer::install_script(balancer, &plan.balancer_target(), &who)?).await?;
+            reporter.step(&who, &format!("kubelet installed, apiserver VIP served by {}", balancer.as_str()));
         }
-        reporter.step(&host.ip.to_string(), "kubelet installed, apiserver name set");
         Ok::<(), KubeError>(())
     })
     .await?;
@@ -404,7 +402,7 @@ async fn refresh_worker_vips(ctx: &Context<'_>, plan: &Plan, reporter: &dyn RunR
         return;
     }
     let fleet = super::Fleet::connect(&workers, &ctx.request.connect).await;
-    let script = ipvs_script(plan.vip, &plan.masters);
+    let script = apiserver_balancer::refresh_script(&plan.balancer_target());
     let refreshed: Vec<(IpAddr, Result<_, SshError>)> = futures_util::stream::iter(&fleet.sessions)
         .map(|(ip, session)| {
             let script = &script;
@@ -415,7 +413,7 @@ async fn refresh_worker_vips(ctx: &Context<'_>, plan: &Plan, reporter: &dyn RunR
         .await;
     for (ip, result) in refreshed {
         match result {
-            Ok(_) => reporter.step(&ip.to_string(), "apiserver virtual server lists every master"),
+            Ok(_) => reporter.step(&ip.to_string(), "apiserver VIP balances over every master"),
             Err(e) => {
                 reporter.step(&ip.to_string(), &format!("warning: its apiserver virtual server was not updated: {e}"))
             }
@@ -432,6 +430,11 @@ async fn refresh_worker_vips(ctx: &Context<'_>, plan: &Plan, reporter: &dyn RunR
         );
     }
     fleet.close().await;
+}
+
+/// A worker's apiserver balancer: IPVS where its kernel has it (preflight said which).
+fn worker_balancer(ctx: &Context<'_>, host: &Host) -> ApiserverBalancer {
+    ctx.kernels.get(&host.ip).map_or(ApiserverBalancer::Ipvs, ApiserverBalancer::for_kernel)
 }
 
 /// root's `~/.kube/config` on a master, unless root has one; recorded for delete.
@@ -491,6 +494,13 @@ async fn join_host(
     let name = ctx.node_names[&host.ip].clone();
     // A join that failed half-way leaves files kubeadm's preflight refuses.
     session.run("if [ -f /etc/kubernetes/kubelet.conf ]; then kubeadm reset -f >/dev/null; fi").await?;
+    let static_pod_balancer = !host.is_master() && worker_balancer(ctx, host) == ApiserverBalancer::Haproxy;
+    if static_pod_balancer {
+        // A reset removed the pod's manifest; the join goes through master0 until the pod runs.
+        let who = host.ip.to_string();
+        let install = apiserver_balancer::install_script(ApiserverBalancer::Haproxy, &plan.balancer_target(), &who)?;
+        session.run(&format!("{install}\n{}", hosts_entry(ctx.master0.ip))).await?;
+    }
     let certificate_key = if host.is_master() {
         plan.upload_pki(session, ControlPlaneNode { name: name.clone(), ip: host.ip }, true).await?;
         join.certificate_key.as_ref().map(|k| k.expose().to_owned())
@@ -512,6 +522,9 @@ async fn join_host(
     // The file holds a token: never left behind.
     session.run(&format!("rm -f {}", quote(&path))).await?;
     result?;
+    if static_pod_balancer {
+        session.run(&hosts_entry(plan.vip)).await?;
+    }
     reporter.step(&host.ip.to_string(), "joined");
     Ok(())
 }
@@ -698,16 +711,12 @@ mod tests {
     #[test]
     fn host_scripts_are_valid_shell() {
         let vip = DEFAULT_VIP;
-        let masters: Vec<IpAddr> = ["10.0.0.1", "10.0.0.2", "10.0.0.3"].iter().map(|m| m.parse().unwrap()).collect();
-        let ipvs = ipvs_script(vip, &masters);
         let reset = reset_script("/var/lib/kiln/data/my cluster", vip);
-        for script in [&ipvs, &reset, &hosts_entry(vip), &admin_kubeconfig_for_root("/d")] {
+        for script in [&reset, &hosts_entry(vip), &admin_kubeconfig_for_root("/d")] {
             let out = std::process::Command::new("sh").arg("-n").arg("-c").arg(script).output().unwrap();
             assert!(out.status.success(), "{script}\n{}", String::from_utf8_lossy(&out.stderr));
         }
-        for m in &masters {
-            assert!(ipvs.contains(&format!("ipvsadm -a -t 10.103.97.2:6443 -r {m}:6443 -m")), "{ipvs}");
-        }
+        assert!(reset.contains("ipvsadm -D -t 10.103.97.2:6443") && reset.contains("kiln-apiserver-lb.yaml"));
         assert!(reset.contains("'/var/lib/kiln/data/my cluster/.kiln/kubernetes'"));
         assert!(reset.contains("/# kiln-apiserver$/d"));
     }

@@ -2,6 +2,7 @@
 //! gathers facts and runs preflight. Later phases (tuning, distribution, registry, bring-up)
 //! build on [`Fleet`].
 
+pub mod apiserver_balancer;
 pub mod certs;
 pub mod delete;
 pub mod distribute;

@@ -351,7 +351,8 @@ impl Leaving<'_> {
             let vip = kubernetes::cluster_vip(cluster).unwrap_or(kubernetes::DEFAULT_VIP);
             let masters: Vec<IpAddr> = cluster.hosts.iter().filter(|h| h.is_master()).map(|h| h.ip).collect();
             for worker in cluster.hosts.iter().filter(|h| !h.is_master()) {
-                scripts.entry(worker.ip).or_default().push(kubernetes::ipvs_script(vip, &masters));
+                let target = super::apiserver_balancer::BalancerTarget { vip, masters: &masters, haproxy_image: None };
+                scripts.entry(worker.ip).or_default().push(super::apiserver_balancer::refresh_script(&target));
             }
         }
         if master0_moved && let Registry::Local(registry) = &cluster.registry {
