@@ -34,6 +34,8 @@ pub const STEPS: [&str; 5] = ["kube-prepare", "kube-init", "kube-join", "kube-no
 pub const DEFAULT_VIP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 103, 97, 2));
 /// Tags kiln's `/etc/hosts` line for the apiserver, so delete removes exactly it.
 pub const HOSTS_TAG: &str = "# kiln-apiserver";
+/// Links the usual CNIs and kube-proxy leave behind (kubeadm reset does not remove them).
+const CNI_LINKS: &str = "cni0 flannel.1 flannel-v6.1 kube-ipvs0 kube-bridge vxlan.calico tunl0";
 /// Where kiln's kubectl calls on master0 find their credentials.
 const ADMIN_CONF: &str = "/etc/kubernetes/admin.conf";
 
@@ -172,6 +174,7 @@ pub fn reset_script(dir: &str, vip: IpAddr) -> String {
          {balancer}\
          if command -v kubeadm >/dev/null 2>&1; then kubeadm reset -f --cri-socket unix:///run/containerd/containerd.sock >/dev/null; fi\n\
          rm -rf /etc/kubernetes /var/lib/kubelet /var/lib/etcd\n\
+         for l in {CNI_LINKS}; do ip link del $l 2>/dev/null || true; done\n\
          if [ -d /etc/cni/net.d ]; then for f in $(ls -A /etc/cni/net.d); do \
          grep -qxF \"$f\" {cni_before} 2>/dev/null || rm -rf \"/etc/cni/net.d/$f\"; done; fi\n\
          fi\n\
