@@ -558,6 +558,14 @@ fn image_sources_pack_local_archives_and_layouts_without_a_registry() {
     let text = child.to_string();
     assert_eq!(text.matches("\"io.kiln.layer.content\":\"registry\"").count(), 1, "{text}");
     assert_eq!(child["platforms"][0]["containerImages"].as_array().map(Vec::len), Some(3), "{text}");
+    // A full build FROM it finds the same images in the base's manifests: the base's registry
+    // holds them, so nothing is fetched (their registry, 127.0.0.1:9, is not there) and no
+    // second registry layer is made.
+    build.ok(&["build", "-q", "-t", "child-full:1", build.ctx().to_str().unwrap()]);
+    let full: serde_json::Value = serde_json::from_str(&build.ok(&["inspect", "child-full:1"])).unwrap();
+    let text = full.to_string();
+    assert_eq!(text.matches("\"io.kiln.layer.content\":\"registry\"").count(), 1, "{text}");
+    assert_eq!(full["platforms"][0]["containerImages"], inspect["platforms"][0]["containerImages"], "{text}");
 
     // The layer serves them: docker-registry on the extracted `registry/` answers skopeo.
     let rootfs = build.rootfs("sourced:1", None);

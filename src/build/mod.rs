@@ -162,7 +162,7 @@ pub fn build(store: &Store, request: &BuildRequest, reporter: &dyn BuildReporter
     if let Some(options) = &request.offline {
         let mut found = discover_all(store, &mut builders, options)?;
         // What the base's registry holds for every platform is there already: not cached twice.
-        found.images.retain(|f| !builders.iter().all(|b| b.inherits_image(&f.image)));
+        found.images.retain(|f| !builders.iter().all(|b| b.holds_image(&f.image)));
         for w in &found.warnings {
             reporter.warning(w);
         }
@@ -262,10 +262,9 @@ struct PlatformBuild<'a> {
     layers_built: usize,
     layers_cached: usize,
     run_count: usize,
-    /// The `sealer.image.container.images` annotation, when a registry layer was added.
-    container_images: Option<String>,
-    /// The base's entries of that annotation: images its registry layers already hold.
-    inherited_images: Vec<serde_json::Value>,
+    /// The `sealer.image.container.images` annotation's entries: the images the base's
+    /// registry layers hold, then this build's (none: no annotation).
+    container_images: Vec<serde_json::Value>,
 }
 
 impl<'a> PlatformBuild<'a> {
@@ -309,8 +308,7 @@ impl<'a> PlatformBuild<'a> {
             layers_built: 0,
             layers_cached: 0,
             run_count: 0,
-            container_images: None,
-            inherited_images: Vec::new(),
+            container_images: Vec::new(),
         })
     }
 
@@ -340,9 +338,10 @@ impl<'a> PlatformBuild<'a> {
         Ok(())
     }
 
-    /// Whether the base's registry already holds `image` for this platform.
-    fn inherits_image(&self, image: &str) -> bool {
-        self.inherited_images.iter().any(|entry| entry.get("image").and_then(|i| i.as_str()) == Some(image))
+    /// Whether the image's registry layers hold `image` for this platform (before this build
+    /// adds its own: the base's).
+    fn holds_image(&self, image: &str) -> bool {
+        self.container_images.iter().any(|entry| entry.get("image").and_then(|i| i.as_str()) == Some(image))
     }
 
     /// Adds the `registry/` layer and records the container images for the manifest (the
@@ -367,8 +366,7 @@ impl<'a> PlatformBuild<'a> {
             }
             v
         });
-        let list: Vec<serde_json::Value> = self.inherited_images.iter().cloned().chain(added).collect();
-        self.container_images = Some(serde_json::Value::Array(list).to_string());
+        self.container_images.extend(added);
         if let Ok(h) =
             HistoryBuilder::default().created_by(format!("kiln: registry ({} container images)", images.len())).build()
         {
@@ -566,9 +564,8 @@ impl<'a> PlatformBuild<'a> {
         if let Some(images) =
             base.manifest.annotations().as_ref().and_then(|a| a.get(media::ANNOTATION_SEALER_CONTAINER_IMAGES))
         {
-            self.container_images = Some(images.clone());
             // An annotation that does not parse only costs a second copy of its images.
-            self.inherited_images = serde_json::from_str(images).unwrap_or_default();
+            self.container_images = serde_json::from_str(images).unwrap_or_default();
         }
         if let Some(config) = base.config.config() {
             for e in config.env().iter().flatten() {
@@ -1021,8 +1018,10 @@ impl<'a> PlatformBuild<'a> {
             serde_json::to_string(&self.extension).map_err(|e| BuildError::Encode(e.to_string()))?,
         );
         annotations.insert(media::ANNOTATION_CREATED.to_owned(), created);
-        if let Some(images) = &self.container_images {
-            annotations.insert(media::ANNOTATION_SEALER_CONTAINER_IMAGES.to_owned(), images.clone());
+        if !self.container_images.is_empty() {
+            let images =
+                serde_json::to_string(&self.container_images).map_err(|e| BuildError::Encode(e.to_string()))?;
+            annotations.insert(media::ANNOTATION_SEALER_CONTAINER_IMAGES.to_owned(), images);
         }
         let layers = self
             .layers

@@ -84,10 +84,12 @@ pub fn cache_images(
     platforms: &[Platform],
     options: &OfflineOptions,
 ) -> Result<Option<(LayerBlob, Vec<CachedImage>)>, OfflineError> {
+    // Opened even when nothing is to be cached (a base may hold every image): a source that is
+    // not an image archive is the user's mistake either way.
+    let local = LocalSources::open(store, &options.sources).map_err(Box::new)?;
     if found.images.is_empty() {
         return Ok(None);
     }
-    let local = LocalSources::open(store, &options.sources).map_err(Box::new)?;
     let registry = Registry::new(options.transport.clone())?;
     let handle = tokio::runtime::Handle::current();
     let fetched: Vec<Result<(FoundImage, IndexEntry, String), OfflineError>> = handle.block_on(async {

@@ -89,7 +89,7 @@ pub fn remove_script(vip: IpAddr) -> String {
          rmdir /etc/kiln 2>/dev/null || true\n\
          ip link del {VIP_LINK} 2>/dev/null || true\n\
          ip addr del {vip}/{prefix} dev lo 2>/dev/null || true\n",
-        prefix = if vip.is_ipv4() { 32 } else { 128 },
+        prefix = host_prefix(vip),
     )
 }
 
@@ -116,7 +116,7 @@ fn haproxy_script(target: &BalancerTarget<'_>, image: &str) -> String {
 
 /// The VIP link and `rules`, restored at boot by a unit; `files` written first.
 fn vip_unit_script(vip: IpAddr, rules: &str, files: &str) -> String {
-    let prefix = if vip.is_ipv4() { 32 } else { 128 };
+    let prefix = host_prefix(vip);
     // haproxy needs the address to bind. A kernel without dummy links (CONFIG_DUMMY off and no
     // module) gets it on the loopback: only this host answers it either way.
     let link = format!(
@@ -135,6 +135,11 @@ fn vip_unit_script(vip: IpAddr, rules: &str, files: &str) -> String {
          cat > /etc/systemd/system/{VIP_UNIT} <<'KILN_EOF'\n{unit}KILN_EOF\n\
          systemctl daemon-reload\nsystemctl enable {VIP_UNIT} >/dev/null 2>&1\nsh {VIP_SCRIPT}\n"
     )
+}
+
+/// The prefix length of a single address.
+fn host_prefix(vip: IpAddr) -> u8 {
+    if vip.is_ipv4() { 32 } else { 128 }
 }
 
 /// What the manifest carries so the kubelet replaces the pod when the config changes.

@@ -35,7 +35,7 @@ pub const DEFAULT_VIP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 103, 97, 
 /// Tags kiln's `/etc/hosts` line for the apiserver, so delete removes exactly it.
 pub const HOSTS_TAG: &str = "# kiln-apiserver";
 /// Links the usual CNIs and kube-proxy leave behind (kubeadm reset does not remove them).
-const CNI_LINKS: &str = "cni0 flannel.1 flannel-v6.1 kube-ipvs0 kube-bridge vxlan.calico tunl0";
+const CNI_LINKS: &str = "cni0 flannel.1 flannel-v6.1 kube-ipvs0 kube-bridge vxlan.calico";
 /// Where kiln's kubectl calls on master0 find their credentials.
 const ADMIN_CONF: &str = "/etc/kubernetes/admin.conf";
 
@@ -316,7 +316,8 @@ pub(super) async fn bring_up(ctx: &Context<'_>, reporter: &dyn RunReporter) -> R
         let marker = format!("{}/.kiln/kubernetes", ctx.dir);
         // A worker whose balancer is a static pod joins through master0: the pod runs only
         // once the kubelet does; it names the VIP after its join.
-        let through_vip = !host.is_master() && worker_balancer(ctx, host) == ApiserverBalancer::Ipvs;
+        let balancer = (!host.is_master()).then(|| worker_balancer(ctx, host));
+        let through_vip = balancer == Some(ApiserverBalancer::Ipvs);
         let apiserver = if through_vip { plan.vip } else { ctx.master0.ip };
         // The CNI configs already there are kept by delete; the cluster's CNI adds its own.
         let cni_before = quote(&format!("{}/.kiln/cni-before", ctx.dir));
@@ -329,13 +330,12 @@ pub(super) async fn bring_up(ctx: &Context<'_>, reporter: &dyn RunReporter) -> R
             hosts = hosts_entry(apiserver)
         );
         ctx.script(reporter, host, &command).await?;
-        if host.is_master() {
-            reporter.step(&host.ip.to_string(), "kubelet installed, apiserver name set");
-        } else {
-            let balancer = worker_balancer(ctx, host);
+        if let Some(balancer) = balancer {
             let who = host.ip.to_string();
             session.run(&apiserver_balancer::install_script(balancer, &plan.balancer_target(), &who)?).await?;
             reporter.step(&who, &format!("kubelet installed, apiserver VIP served by {}", balancer.as_str()));
+        } else {
+            reporter.step(&host.ip.to_string(), "kubelet installed, apiserver name set");
         }
         Ok::<(), KubeError>(())
     })

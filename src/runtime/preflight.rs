@@ -98,10 +98,10 @@ pub struct PreflightOptions {
     pub planned_hostnames: BTreeMap<IpAddr, PlannedHostname>,
     /// Hosts where a plugin repairs a failing clock-skew check: the plugin's name.
     pub clock_repairs: BTreeMap<IpAddr, String>,
-    /// The image runs Kubernetes: its kernel adaptations are shown (`kube-kernel`).
+    /// The image runs Kubernetes: its kernel adaptations are shown (`kube-kernel`) and its
+    /// disks checked against the kubelet's eviction thresholds (`kubelet-disk`).
     pub kubernetes: bool,
-    /// The kubelet's disk eviction thresholds (`kubelet-disk`), for Kubernetes images.
-    pub kubelet_eviction: Option<DiskEviction>,
+    pub kubelet_eviction: DiskEviction,
 }
 
 /// The hostname a plugin gives a host.
@@ -130,7 +130,7 @@ impl Default for PreflightOptions {
             planned_hostnames: BTreeMap::new(),
             clock_repairs: BTreeMap::new(),
             kubernetes: false,
-            kubelet_eviction: None,
+            kubelet_eviction: DiskEviction::default(),
         }
     }
 }
@@ -149,7 +149,6 @@ impl PreflightOptions {
                 self.ports_everywhere.extend(KUBELET_PORTS);
                 self.ports_on_masters.extend(CONTROL_PLANE_PORTS);
                 self.kubernetes = true;
-                self.kubelet_eviction = Some(DiskEviction::default());
             }
             self.image_platforms = Some(image.platforms.iter().map(|p| p.platform.clone()).collect());
             self.rootfs_bytes = image.platforms.iter().map(|p| p.layers_size()).max().unwrap_or(0) * 2;
@@ -166,12 +165,9 @@ impl PreflightOptions {
 }
 
 impl PreflightOptions {
-    /// The kubelet's disk thresholds as the Clusterfile's KubeletConfiguration sets them (for
-    /// Kubernetes images; others have no kubelet).
+    /// The kubelet's disk thresholds as the Clusterfile's KubeletConfiguration sets them.
     pub fn with_kubelet_config(mut self, documents: &[crate::clusterfile::RawDocument]) -> Self {
-        if self.kubelet_eviction.is_some() {
-            self.kubelet_eviction = Some(DiskEviction::from_documents(documents));
-        }
+        self.kubelet_eviction = DiskEviction::from_documents(documents);
         self
     }
 
@@ -419,7 +415,8 @@ pub fn evaluate(
                 push("kube-kernel", Outcome::Adapt, adapted.join("; "));
             }
         }
-        if let Some(eviction) = &options.kubelet_eviction {
+        if options.kubernetes {
+            let eviction = &options.kubelet_eviction;
             match (facts.kubelet_fs, facts.containerd_fs) {
                 (Some(nodefs), Some(imagefs)) => match eviction.shortfall(nodefs, imagefs) {
                     None => push("kubelet-disk", Outcome::Pass, eviction.describe()),
@@ -568,7 +565,7 @@ mod tests {
                 (h.ip, Observed { facts: Ok(f), unreachable_peers: vec![] })
             })
             .collect();
-        let kubernetes = PreflightOptions { kubelet_eviction: Some(DiskEviction::default()), ..Default::default() };
+        let kubernetes = PreflightOptions { kubernetes: true, ..Default::default() };
         let results = evaluate(&c, &observed, &registry_hosts(&c), &kubernetes);
         // Both full hosts are named, not only the first.
         assert_eq!(
