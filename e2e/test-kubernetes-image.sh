@@ -7,7 +7,7 @@
 #     ELF file for its architecture, statically linked, and reports its version (arm64 ones run
 #     under qemu-user);
 #   - the image's registry holds exactly what `kubeadm config images list` (the image's own
-#     kubeadm) names, plus flannel's image, each an index of both platforms whose configs name
+#     kubeadm) names, plus flannel's and haproxy's images, each an index of both platforms whose configs name
 #     their architecture;
 #   - on this machine, the image's own containerd and runc pull pause and etcd from that registry
 #     (`kiln registry serve`), run pause, and etcd answers `etcdctl endpoint health`.
@@ -113,6 +113,7 @@ done
 echo "== container images"
 LIST=$("$WORK/amd64/bin/kubeadm" config images list --kubernetes-version "$VERSION")
 FLANNEL_IMAGE=ghcr.io/flannel-io/flannel:$FLANNEL
+HAPROXY_IMAGE=kiln.local/haproxy:$HAPROXY
 declare -A version_of=(
   [kube-apiserver]="Kubernetes $KUBERNETES" [kube-controller-manager]="Kubernetes $KUBERNETES"
   [kube-scheduler]="Kubernetes $KUBERNETES" [kube-proxy]="Kubernetes $KUBERNETES"
@@ -145,6 +146,11 @@ for arch in amd64 arm64; do
   dir=$WORK/images/flannel-$arch
   check "flannel image $arch: its busybox cp and iptables run" \
     bash -c "in_root $arch '$dir' /bin/cp --help 2>&1 | grep -q BusyBox && in_root $arch '$dir' /usr/sbin/iptables-restore --version | grep -q nf_tables"
+  # The workers' apiserver balancer (no IPVS): Debian's haproxy on the libraries beside it.
+  dir=$WORK/images/haproxy-$arch
+  check "$HAPROXY_IMAGE $arch: unpacked from kiln's store" unpack "$HAPROXY_IMAGE" "$arch" "$dir"
+  check "haproxy image $arch: haproxy -v runs on its own libraries" \
+    bash -c "in_root $arch '$dir' /usr/sbin/haproxy -v | grep -q 'HAProxy version ${HAPROXY%%-*}'"
 done
 
 echo "== the cluster image's registry (kiln registry serve --image $TAG)"
@@ -165,11 +171,11 @@ registry_has() { # IMAGE: an index of amd64 and arm64 whose configs name their a
       { echo "    $image: the $arch manifest's config does not say linux/$arch"; return 1; }
   done
 }
-for image in $LIST $FLANNEL_IMAGE; do
+for image in $LIST $FLANNEL_IMAGE $HAPROXY_IMAGE; do
   check "registry has $image: index of amd64+arm64, configs name their architecture" registry_has "$image"
 done
 catalog=$(curl -sf "http://127.0.0.1:$PORT/v2/_catalog" | jq -r '.repositories[]' | sort | tr '\n' ' ')
-want=$(for image in $LIST $FLANNEL_IMAGE; do echo "${image%:*}"; done | sort | tr '\n' ' ')
+want=$(for image in $LIST $FLANNEL_IMAGE $HAPROXY_IMAGE; do echo "${image%:*}"; done | sort | tr '\n' ' ')
 check "the registry holds nothing else (catalog: $catalog)" test "$catalog" = "$want"
 
 echo "== pause and etcd under the image's containerd $CONTAINERD and runc $RUNC (this machine, amd64)"
