@@ -31,13 +31,19 @@ finish() {
 # and the sysctl values (with SNAPSHOT_NET_SYSCTLS_ONLY=1 only net.*, each host's own network
 # namespace: the kernel-wide ones are this machine's, shared by every host at once).
 snapshot() {
+  snapshot_text "$@" | sha256sum
+}
+
+# snapshot_text HOST...: what snapshot hashes, per host, to show what differs.
+snapshot_text() {
   local dirs="/etc /usr/bin /usr/local/bin /var/lib/kiln ${SNAPSHOT_EXTRA_DIRS:-}" keep=.
   [ "${SNAPSHOT_NET_SYSCTLS_ONLY:-}" = 1 ] && keep='^net\.'
   for h in "$@"; do
+    echo "== $h"
     on "$h" -- "find $dirs -xdev -printf '%p %y %m\n' 2>/dev/null | sort
       find $dirs -xdev -type f -exec sha256sum {} + 2>/dev/null | sort
       sysctl -a 2>/dev/null | grep -v -e random -e ns_last_pid -e stat -e dentry -e inode-nr -e file-nr -e inode-state | grep '$keep' | sort" 2>/dev/null
-  done | sha256sum
+  done
 }
 
 # listing HOST...: like snapshot, without the sysctl values (which running services move, e.g.

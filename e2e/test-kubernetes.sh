@@ -11,7 +11,10 @@
 # master0. Then: every node Ready; the app's pods on every node answer each other across
 # hosts, through a ClusterIP Service by its DNS name and through a NodePort from this machine;
 # kubeconfig; certificates (expiry, renewal, more names, each apiserver restarted in turn); a
-# worker joins and leaves (drained, its Node gone); `kiln delete` leaves the hosts as they were.
+# worker joins and leaves (drained, its Node gone); a master joins and leaves (etcd's members
+# checked with etcdctl), and one powered off is forced out, its etcd member removed; HA: with master0's apiserver stopped, then
+# master0 powered off, kubectl through the worker's VIP still works and a new pod runs; `kiln
+# delete` leaves the hosts as they were.
 # Prints `N passed, N failed`.
 #
 #   e2e/test-kubernetes.sh KILN_BINARY
@@ -81,7 +84,7 @@ SNAPSHOT_EXTRA_DIRS="/var/lib/kubelet /var/lib/etcd /opt/cni /root/.kube"
 # The kubelet sets kernel-wide sysctls (vm.overcommit_memory, kernel.panic) on the one kernel
 # every host shares here, so no host's restore can be judged on them: net.* only.
 SNAPSHOT_NET_SYSCTLS_ONLY=1
-BEFORE=$(snapshot "${ALL[@]}")
+snapshot_text "${ALL[@]}" > "$WORK/before.txt"
 BEFORE_H5=$(snapshot kiln-h5)
 RUN=(kiln run -f "$WORK/Clusterfile" --known-hosts "$WORK/known_hosts" --accept-new-host-keys --wait-ready 300)
 KUBECTL=(on kiln-h1 -- kubectl)
@@ -334,14 +337,100 @@ check "it was drained and its Node object is gone" bash -c "
   grep -q '\[$H5\] drained' '$WORK/down.out' && [ \"\$('$HOSTS' ssh kiln-h1 -- kubectl get nodes -o name)\" = \"\$(printf 'node/kiln-h1\nnode/kiln-h2\nnode/kiln-h3\nnode/kiln-h4')\" ]"
 check "the host that left is as before the run" bash -c "[ '$BEFORE_H5' = '$(snapshot kiln-h5)' ]"
 
+# --- scale: a master joins and leaves, checked in etcd; then one powered off is forced out --------
+etcd_members() { # the peer IPs of the etcd members, as master0's etcd lists them
+  on kiln-h1 -- "kubectl -n kube-system exec etcd-kiln-h1 -- etcdctl --endpoints https://127.0.0.1:2379 \
+    --cacert /etc/kubernetes/pki/etcd/ca.crt --cert /etc/kubernetes/pki/etcd/healthcheck-client.crt \
+    --key /etc/kubernetes/pki/etcd/healthcheck-client.key member list -w json" 2>/dev/null </dev/null |
+    python3 -c 'import json,sys; print(" ".join(sorted(u.split("//")[1].rsplit(":", 1)[0] for m in json.load(sys.stdin)["members"] for u in m["peerURLs"])))'
+}
+members_are() { # IP...: etcd's members are exactly these
+  local want got; want=$(printf '%s\n' "$@" | sort | tr '\n' ' '); want=${want% }
+  got=$(etcd_members); [ "$got" = "$want" ] || { echo "  etcd members: '$got', want '$want'" >&2; return 1; }
+}
+worker_balances_over() { # N: the worker's haproxy has N masters
+  on kiln-h4 -- "[ \$(grep -c '^  server master' /etc/kiln/apiserver-lb/haproxy.cfg) = $1 ]"
+}
+check "etcd has the 3 masters as members (etcdctl member list)" members_are "$H1" "$H2" "$H3"
+kiln scale-up -m "$H5" --pk "$KEY" "${KH[@]}" --accept-new-host-keys --wait-ready 300 > "$WORK/up-master.out" 2>&1; rc=$?
+check "a 4th master joins" [ "$rc" = 0 ]
+[ "$rc" = 0 ] || tail -n 30 "$WORK/up-master.out"
+check "etcd has 4 members, the new master among them" members_are "$H1" "$H2" "$H3" "$H5"
+check "the new master is Ready with the control-plane role, its apiserver ready" bash -c "
+  '$HOSTS' ssh kiln-h1 -- kubectl get node kiln-h5 --show-labels --no-headers | grep -w Ready | grep -q node-role.kubernetes.io/control-plane &&
+  [ \"\$(curl -sk -m 5 https://$H5:6443/readyz)\" = ok ]"
+check "the worker's VIP balances over the 4 masters" worker_balances_over 4
+kiln scale-down -m "$H5" "${KH[@]}" > "$WORK/down-master.out" 2>&1; rc=$?
+check "the master leaves" [ "$rc" = 0 ]
+[ "$rc" = 0 ] || tail -n 30 "$WORK/down-master.out"
+check "etcd is back to the 3 masters; the Node is gone; the worker's VIP over 3 masters" bash -c "
+  $(declare -f on etcd_members members_are worker_balances_over); HOSTS='$HOSTS'
+  members_are $H1 $H2 $H3 && ! '$HOSTS' ssh kiln-h1 -- kubectl get node kiln-h5 >/dev/null 2>&1 && worker_balances_over 3"
+check "the master that left is as before the run" bash -c "[ '$BEFORE_H5' = '$(snapshot kiln-h5)' ]"
+kiln scale-up -m "$H5" --pk "$KEY" "${KH[@]}" --wait-ready 300 > "$WORK/up-master2.out" 2>&1; rc=$?
+check "the master joins again" bash -c "$(declare -f on etcd_members members_are); HOSTS='$HOSTS'
+  [ $rc = 0 ] && members_are $H1 $H2 $H3 $H5"
+[ "$rc" = 0 ] || tail -n 30 "$WORK/up-master2.out"
+"$HOSTS" stop kiln-h5 2>/dev/null
+kiln scale-down -m "$H5" "${KH[@]}" --connect-timeout 5 > "$WORK/gone.out" 2>&1; rc=$?
+check "a powered-off master is refused without --force" bash -c "[ $rc != 0 ] && grep -q 'cannot reach $H5' '$WORK/gone.out'"
+kiln scale-down -m "$H5" "${KH[@]}" --connect-timeout 5 --force > "$WORK/forced.out" 2>&1; rc=$?
+check "with --force it is taken out, reported as not cleaned" bash -c "[ $rc = 0 ] && grep -q 'not cleaned' '$WORK/forced.out'"
+[ "$rc" = 0 ] || tail -n 30 "$WORK/forced.out"
+check "its etcd member was removed (3 members answer), its Node deleted" bash -c "
+  $(declare -f on etcd_members members_are); HOSTS='$HOSTS'
+  grep -q '\[$H5\] etcd member [0-9a-f]* removed' '$WORK/forced.out' && members_are $H1 $H2 $H3 &&
+  ! '$HOSTS' ssh kiln-h1 -- kubectl get node kiln-h5 >/dev/null 2>&1"
+check "etcd is healthy on the 3 masters" on kiln-h1 -- "kubectl -n kube-system exec etcd-kiln-h1 -- etcdctl \
+  --endpoints https://$H1:2379,https://$H2:2379,https://$H3:2379 --cacert /etc/kubernetes/pki/etcd/ca.crt \
+  --cert /etc/kubernetes/pki/etcd/healthcheck-client.crt --key /etc/kubernetes/pki/etcd/healthcheck-client.key endpoint health >/dev/null"
+
+# --- HA: the cluster endpoint without master0's apiserver, then without master0 itself ------------
+# An admin kubeconfig on the worker that goes through its VIP (the haproxy static pod), as an
+# operator's tooling on a node would; kept in /tmp, outside what delete must restore.
+on kiln-h2 -- cat /etc/kubernetes/admin.conf 2>/dev/null | sed 's#^\( *server: \).*#\1https://apiserver.cluster.local:6443#' |
+  on kiln-h4 -- 'umask 077; cat > /tmp/admin-vip.conf'
+through_vip_a_pod_runs() { # NAME: from the worker through its VIP the API lists 4 nodes, and a new pod there is scheduled and runs
+  on kiln-h4 -- "
+    k() { kubectl --kubeconfig /tmp/admin-vip.conf \"\$@\"; }
+    [ \$(k get nodes -o name | grep -c node/) = 4 ] || { echo '  kubectl get nodes through the VIP failed' >&2; exit 1; }
+    k run $1 --image=docker.io/kiln-demo/hello:1 --restart=Never \
+      --overrides='{\"spec\":{\"nodeSelector\":{\"kubernetes.io/hostname\":\"kiln-h4\"},\"tolerations\":[{\"operator\":\"Exists\"}]}}' >/dev/null || exit 1
+    k wait --for=condition=Ready pod/$1 --timeout=180s >/dev/null || { k get pod $1 -o wide >&2; exit 1; }
+    k delete pod $1 --wait=false >/dev/null"
+}
+apiserver_down_on() { # IP: nothing answers on IP:6443
+  local i; for i in $(seq 60); do curl -sk -m 2 "https://$1:6443/readyz" >/dev/null || return 0; sleep 2; done; return 1
+}
+apiserver_ready_on() { # IP
+  local i; for i in $(seq 90); do [ "$(curl -sk -m 2 "https://$1:6443/readyz")" = ok ] && return 0; sleep 2; done
+  echo "  the apiserver on $1 is not ready" >&2; return 1
+}
+on kiln-h1 -- 'mv /etc/kubernetes/manifests/kube-apiserver.yaml /etc/kubernetes/kube-apiserver.yaml.e2e-stopped'
+check "master0's kube-apiserver stopped (its static pod manifest moved away)" apiserver_down_on "$H1"
+# haproxy marks a master down after its failed /readyz checks (a few seconds).
+sleep 8
+check "without master0's apiserver: kubectl through the worker's VIP works, a new pod is scheduled and runs" through_vip_a_pod_runs ha-apiserver-down
+on kiln-h1 -- 'mv /etc/kubernetes/kube-apiserver.yaml.e2e-stopped /etc/kubernetes/manifests/kube-apiserver.yaml'
+check "master0's apiserver back" apiserver_ready_on "$H1"
+"$HOSTS" stop kiln-h1 2>/dev/null
+sleep 8
+check "with master0 powered off: kubectl through the worker's VIP works, a new pod is scheduled and runs" through_vip_a_pod_runs ha-master0-off
+"$HOSTS" start kiln-h1 >/dev/null 2>&1
+check "master0 powered on again: its apiserver is ready and all 4 nodes are Ready" bash -c "
+  $(declare -f apiserver_ready_on); apiserver_ready_on $H1 && for i in \$(seq 90); do
+    [ \"\$('$HOSTS' ssh kiln-h2 -- kubectl get nodes --no-headers | grep -cw Ready)\" = 4 ] && exit 0; sleep 2; done; exit 1"
+on kiln-h4 -- 'rm -f /tmp/admin-vip.conf'
+
 # --- delete leaves the hosts as they were -------------------------------------------------------
 kiln delete --cluster e2e-kube --known-hosts "$WORK/known_hosts" > "$WORK/delete.out" 2>&1; rc=$?
 check "kiln delete succeeds" [ "$rc" = 0 ]
 [ "$rc" = 0 ] || tail -20 "$WORK/delete.out"
-AFTER=$(snapshot "${ALL[@]}")
-check "after delete the hosts are as before the run (files, modes, contents, sysctls)" [ "$BEFORE" = "$AFTER" ]
+snapshot_text "${ALL[@]}" > "$WORK/after.txt"
+check "after delete the hosts are as before the run (files, modes, contents, net sysctls)" cmp -s "$WORK/before.txt" "$WORK/after.txt"
+cmp -s "$WORK/before.txt" "$WORK/after.txt" || diff "$WORK/before.txt" "$WORK/after.txt" | head -40
 check "no kubelet, containerd, haproxy, VIP, CNI link or pod process is left" bash -c "
-  for h in ${ALL[*]} kiln-h5; do '$HOSTS' ssh \$h -- '! systemctl is-active --quiet kubelet && ! systemctl is-active --quiet containerd &&
+  for h in ${ALL[*]}; do '$HOSTS' ssh \$h -- '! systemctl is-active --quiet kubelet && ! systemctl is-active --quiet containerd &&
     ! pgrep -x haproxy && ! pgrep -x etcd && ! pgrep -x kube-apiserver && ! ip addr show lo | grep -q 10.103.97.2 && ! ip link show flannel.1 2>/dev/null && ! ip link show cni0 2>/dev/null' >/dev/null || exit 1; done"
 kiln rmi kiln-e2e/kube-app:1 >/dev/null 2>&1
 

@@ -532,6 +532,9 @@ async fn join_host(
     Ok(())
 }
 
+/// How long a joined host's kubelet may take to register its Node.
+const NODE_REGISTER_SECS: u32 = 180;
+
 /// `node-role.kubernetes.io/<role>` for each role, `hosts[].labels` and `hosts[].taints`, set
 /// through master0 on `host`'s node.
 async fn label_node(ctx: &Context<'_>, host: &Host) -> Result<(), SshError> {
@@ -539,8 +542,13 @@ async fn label_node(ctx: &Context<'_>, host: &Host) -> Result<(), SshError> {
     let mut labels: Vec<String> = host.roles.iter().map(|r| format!("node-role.kubernetes.io/{r}=")).collect();
     labels.extend(host.labels.iter().map(|(k, v)| format!("{k}={v}")));
     let labels: Vec<String> = labels.iter().map(|l| quote(l)).collect();
+    // A joined kubelet registers its Node only once it reaches an apiserver: a worker balanced
+    // by a haproxy static pod does so after that pod serves the VIP, seconds after the join.
     let mut script = format!(
-        "set -e\nkubectl --kubeconfig {ADMIN_CONF} label node {name} {} --overwrite >/dev/null\n",
+        "set -e\n\
+         if ! kubectl --kubeconfig {ADMIN_CONF} wait --for=create node/{name} --timeout={NODE_REGISTER_SECS}s >/dev/null; then\n\
+         echo \"node {name} did not register within {NODE_REGISTER_SECS} s: see journalctl -u kubelet on that host\" >&2; exit 1\nfi\n\
+         kubectl --kubeconfig {ADMIN_CONF} label node {name} {} --overwrite >/dev/null\n",
         labels.join(" ")
     );
     if !host.taints.is_empty() {

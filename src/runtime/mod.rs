@@ -6,6 +6,7 @@ pub mod apiserver_balancer;
 pub mod certs;
 pub mod delete;
 pub mod distribute;
+pub mod etcd_member;
 pub mod exec;
 pub mod facts;
 pub mod hooks;

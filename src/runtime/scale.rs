@@ -1,6 +1,6 @@
 //! `kiln scale-down`: hosts leave a running cluster. The cluster lets go of each one first
-//! (kubernetes: drain, then `kubeadm reset`, which removes a master's etcd member, and
-//! `kubectl delete node`; shell runtime: the image's `scripts/leave.sh`), then the host is
+//! (kubernetes: drain, then `kubeadm reset`, which removes a master's etcd member — kiln then
+//! makes sure through master0's etcd, which a forced removal needs — and `kubectl delete node`; shell runtime: the image's `scripts/leave.sh`), then the host is
 //! cleaned as `kiln delete` cleans it. Masters leave one at a time, nodes in parallel.
 //!
 //! Unlike Sealer, which refuses to remove master0, removing master0 hands its role to the
@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use super::journal::{Journal, JournalError};
 use super::run::{ClusterRuntime, RunReporter, script_env};
-use super::{ConnectOptions, Fleet, delete, distribute, kubernetes};
+use super::{ConnectOptions, Fleet, delete, distribute, etcd_member, kubernetes};
 use crate::clusterfile::{Clusterfile, Host, Registry};
 use crate::plugins::Phase;
 use crate::ssh::{Session, SshError, quote, with_env};
@@ -54,6 +54,15 @@ pub enum ScaleError {
         host: IpAddr,
         #[source]
         source: Box<delete::DeleteError>,
+    },
+    #[error(
+        "{host} left the cluster, but its etcd member could not be checked or removed \
+         (see `etcdctl member list` in master0's etcd pod)"
+    )]
+    EtcdMember {
+        host: IpAddr,
+        #[source]
+        source: Box<etcd_member::EtcdMemberError>,
     },
     #[error(transparent)]
     Journal(#[from] JournalError),
@@ -305,12 +314,33 @@ impl Leaving<'_> {
             }
             None => Some("unreachable: taken out of the cluster, not cleaned".to_owned()),
         };
+        if self.runtime == ClusterRuntime::Kubernetes && host.is_master() {
+            self.remove_etcd_member(host, reporter).await?;
+        }
         if let (ClusterRuntime::Kubernetes, Some(node)) = (self.runtime, &node) {
             let delete = format!("kubectl --kubeconfig {ADMIN_CONF} delete node {} --ignore-not-found", quote(node));
             self.master0_session.run(&delete).await.map_err(fail)?;
             reporter.step(&who, &format!("node {node} deleted"));
         }
         Ok(unreachable)
+    }
+
+    /// The leaving master's etcd member, when `kubeadm reset` did not remove it (the host is
+    /// gone, or its etcd did not answer).
+    async fn remove_etcd_member(&self, host: &Host, reporter: &dyn RunReporter) -> Result<(), ScaleError> {
+        let who = host.ip.to_string();
+        let Some(master0_node) = self.node_names.get(&self.new_master0.ip) else {
+            return Err(ScaleError::EtcdMember {
+                host: host.ip,
+                source: Box::new(etcd_member::EtcdMemberError::NoNode(self.new_master0.ip)),
+            });
+        };
+        match etcd_member::remove(&self.master0_session, master0_node, host.ip).await {
+            Ok(etcd_member::Removal::Removed(id)) => reporter.step(&who, &format!("etcd member {id} removed")),
+            Ok(etcd_member::Removal::AlreadyGone) => reporter.step(&who, "no longer an etcd member"),
+            Err(e) => return Err(ScaleError::EtcdMember { host: host.ip, source: Box::new(e) }),
+        }
+        Ok(())
     }
 
     /// Journals a host's departure (its steps are forgotten) or returns its error.

@@ -3,6 +3,8 @@
 //!
 //! - `etc/sysctl.d/*.conf` → `/etc/sysctl.d/90-kiln-<name>` and applied (previous values saved);
 //! - `etc/modules-load.d/*.conf` → `/etc/modules-load.d/kiln-<name>` and loaded;
+//! - `etc/kiln/sysctl-restore.list`: keys the cluster's components set themselves (kube-proxy,
+//!   the kubelet), only recorded so `kiln delete` restores them;
 //! - `etc/security/limits.d/*.conf` → `/etc/security/limits.d/kiln-<name>`;
 //! - swap off, with `/etc/fstab` swap lines commented (`#kiln-swap# `);
 //! - SELinux to permissive and firewalld/ufw stopped, when present and on.
@@ -50,6 +52,16 @@ for f in "$ROOTFS"/etc/modules-load.d/*.conf; do
     fi
   done
 done
+# Sysctls the cluster's own components set later: recorded (the ones this host has, after its
+# modules loaded) before they ever ran.
+if [ "$first" = 1 ] && [ -f "$ROOTFS/etc/kiln/sysctl-restore.list" ]; then
+  sed -e 's/#.*//' "$ROOTFS/etc/kiln/sysctl-restore.list" | while read -r key; do
+    [ -n "$key" ] || continue
+    grep -q "^$key=" "$R/sysctl.before" && continue
+    value=$(sysctl -n "$key" 2>/dev/null) || continue
+    echo "$key=$value" >> "$R/sysctl.before"
+  done
+fi
 if [ -d /etc/security/limits.d ]; then
   for f in "$ROOTFS"/etc/security/limits.d/*.conf; do
     [ -f "$f" ] && cp "$f" "/etc/security/limits.d/kiln-$(basename "$f")"
