@@ -9,7 +9,8 @@
 # kubeadm join refuses it → the run stops with the host, the command, kubeadm's output, the
 # kubelet's journal and a hint. Second run, port freed: resumes without re-initialising
 # master0. Then: every node Ready; the app's pods on every node answer each other across
-# hosts, through a ClusterIP Service by its DNS name and through a NodePort from this machine;
+# hosts, through a ClusterIP Service by its DNS name and through a NodePort from this machine; the
+# image's Helm chart is installed by its own helm;
 # kubeconfig; certificates (expiry, renewal, more names, each apiserver restarted in turn); a
 # worker joins and leaves (drained, its Node gone); a master joins and leaves (etcd's members
 # checked with etcdctl), and one powered off is forced out, its etcd member removed; HA: with master0's apiserver stopped, then
@@ -157,7 +158,7 @@ system_pods_ok() {
 import json, sys
 pods = json.load(sys.stdin)["items"]
 want = {"etcd": 3, "kube-apiserver": 3, "kube-controller-manager": 3, "kube-scheduler": 3, "kube-proxy": 4,
-        "coredns": 2, "kube-flannel-ds": 4, "kiln-apiserver-lb": 1, "hello": 4}
+        "coredns": 2, "kube-flannel-ds": 4, "kiln-apiserver-lb": 1, "hello": 4, "greeter": 2}
 seen = {}
 for p in pods:
     name = p["metadata"]["name"]
@@ -198,6 +199,12 @@ check "cluster DNS answers kubernetes.default" bash -c "
   '$HOSTS' ssh kiln-h1 -- kubectl exec $FIRST_POD -- busybox nslookup kubernetes.default.svc.cluster.local | grep -q 'Address: 10.96.0.1'"
 check "the NodePort answers from this machine on a master and on the worker" bash -c "
   curl -sf -m 5 http://$H1:30080/ | grep -q 'hello from kiln' && curl -sf -m 5 http://$H4:30080/ | grep -q 'hello from kiln'"
+check "the image's Helm chart was installed at launch by the image's own helm (release deployed)" on kiln-h1 -- "
+  helm version --short | grep -q '^v4\.' &&
+  helm list -o json | python3 -c 'import json,sys; sys.exit(not any(r[\"name\"] == \"greeter\" and r[\"status\"] == \"deployed\" and r[\"chart\"] == \"greeter-0.1.0\" for r in json.load(sys.stdin)))'"
+check "the chart's Service answers a pod by its DNS name" bash -c "
+  $(declare -f on http_get); HOSTS='$HOSTS'
+  http_get $FIRST_POD greeter.default.svc.cluster.local 80 | grep -q 'hello from kiln'"
 check "the app's image came from the in-cluster registry" bash -c "
   '$HOSTS' ssh kiln-h4 -- crictl -r unix:///run/containerd/containerd.sock images 2>/dev/null | grep -q 'kiln-demo/hello'"
 

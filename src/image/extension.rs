@@ -103,7 +103,7 @@ impl Application {
                     Some(f) if f.ends_with(".tgz") || f.ends_with(".tar.gz") => format!("{dir}{f}"),
                     _ => dir.clone(),
                 };
-                Some(format!("helm install {} {}", quote(&self.name), quote(&chart)))
+                Some(format!("helm upgrade --install {} {}", quote(&self.name), quote(&chart)))
             }
             AppType::Shell => Some(
                 self.files
@@ -210,10 +210,10 @@ mod tests {
             app(AppType::Kube, &["a.yaml", "/b.yaml"], &[]).launch_command().unwrap(),
             "kubectl apply -f application/apps/x/a.yaml && kubectl apply -f application/apps/x/b.yaml"
         );
-        assert_eq!(app(AppType::Helm, &["x"], &[]).launch_command().unwrap(), "helm install x application/apps/x/");
+        assert_eq!(app(AppType::Helm, &["x"], &[]).launch_command().unwrap(), "helm upgrade --install x application/apps/x/");
         assert_eq!(
             app(AppType::Helm, &["c.tgz"], &[]).launch_command().unwrap(),
-            "helm install x application/apps/x/c.tgz"
+            "helm upgrade --install x application/apps/x/c.tgz"
         );
         assert_eq!(
             app(AppType::Unknown, &[], &["a", "b"]).launch_command().unwrap(),
