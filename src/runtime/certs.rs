@@ -15,12 +15,12 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::run::RunReporter;
-use super::{ConnectOptions, Fleet};
+use super::{ConnectOptions, Fleet, static_pod};
 use crate::clusterfile::{Clusterfile, Host};
 use crate::kubernetes::pki::{
     self, APISERVER_PORT, CertificateSummary, ClusterPki, ControlPlaneNode, PkiError, PkiSettings, Reissue, Validity,
 };
-use crate::ssh::{Session, SshError, quote};
+use crate::ssh::{Session, SshError};
 
 /// Certificates kubeadm keeps under `/etc/kubernetes/pki`, CAs first.
 const CERTIFICATES: &[&str] = &[
@@ -38,8 +38,6 @@ const CERTIFICATES: &[&str] = &[
 /// Kubeconfigs whose client certificates expire with the others.
 const KUBECONFIGS: &[&str] =
     &["admin.conf", "super-admin.conf", "controller-manager.conf", "scheduler.conf", "kubelet.conf"];
-/// The annotation whose change makes the kubelet restart a static pod with the new files.
-const RESTART_ANNOTATION: &str = "kiln.io/certificates-reissued-at";
 /// How long an apiserver may take to come back with its new certificate.
 const RESTART_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -71,7 +69,15 @@ pub enum CertError {
     )]
     NotRestarted { host: IpAddr, seconds: u64, last: String },
     #[error(transparent)]
+    StaticPod(Box<static_pod::StaticPodError>),
+    #[error(transparent)]
     Ssh(Box<SshError>),
+}
+
+impl From<static_pod::StaticPodError> for CertError {
+    fn from(e: static_pod::StaticPodError) -> Self {
+        Self::StaticPod(Box::new(e))
+    }
 }
 
 impl From<SshError> for CertError {
@@ -308,13 +314,17 @@ async fn reissue_on(
         Reissue::AllButKubelet => &["kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd"],
         Reissue::ApiServer { .. } => &["kube-apiserver"],
     };
-    let mut restarted = Vec::new();
+    let mut restarts = Vec::new();
     for pod in pods {
-        if restart_static_pod(session, master.ip, pod).await? {
-            restarted.push((*pod).to_owned());
-        }
+        restarts.extend(static_pod::restart(session, master.ip, pod).await?);
     }
+    let restarted: Vec<String> = restarts.iter().map(|r| r.pod.clone()).collect();
     reporter.step(&host, &format!("restarted {}; waiting for the apiserver", restarted.join(", ")));
+    // The old apiserver serves the new certificate as soon as the file changes: wait for the
+    // kubelet's new containers first, so the next master restarts only once this one is back.
+    for restart in &restarts {
+        static_pod::wait_replaced(session, master.ip, restart, RESTART_TIMEOUT).await?;
+    }
     wait_for_certificate(session, master.ip, cluster_pki.ca_pem(), &apiserver_pem).await?;
     let summary = pki::summarize(&apiserver_pem).map_err(|reason| CertError::HostFile {
         host: master.ip,
@@ -338,39 +348,6 @@ async fn remaining_days(session: &Session, host: IpAddr) -> Result<u32, CertErro
     let summary = pki::summarize(&pem).map_err(|reason| CertError::HostFile { host, path: path.into(), reason })?;
     let seconds = (summary.not_after - chrono::Utc::now()).num_seconds().max(0);
     Ok(u32::try_from((seconds + 86_399) / 86_400).unwrap_or(u32::MAX).clamp(1, 3650))
-}
-
-/// Changes an annotation of the static pod's manifest; the kubelet sees a new pod and starts
-/// it with the files as they are now. `false` when the node has no such manifest.
-async fn restart_static_pod(session: &Session, host: IpAddr, pod: &str) -> Result<bool, CertError> {
-    let path = format!("/etc/kubernetes/manifests/{pod}.yaml");
-    let out = session.run(&format!("if [ -f {p} ]; then cat {p}; else echo '# absent'; fi", p = quote(&path))).await?;
-    let text = out.stdout_text();
-    if text.trim() == "# absent" {
-        return Ok(false);
-    }
-    let manifest = restart_annotated(&text, &chrono::Utc::now().to_rfc3339())
-        .map_err(|reason| CertError::HostFile { host, path: path.clone(), reason })?;
-    session.upload(manifest.as_bytes(), &path, 0o600).await?;
-    Ok(true)
-}
-
-/// The manifest with [`RESTART_ANNOTATION`] set to `stamp`.
-fn restart_annotated(manifest: &str, stamp: &str) -> Result<String, String> {
-    let mut pod: serde_json::Value = serde_saphyr::from_str(manifest).map_err(|e| format!("not YAML: {e}"))?;
-    let metadata = pod
-        .get_mut("metadata")
-        .and_then(|m| m.as_object_mut())
-        .ok_or_else(|| "no metadata: not a pod manifest".to_owned())?;
-    let annotations = metadata.entry("annotations").or_insert_with(|| serde_json::json!({}));
-    if annotations.is_null() {
-        *annotations = serde_json::json!({});
-    }
-    annotations
-        .as_object_mut()
-        .ok_or_else(|| "metadata.annotations is not a map".to_owned())?
-        .insert(RESTART_ANNOTATION.to_owned(), serde_json::Value::String(stamp.to_owned()));
-    serde_saphyr::to_string(&pod).map_err(|e| e.to_string())
 }
 
 /// Waits until the apiserver on `host` (reached from the host itself, through the SSH
@@ -477,19 +454,5 @@ mod tests {
         assert_eq!(names, ["pki/ca.crt", "admin.conf", "kubelet.conf"]);
         assert_eq!(files[1].1, "ADMIN-CERT\n");
         assert!(files[2].1.contains("S1VCRUxFVA=="));
-    }
-
-    #[test]
-    fn a_restart_annotation_changes_only_the_annotations() {
-        let manifest = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: kube-apiserver\n  namespace: kube-system\n\
-                        spec:\n  containers:\n  - name: kube-apiserver\n    command: [kube-apiserver, --secure-port=6443]\n";
-        let once = restart_annotated(manifest, "2026-12-01T00:00:00Z").unwrap();
-        let pod: serde_json::Value = serde_saphyr::from_str(&once).unwrap();
-        assert_eq!(pod["metadata"]["annotations"][RESTART_ANNOTATION], "2026-12-01T00:00:00Z");
-        assert_eq!(pod["spec"]["containers"][0]["command"][1], "--secure-port=6443");
-        let twice = restart_annotated(&once, "2026-12-02T00:00:00Z").unwrap();
-        assert_ne!(once, twice, "a second restart changes the manifest again");
-        assert!(restart_annotated("just text", "x").is_err());
-        assert!(restart_annotated("metadata:\n  annotations: [a]\n", "x").is_err());
     }
 }

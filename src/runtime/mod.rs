@@ -17,6 +17,7 @@ pub mod registry_access;
 pub mod run;
 pub mod scale;
 pub mod state;
+pub mod static_pod;
 pub mod tune;
 
 use std::collections::BTreeMap;
