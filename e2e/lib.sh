@@ -42,7 +42,7 @@ snapshot_text() {
     echo "== $h"
     on "$h" -- "find $dirs -xdev -printf '%p %y %m\n' 2>/dev/null | sort
       find $dirs -xdev -type f -exec sha256sum {} + 2>/dev/null | sort
-      sysctl -a 2>/dev/null | grep -v -e random -e ns_last_pid -e stat -e dentry -e inode-nr -e file-nr -e inode-state | grep '$keep' | sort" 2>/dev/null
+      sysctl -a 2>/dev/null | grep -v -e random -e ns_last_pid -e stat -e dentry -e inode-nr -e file-nr -e inode-state -e nf_conntrack_count | grep '$keep' | sort" 2>/dev/null
   done
 }
 

@@ -40,9 +40,11 @@ INV=$("$HOSTS" inventory)
 KEY=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ssh_key"])' "$INV")
 H1=$(ip_of kiln-h1); H2=$(ip_of kiln-h2); H3=$(ip_of kiln-h3); H4=$(ip_of kiln-h4); H5=$(ip_of kiln-h5)
 
+# The app's container image archive (both architectures) comes from kubefiles/prepare.sh.
+"$ROOT/kubefiles/prepare.sh" >/dev/null
 kiln -q build --platform linux/amd64,linux/arm64 -t kiln-e2e/kube-app:1 --build-arg "KUBE_IMAGE=kiln/kubernetes:$VERSION" \
-  --image-source "$ROOT/kubefiles/etcd/app-image.tar" "$ROOT/e2e/images/kube-e2e" >/dev/null \
-  || { echo "0 passed, 1 failed (test image build on kiln/kubernetes:$VERSION: run make kubernetes-image first)"; exit 1; }
+  --image-source "$ROOT/kubefiles/etcd/app-image.tar" "$ROOT/kubefiles/hello" > "$WORK/build.out" 2>&1 \
+  || { cat "$WORK/build.out"; echo "0 passed, 1 failed (the test image on kiln/kubernetes:$VERSION; make kubernetes-image builds that)"; exit 1; }
 
 # The test machine's disk is nearly full (the hosts share it): the kubelet's default relative
 # thresholds (10 % / 15 % free) would evict every pod, and preflight says so (kubelet-disk).
@@ -86,7 +88,13 @@ SNAPSHOT_EXTRA_DIRS="/var/lib/kubelet /var/lib/etcd /opt/cni /root/.kube"
 # every host shares here, so no host's restore can be judged on them: net.* only.
 SNAPSHOT_NET_SYSCTLS_ONLY=1
 snapshot_text "${ALL[@]}" > "$WORK/before.txt"
-BEFORE_H5=$(snapshot kiln-h5)
+snapshot_text kiln-h5 > "$WORK/before-h5.txt"
+# kubectl on a worker runs with --cache-dir in /tmp: its default cache (~/.kube/cache) is the
+# test's own doing, which delete need not undo.
+as_before() { # HOST BEFORE_FILE: the host's snapshot is the saved one, else what differs
+  snapshot_text "$1" > "$WORK/now-$1.txt"
+  cmp -s "$2" "$WORK/now-$1.txt" || { diff "$2" "$WORK/now-$1.txt" | head -20 >&2; return 1; }
+}
 RUN=(kiln run -f "$WORK/Clusterfile" --known-hosts "$WORK/known_hosts" --accept-new-host-keys --wait-ready 300)
 KUBECTL=(on kiln-h1 -- kubectl)
 
@@ -214,20 +222,22 @@ check "the worker's haproxy balances over the three masters" on kiln-h4 -- "
   for m in $H1 $H2 $H3; do grep -q \"^  server master[0-9]* \$m:6443\$\" /etc/kiln/apiserver-lb/haproxy.cfg || exit 1; done"
 check "the worker's kubelet reaches the API through the VIP" on kiln-h4 -- \
   "grep -q 'server: https://apiserver.cluster.local:6443' /etc/kubernetes/kubelet.conf &&
-   kubectl --kubeconfig /etc/kubernetes/kubelet.conf get --raw /readyz | grep -qx ok"
+   kubectl --kubeconfig /etc/kubernetes/kubelet.conf --cache-dir /tmp/kubectl-cache get --raw /readyz | grep -qx ok"
 check "joined masters name the apiserver by themselves" on kiln-h3 -- "grep -q '^$H3 apiserver.cluster.local # kiln-apiserver\$' /etc/hosts"
 
 # --- kubeconfig from this machine ----------------------------------------------------------------
 kiln kubeconfig -f "$WORK/Clusterfile" -o "$WORK/kubeconfig" 2> "$WORK/kubeconfig.err"
-kubeconfig_works() {
-  [ "$(stat -c %a "$WORK/kubeconfig")" = 600 ] || return 1
-  "$ROOT/rootfs/kube-bin/$VERSION/node/amd64/kubectl" --kubeconfig "$WORK/kubeconfig" get nodes -o name 2>/dev/null | grep -c node/ | grep -qx 4 || return 1
-  python3 - "$WORK/kubeconfig" "$WORK" <<'PY' || return 1
+# The image's own kubectl (amd64, as the hosts run it), used from this machine.
+on kiln-h1 -- cat /usr/bin/kubectl > "$WORK/kubectl" 2>/dev/null && chmod +x "$WORK/kubectl"
+# The cluster CA from the kubeconfig, which the certificate checks below verify against.
+python3 - "$WORK/kubeconfig" "$WORK/ca.crt" <<'PY' 2>/dev/null
 import base64, re, sys
 text = open(sys.argv[1]).read()
-for field, name in [("certificate-authority-data", "ca.crt")]:
-    open(sys.argv[2] + "/" + name, "wb").write(base64.b64decode(re.search(field + r": (\S+)", text).group(1)))
+open(sys.argv[2], "wb").write(base64.b64decode(re.search(r"certificate-authority-data: (\S+)", text).group(1)))
 PY
+kubeconfig_works() {
+  [ "$(stat -c %a "$WORK/kubeconfig")" = 600 ] || { echo "  kubeconfig mode $(stat -c %a "$WORK/kubeconfig")" >&2; return 1; }
+  "$WORK/kubectl" --kubeconfig "$WORK/kubeconfig" get nodes -o name | grep -c node/ | grep -qx 4
 }
 check "kiln kubeconfig writes a 0600 admin kubeconfig that the real kubectl uses from this machine" kubeconfig_works
 check "the apiserver certificate carries the Clusterfile's certSANs" bash -c "
@@ -291,7 +301,7 @@ served_for_2y() {
   done
 }
 check "every apiserver serves its renewed certificate (was: ${OLD_END#notAfter=})" served_for_2y
-apiserver_started() { on "$1" -- 'crictl -r unix:///run/containerd/containerd.sock inspect $(crictl -r unix:///run/containerd/containerd.sock ps -q --name kube-apiserver) | sed -n "s/.*\"startedAt\": \"\([^\"]*\)\".*/\1/p" | head -1'; }
+apiserver_started() { on "$1" -- 'c() { crictl -r unix:///run/containerd/containerd.sock "$@" 2>/dev/null; }; c inspect $(c ps -q --name kube-apiserver) | sed -n "s/.*\"startedAt\": \"\([^\"]*\)\".*/\1/p" | head -1'; }
 restarted_in_turn() {
   local prev=0 m t
   for m in kiln-h1 kiln-h2 kiln-h3; do
@@ -333,7 +343,7 @@ check "a worker joins" [ "$rc" = 0 ]
 [ "$rc" = 0 ] || tail -n 30 "$WORK/up.out"
 check "5 nodes Ready" [ "$(ready_nodes)" = "kiln-h1 kiln-h2 kiln-h3 kiln-h4 kiln-h5" ]
 check "the new worker's haproxy serves the VIP over the three masters" on kiln-h5 -- \
-  "kubectl --kubeconfig /etc/kubernetes/kubelet.conf get --raw /readyz | grep -qx ok && grep -c '^  server master' /etc/kiln/apiserver-lb/haproxy.cfg | grep -qx 3"
+  "kubectl --kubeconfig /etc/kubernetes/kubelet.conf --cache-dir /tmp/kubectl-cache get --raw /readyz | grep -qx ok && grep -c '^  server master' /etc/kiln/apiserver-lb/haproxy.cfg | grep -qx 3"
 "${KUBECTL[@]}" scale deployment hello --replicas 5 >/dev/null 2>&1
 check "the app scales onto the new worker" bash -c "
   for i in \$(seq 60); do '$HOSTS' ssh kiln-h1 -- kubectl get pods -l app=hello -o wide --field-selector spec.nodeName=kiln-h5 | grep -q Running && exit 0; sleep 2; done; exit 1"
@@ -342,7 +352,7 @@ check "the worker leaves" [ "$rc" = 0 ]
 [ "$rc" = 0 ] || tail -n 30 "$WORK/down.out"
 check "it was drained and its Node object is gone" bash -c "
   grep -q '\[$H5\] drained' '$WORK/down.out' && [ \"\$('$HOSTS' ssh kiln-h1 -- kubectl get nodes -o name)\" = \"\$(printf 'node/kiln-h1\nnode/kiln-h2\nnode/kiln-h3\nnode/kiln-h4')\" ]"
-check "the host that left is as before the run" bash -c "[ '$BEFORE_H5' = '$(snapshot kiln-h5)' ]"
+check "the host that left is as before the run" as_before kiln-h5 "$WORK/before-h5.txt"
 
 # --- scale: a master joins and leaves, checked in etcd; then one powered off is forced out --------
 etcd_members() { # the peer IPs of the etcd members, as master0's etcd lists them
@@ -373,7 +383,7 @@ check "the master leaves" [ "$rc" = 0 ]
 check "etcd is back to the 3 masters; the Node is gone; the worker's VIP over 3 masters" bash -c "
   $(declare -f on etcd_members members_are worker_balances_over); HOSTS='$HOSTS'
   members_are $H1 $H2 $H3 && ! '$HOSTS' ssh kiln-h1 -- kubectl get node kiln-h5 >/dev/null 2>&1 && worker_balances_over 3"
-check "the master that left is as before the run" bash -c "[ '$BEFORE_H5' = '$(snapshot kiln-h5)' ]"
+check "the master that left is as before the run" as_before kiln-h5 "$WORK/before-h5.txt"
 kiln scale-up -m "$H5" --pk "$KEY" "${KH[@]}" --wait-ready 300 > "$WORK/up-master2.out" 2>&1; rc=$?
 check "the master joins again" bash -c "$(declare -f on etcd_members members_are); HOSTS='$HOSTS'
   [ $rc = 0 ] && members_are $H1 $H2 $H3 $H5"
@@ -399,7 +409,7 @@ on kiln-h2 -- cat /etc/kubernetes/admin.conf 2>/dev/null | sed 's#^\( *server: \
   on kiln-h4 -- 'umask 077; cat > /tmp/admin-vip.conf'
 through_vip_a_pod_runs() { # NAME: from the worker through its VIP the API lists 4 nodes, and a new pod there is scheduled and runs
   on kiln-h4 -- "
-    k() { kubectl --kubeconfig /tmp/admin-vip.conf \"\$@\"; }
+    k() { kubectl --kubeconfig /tmp/admin-vip.conf --cache-dir /tmp/kubectl-cache \"\$@\"; }
     [ \$(k get nodes -o name | grep -c node/) = 4 ] || { echo '  kubectl get nodes through the VIP failed' >&2; exit 1; }
     k run $1 --image=docker.io/kiln-demo/hello:1 --restart=Never \
       --overrides='{\"spec\":{\"nodeSelector\":{\"kubernetes.io/hostname\":\"kiln-h4\"},\"tolerations\":[{\"operator\":\"Exists\"}]}}' >/dev/null || exit 1

@@ -18,6 +18,7 @@ for tool in kubeadm kubelet kubectl crictl helm ipvsadm; do
 done
 # CNI plugins, when the image carries them (bin/cni/*), where containerd's CRI looks.
 if [ -d "$ROOTFS/bin/cni" ]; then
+  [ -e /opt/cni ] || echo /opt/cni >> "$LIST.new"
   [ -e /opt/cni/bin ] || echo /opt/cni/bin >> "$LIST.new"
   mkdir -p /opt/cni/bin
   install -m 0755 "$ROOTFS"/bin/cni/* /opt/cni/bin/
