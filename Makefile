@@ -23,12 +23,13 @@ TEST_PACKAGES += gcc-aarch64-linux-gnu pkgconf file
 KUBE_VERSION ?= v1.37.2
 GO_MIN := 1.26
 
-.PHONY: all build release test test-unit test-hosts test-e2e deps go kubernetes-image test-kubernetes-image demo bench-build bench-share bench-offline bench-run fuzz lint clean help
+.PHONY: all build release test test-unit test-hosts test-e2e deps go kubernetes-image test-kubernetes-image demo demo-etcd e2e-kubernetes bench-build bench-share bench-offline bench-run bench-kubernetes fuzz lint clean help
 
 all: build
 
 help:
-	@echo "make demo         build kiln and the demo cluster image, show it"
+	@echo "make demo         a real Kubernetes cluster from kiln/kubernetes on 3 test hosts, with an app"
+	@echo "make demo-etcd    the etcd demo: 3 test hosts of both architectures from one image"
 	@echo "make test         every test (unit, CLI, interop with skopeo, test hosts)"
 	@echo "make kubernetes-image  build the Kubernetes cluster image from source (KUBE_VERSION, default $(KUBE_VERSION))"
 	@echo "make test-hosts   bring up 2 amd64 + 1 arm64 test hosts and check them"
@@ -36,6 +37,7 @@ help:
 	@echo "make bench-build  build benchmark: kiln vs tar|gzip|sha256sum floor"
 	@echo "make bench-share  push/pull benchmark: kiln vs skopeo against docker-registry"
 	@echo "make bench-offline image caching and serving: kiln vs skopeo sync and docker-registry"
+	@echo "make bench-kubernetes  kiln run to all Ready vs kubeadm by hand (images preloaded), 3 masters + 1 worker"
 	@echo "make bench-run    rootfs distribution to 1, 2, 4 test hosts: kiln run vs parallel scp -r (1 Gbit/s uplink, then unshaped)"
 	@echo "make fuzz         fuzz the Kubefile parser (FUZZ_SECONDS, default 600)"
 
@@ -109,11 +111,17 @@ lint: deps
 	$(CARGO) clippy $(CARGO_FLAGS) --all-targets -- -D warnings
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
-# The demo: fetches Debian's etcd/containerd/runc/registry binaries for amd64 and arm64, builds
-# the base and etcd cluster images, starts 2 amd64 + 1 arm64 test hosts, runs the image onto
-# them and shows etcd's health and `kiln status`.
-demo: deps build
+# The demo: a real Kubernetes cluster (1 master + 2 workers) from kiln/kubernetes (built from
+# source the first time, then cached) with the demo app (kubefiles/hello): nodes, pods on every
+# node, the NodePort answering from this machine, the Helm release, `kiln status`.
+demo: deps build kubernetes-image
 	@e2e/demo.sh $(KILN_DEBUG)
+
+# The etcd demo: fetches Debian's etcd/containerd/runc/registry binaries for amd64 and arm64,
+# builds the base and etcd cluster images, starts 2 amd64 + 1 arm64 test hosts, runs the image
+# onto them and shows etcd's health and `kiln status`.
+demo-etcd: deps build
+	@e2e/demo-etcd.sh $(KILN_DEBUG)
 
 bench-build: deps release
 	@e2e/bench/build.sh $(KILN_RELEASE)
@@ -132,6 +140,11 @@ bench-run: deps release
 	@for uplink in $(BENCH_UPLINKS); do \
 	  BENCH_UPLINK=$$([ "$$uplink" = unshaped ] || echo "$$uplink") e2e/bench/run.sh $(KILN_RELEASE); \
 	done
+
+# kiln run of kiln/kubernetes (3 masters + 1 worker) vs the same cluster made by hand with kubeadm,
+# images preloaded: time to all Ready, alternating, BENCH_SAMPLES (3) of each.
+bench-kubernetes: deps release kubernetes-image
+	@e2e/bench/kubernetes.sh $(KILN_RELEASE)
 
 FUZZ_SECONDS ?= 600
 fuzz:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make demo: fetch Debian's etcd, containerd, runc and registry binaries for amd64 and arm64,
+# make demo-etcd: fetch Debian's etcd, containerd, runc and registry binaries for amd64 and arm64,
 # build the base and the etcd cluster images with kiln, start 3 test hosts (2 amd64 + 1 arm64),
 # `kiln run` the image onto them, and show the result: a healthy 3-member etcd cluster on mixed
 # architectures, its app image pulled through the in-cluster registry, and `kiln status`.

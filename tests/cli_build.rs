@@ -133,7 +133,10 @@ fn apps_types_launch_and_labels() {
         .map(|v| v.as_str().unwrap().to_owned())
         .collect();
     assert!(cmds.contains(&"raw: cd application/apps/raw/ && cat raw.tmpl && echo ok".to_owned()), "{cmds:?}");
-    assert!(cmds.contains(&"mysql: helm upgrade --install mysql application/apps/mysql/mysql.tgz".to_owned()), "{cmds:?}");
+    assert!(
+        cmds.contains(&"mysql: helm upgrade --install mysql application/apps/mysql/mysql.tgz".to_owned()),
+        "{cmds:?}"
+    );
     let root = env.rootfs("apps:1", None);
     assert!(root.path().join("application/apps/web/templates/d.yaml").exists());
     assert!(root.path().join("application/apps/calico/calico.sh").exists());

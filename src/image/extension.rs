@@ -210,7 +210,10 @@ mod tests {
             app(AppType::Kube, &["a.yaml", "/b.yaml"], &[]).launch_command().unwrap(),
             "kubectl apply -f application/apps/x/a.yaml && kubectl apply -f application/apps/x/b.yaml"
         );
-        assert_eq!(app(AppType::Helm, &["x"], &[]).launch_command().unwrap(), "helm upgrade --install x application/apps/x/");
+        assert_eq!(
+            app(AppType::Helm, &["x"], &[]).launch_command().unwrap(),
+            "helm upgrade --install x application/apps/x/"
+        );
         assert_eq!(
             app(AppType::Helm, &["c.tgz"], &[]).launch_command().unwrap(),
             "helm upgrade --install x application/apps/x/c.tgz"
