@@ -57,7 +57,7 @@ echo "==> kiln run -f .demo/Clusterfile --wait-ready 300"
 echo
 echo "==> kubectl get nodes -o wide -L kubernetes.io/arch (on master0)"
 on kiln-h1 -- kubectl get nodes -o wide -L kubernetes.io/arch
-on kiln-h1 -- kubectl wait --for=condition=Available deployment --all --timeout=180s >/dev/null
+on kiln-h1 -- kubectl wait --for=condition=Ready pod --all --timeout=180s >/dev/null
 echo
 echo "==> the app's pods, one per node, and the Helm release the image's helm installed"
 on kiln-h1 -- kubectl get pods -o wide

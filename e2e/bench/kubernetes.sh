@@ -102,15 +102,17 @@ kubeadm_prepare() { # untimed: binaries installed, containerd running, images pr
   "$KILN" registry serve --image "$TAG" --listen "$GATEWAY:$port" > "$WORK/serve.log" 2>&1 &
   local serve=$!
   for _ in $(seq 100); do curl -sf "http://$GATEWAY:$port/v2/" >/dev/null && break; sleep 0.2; done
+  local copies=()
   for name in "${NAMES[@]}"; do
     tar -C "$WORK/rootfs" -c bin etc/containerd/config.toml etc/systemd application/apps/flannel/kube-flannel.yml |
       on "$name" "mkdir -p /opt/bench && tar -C /opt/bench -x" &
+    copies+=($!)
   done
-  wait
+  for p in "${copies[@]}"; do wait "$p"; done
   local pull=""
   for image in $IMAGES; do
-    pull+="ctr -n k8s.io images pull -q --plain-http --platform linux/amd64 $GATEWAY:$port/$image >/dev/null &&
-      ctr -n k8s.io images tag --force $GATEWAY:$port/$image $image >/dev/null
+    pull+="ctr -n k8s.io images pull --plain-http --platform linux/amd64 $GATEWAY:$port/$image >/dev/null 2>/tmp/pull.err &&
+      ctr -n k8s.io images tag --force $GATEWAY:$port/$image $image >/dev/null 2>>/tmp/pull.err || { grep -v DEPRECATION /tmp/pull.err; exit 1; }
 "
   done
   on_all "set -e; cd /opt/bench
@@ -189,8 +191,8 @@ done
 "$HOSTS" down >/dev/null 2>&1 || true
 rm -rf "$STATE"
 
-stats() { printf '%s\n' "$@" | sort -n | awk '{v[NR] = $1} END {printf "min %.1f s, median %.1f s", v[1], v[int((NR + 1) / 2)]}'; }
-median() { printf '%s\n' "$@" | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+median() { printf '%s\n' "$@" | sort -n | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+stats() { printf 'min %.1f s, median %.1f s' "$(minimum "$@")" "$(median "$@")"; }
 minimum() { printf '%s\n' "$@" | sort -n | head -1; }
 echo
 echo "kubeadm by hand, to all Ready:       $(stats "${KUBEADM[@]}")"
