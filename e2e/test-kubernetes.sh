@@ -338,7 +338,7 @@ check "a run on the finished cluster succeeds without kubeadm init or join again
 
 # --- scale: a worker joins, then leaves ----------------------------------------------------------
 ready_nodes() { "${KUBECTL[@]}" get nodes -o json | python3 -c 'import json,sys; print(" ".join(sorted(n["metadata"]["name"] for n in json.load(sys.stdin)["items"] if [c for c in n["status"]["conditions"] if c["type"] == "Ready" and c["status"] == "True"])))'; }
-kiln scale-up -n "$H5" --pk "$KEY" "${KH[@]}" --accept-new-host-keys --wait-ready 300 > "$WORK/up.out" 2>&1; rc=$?
+kiln scale-up --cluster e2e-kube -n "$H5" --pk "$KEY" "${KH[@]}" --accept-new-host-keys --wait-ready 300 > "$WORK/up.out" 2>&1; rc=$?
 check "a worker joins" [ "$rc" = 0 ]
 [ "$rc" = 0 ] || tail -n 30 "$WORK/up.out"
 check "5 nodes Ready" [ "$(ready_nodes)" = "kiln-h1 kiln-h2 kiln-h3 kiln-h4 kiln-h5" ]
@@ -347,7 +347,7 @@ check "the new worker's haproxy serves the VIP over the three masters" on kiln-h
 "${KUBECTL[@]}" scale deployment hello --replicas 5 >/dev/null 2>&1
 check "the app scales onto the new worker" bash -c "
   for i in \$(seq 60); do '$HOSTS' ssh kiln-h1 -- kubectl get pods -l app=hello -o wide --field-selector spec.nodeName=kiln-h5 | grep -q Running && exit 0; sleep 2; done; exit 1"
-kiln scale-down -n "$H5" "${KH[@]}" > "$WORK/down.out" 2>&1; rc=$?
+kiln scale-down --cluster e2e-kube -n "$H5" "${KH[@]}" > "$WORK/down.out" 2>&1; rc=$?
 check "the worker leaves" [ "$rc" = 0 ]
 [ "$rc" = 0 ] || tail -n 30 "$WORK/down.out"
 check "it was drained and its Node object is gone" bash -c "
@@ -369,7 +369,7 @@ worker_balances_over() { # N: the worker's haproxy has N masters
   on kiln-h4 -- "[ \$(grep -c '^  server master' /etc/kiln/apiserver-lb/haproxy.cfg) = $1 ]"
 }
 check "etcd has the 3 masters as members (etcdctl member list)" members_are "$H1" "$H2" "$H3"
-kiln scale-up -m "$H5" --pk "$KEY" "${KH[@]}" --accept-new-host-keys --wait-ready 300 > "$WORK/up-master.out" 2>&1; rc=$?
+kiln scale-up --cluster e2e-kube -m "$H5" --pk "$KEY" "${KH[@]}" --accept-new-host-keys --wait-ready 300 > "$WORK/up-master.out" 2>&1; rc=$?
 check "a 4th master joins" [ "$rc" = 0 ]
 [ "$rc" = 0 ] || tail -n 30 "$WORK/up-master.out"
 check "etcd has 4 members, the new master among them" members_are "$H1" "$H2" "$H3" "$H5"
@@ -377,21 +377,21 @@ check "the new master is Ready with the control-plane role, its apiserver ready"
   '$HOSTS' ssh kiln-h1 -- kubectl get node kiln-h5 --show-labels --no-headers | grep -w Ready | grep -q node-role.kubernetes.io/control-plane &&
   [ \"\$(curl -sk -m 5 https://$H5:6443/readyz)\" = ok ]"
 check "the worker's VIP balances over the 4 masters" worker_balances_over 4
-kiln scale-down -m "$H5" "${KH[@]}" > "$WORK/down-master.out" 2>&1; rc=$?
+kiln scale-down --cluster e2e-kube -m "$H5" "${KH[@]}" > "$WORK/down-master.out" 2>&1; rc=$?
 check "the master leaves" [ "$rc" = 0 ]
 [ "$rc" = 0 ] || tail -n 30 "$WORK/down-master.out"
 check "etcd is back to the 3 masters; the Node is gone; the worker's VIP over 3 masters" bash -c "
   $(declare -f on etcd_members members_are worker_balances_over); HOSTS='$HOSTS'
   members_are $H1 $H2 $H3 && ! '$HOSTS' ssh kiln-h1 -- kubectl get node kiln-h5 >/dev/null 2>&1 && worker_balances_over 3"
 check "the master that left is as before the run" as_before kiln-h5 "$WORK/before-h5.txt"
-kiln scale-up -m "$H5" --pk "$KEY" "${KH[@]}" --wait-ready 300 > "$WORK/up-master2.out" 2>&1; rc=$?
+kiln scale-up --cluster e2e-kube -m "$H5" --pk "$KEY" "${KH[@]}" --wait-ready 300 > "$WORK/up-master2.out" 2>&1; rc=$?
 check "the master joins again" bash -c "$(declare -f on etcd_members members_are); HOSTS='$HOSTS'
   [ $rc = 0 ] && members_are $H1 $H2 $H3 $H5"
 [ "$rc" = 0 ] || tail -n 30 "$WORK/up-master2.out"
 "$HOSTS" stop kiln-h5 2>/dev/null
-kiln scale-down -m "$H5" "${KH[@]}" --connect-timeout 5 > "$WORK/gone.out" 2>&1; rc=$?
+kiln scale-down --cluster e2e-kube -m "$H5" "${KH[@]}" --connect-timeout 5 > "$WORK/gone.out" 2>&1; rc=$?
 check "a powered-off master is refused without --force" bash -c "[ $rc != 0 ] && grep -q 'cannot reach $H5' '$WORK/gone.out'"
-kiln scale-down -m "$H5" "${KH[@]}" --connect-timeout 5 --force > "$WORK/forced.out" 2>&1; rc=$?
+kiln scale-down --cluster e2e-kube -m "$H5" "${KH[@]}" --connect-timeout 5 --force > "$WORK/forced.out" 2>&1; rc=$?
 check "with --force it is taken out, reported as not cleaned" bash -c "[ $rc = 0 ] && grep -q 'not cleaned' '$WORK/forced.out'"
 [ "$rc" = 0 ] || tail -n 30 "$WORK/forced.out"
 check "its etcd member was removed (3 members answer), its Node deleted" bash -c "
