@@ -8,10 +8,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use super::kubernetes::ADMIN_CONF;
 use crate::ssh::{Session, SshError, quote};
-
-/// The admin credentials kubeadm leaves on every master.
-const ADMIN_CONF: &str = "/etc/kubernetes/admin.conf";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdMemberError {

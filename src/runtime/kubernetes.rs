@@ -37,7 +37,7 @@ pub const HOSTS_TAG: &str = "# kiln-apiserver";
 /// Links the usual CNIs and kube-proxy leave behind (kubeadm reset does not remove them).
 const CNI_LINKS: &str = "cni0 flannel.1 flannel-v6.1 kube-ipvs0 kube-bridge vxlan.calico";
 /// Where kiln's kubectl calls on master0 find their credentials.
-const ADMIN_CONF: &str = "/etc/kubernetes/admin.conf";
+pub(super) const ADMIN_CONF: &str = "/etc/kubernetes/admin.conf";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {

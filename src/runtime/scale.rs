@@ -1,7 +1,8 @@
 //! `kiln scale-down`: hosts leave a running cluster. The cluster lets go of each one first
 //! (kubernetes: drain, then `kubeadm reset`, which removes a master's etcd member — kiln then
-//! makes sure through master0's etcd, which a forced removal needs — and `kubectl delete node`; shell runtime: the image's `scripts/leave.sh`), then the host is
-//! cleaned as `kiln delete` cleans it. Masters leave one at a time, nodes in parallel.
+//! makes sure through master0's etcd, which a forced removal needs — and `kubectl delete node`;
+//! shell runtime: the image's `scripts/leave.sh`), then the host is cleaned as `kiln delete`
+//! cleans it. Masters leave one at a time, nodes in parallel.
 //!
 //! Unlike Sealer, which refuses to remove master0, removing master0 hands its role to the
 //! next master first: the state copy, where apps run and where workers find the registry. The
@@ -19,14 +20,12 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::journal::{Journal, JournalError};
+use super::kubernetes::ADMIN_CONF;
 use super::run::{ClusterRuntime, RunReporter, script_env};
 use super::{ConnectOptions, Fleet, delete, distribute, etcd_member, kubernetes};
 use crate::clusterfile::{Clusterfile, Host, Registry};
 use crate::plugins::Phase;
 use crate::ssh::{Session, SshError, quote, with_env};
-
-/// Where kiln's kubectl calls find their credentials on a master.
-const ADMIN_CONF: &str = "/etc/kubernetes/admin.conf";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScaleError {
