@@ -6,6 +6,8 @@
 //! - `etc/kiln/sysctl-restore.list`: keys the cluster's components set themselves (kube-proxy,
 //!   the kubelet), only recorded so `kiln delete` restores them;
 //! - `etc/security/limits.d/*.conf` → `/etc/security/limits.d/kiln-<name>`;
+//! - the kernel modules loaded before (`/proc/modules`), so `kiln delete` unloads those the
+//!   cluster's components made the kernel load (vxlan, nf_tables, ip_vs, ...) once unused;
 //! - swap off, with `/etc/fstab` swap lines commented (`#kiln-swap# `);
 //! - SELinux to permissive and firewalld/ufw stopped, when present and on.
 //!
@@ -26,17 +28,10 @@ mkdir -p "$R"
 if [ "$first" = 1 ]; then
   : > "$R/sysctl.before"; : > "$R/modules.before"; : > "$R/services.before"
   cat /proc/swaps | awk 'NR>1 {{print $1}}' > "$R/swaps.before"
+  awk '{{print $1}}' /proc/modules > "$R/modules.loaded" 2>/dev/null || true
   if command -v getenforce >/dev/null 2>&1; then getenforce > "$R/selinux.before"; fi
 fi
-for f in "$ROOTFS"/etc/sysctl.d/*.conf; do
-  [ -f "$f" ] || continue
-  sed -e 's/#.*//' -e 's/;.*//' "$f" | awk -F= 'NF>=2 {{gsub(/[ \t]/,"",$1); print $1}}' | while read -r key; do
-    [ -n "$key" ] || continue
-    grep -q "^$key=" "$R/sysctl.before" 2>/dev/null || echo "$key=$(sysctl -n "$key" 2>/dev/null)" >> "$R/sysctl.before"
-  done
-  cp "$f" "/etc/sysctl.d/90-kiln-$(basename "$f")"
-  sysctl -q -p "/etc/sysctl.d/90-kiln-$(basename "$f")"
-done
+# Modules first: sysctls such as net.bridge.* exist only once theirs (br_netfilter) is loaded.
 for f in "$ROOTFS"/etc/modules-load.d/*.conf; do
   [ -f "$f" ] || continue
   cp "$f" "/etc/modules-load.d/kiln-$(basename "$f")"
@@ -51,6 +46,15 @@ for f in "$ROOTFS"/etc/modules-load.d/*.conf; do
       echo "kernel module $m cannot be loaded" >&2; exit 1
     fi
   done
+done
+for f in "$ROOTFS"/etc/sysctl.d/*.conf; do
+  [ -f "$f" ] || continue
+  sed -e 's/#.*//' -e 's/;.*//' "$f" | awk -F= 'NF>=2 {{gsub(/[ \t]/,"",$1); print $1}}' | while read -r key; do
+    [ -n "$key" ] || continue
+    grep -q "^$key=" "$R/sysctl.before" 2>/dev/null || echo "$key=$(sysctl -n "$key" 2>/dev/null)" >> "$R/sysctl.before"
+  done
+  cp "$f" "/etc/sysctl.d/90-kiln-$(basename "$f")"
+  sysctl -q -p "/etc/sysctl.d/90-kiln-$(basename "$f")"
 done
 # Sysctls the cluster's own components set later: recorded (the ones this host has, after its
 # modules loaded) before they ever ran.
@@ -101,6 +105,18 @@ fi
 if [ -f "$R/modules.before" ]; then
   while read -r m; do [ -n "$m" ] && modprobe -r "$m" 2>/dev/null || true; done < "$R/modules.before"
 fi
+# Modules loaded since (on demand, by the cluster's components) that nothing uses any more; a
+# module freed by another's removal goes in a later pass.
+if [ -f "$R/modules.loaded" ] && [ -r /proc/modules ]; then
+  for pass in 1 2 3 4 5 6; do
+    unloaded=0
+    for m in $(awk '$3 == 0 {{print $1}}' /proc/modules); do
+      grep -qx "$m" "$R/modules.loaded" && continue
+      rmmod "$m" 2>/dev/null && unloaded=1
+    done
+    [ "$unloaded" = 1 ] || break
+  done
+fi
 [ -f /etc/fstab ] && sed -i 's/^#kiln-swap# //' /etc/fstab
 if [ -s "$R/swaps.before" ]; then while read -r s; do swapon "$s" 2>/dev/null || true; done < "$R/swaps.before"; fi
 if [ -f "$R/selinux.before" ] && [ "$(cat "$R/selinux.before")" = Enforcing ]; then
@@ -127,5 +143,17 @@ mod tests {
             assert!(out.status.success(), "{}\n{script}", String::from_utf8_lossy(&out.stderr));
         }
         assert!(apply_script("/a b", "/r").contains("'/a b/.kiln/tune'"));
+    }
+
+    /// A real kernel has `net.bridge.*` only once br_netfilter is loaded (seen on an arm64 VM:
+    /// `sysctl: cannot stat /proc/sys/net/bridge/bridge-nf-call-iptables`).
+    #[test]
+    fn modules_load_before_sysctls_apply() {
+        let script = apply_script("/d", "/r");
+        let modules = script.find("/etc/modules-load.d/*.conf").expect("modules");
+        let sysctls = script.find("/etc/sysctl.d/*.conf").expect("sysctls");
+        assert!(modules < sysctls, "{script}");
+        // What was loaded before the first run is recorded before anything is loaded.
+        assert!(script.find("/proc/modules").expect("record") < modules);
     }
 }
