@@ -94,7 +94,13 @@ for arch in amd64 arm64; do
     cni/bridge cni/host-local cni/loopback cni/portmap cni/flannel; do
     check "$arch $tool: static ELF for $arch" elf_for "$arch" "$bin/$tool"
   done
-  check "$arch ipvsadm (Debian's) is an ELF for $arch" bash -c "file -b '$bin/ipvsadm' | grep -q '$( [ "$arch" = amd64 ] && echo x86-64 || echo aarch64)'"
+  check "$arch ipvsadm (Debian's) is an ELF for $arch beside its libraries and loader" bash -c "
+    file -b '$bin/ipvsadm.d/sbin/ipvsadm' | grep -q '$( [ "$arch" = amd64 ] && echo x86-64 || echo aarch64)'"
+  # It asks the kernel for IPVS first: this machine's has none (the arm64 VM's test does).
+  check "$arch ipvsadm runs on nothing but its own libraries (as far as the kernel's IPVS)" bash -c "
+    in_root $arch '$bin/ipvsadm.d' /sbin/ipvsadm --version 2>&1 | grep -q '^ipvsadm v1\.\|^Can.t initialize ipvs'"
+  check "$arch bin/ipvsadm runs it with that loader from where init-kube.sh installs it" \
+    grep -q '^exec /usr/lib/kiln-ipvsadm/lib.*/ld-linux-[a-z0-9_-]*\.so\.[12] --library-path /usr/lib/kiln-ipvsadm/.* /usr/lib/kiln-ipvsadm/sbin/ipvsadm "\$@"$' "$bin/ipvsadm"
   check "$arch kubeadm version -o short = $KUBERNETES" reports "$arch" "$KUBERNETES" "$bin/kubeadm" version -o short
   check "$arch kubeadm reports GitTreeState archive, build date of the module" reports "$arch" 'GitTreeState:"archive"' "$bin/kubeadm" version
   check "$arch kubelet --version" reports "$arch" "Kubernetes $KUBERNETES" "$bin/kubelet" --version

@@ -42,7 +42,7 @@ DEBIAN_CACHE=$CACHE/debian
 COMPONENTS=(kubernetes:$KUBERNETES etcd:$ETCD coredns:$COREDNS containerd:$CONTAINERD runc:$RUNC
   cni-plugins:$CNI_PLUGINS cni-flannel:$CNI_FLANNEL flannel:$FLANNEL crictl:$CRICTL helm:$HELM)
 read -ra ARCH_LIST <<< "$ARCHES"
-STEPS=$(( (${#COMPONENTS[@]} + 3) * ${#ARCH_LIST[@]} ))
+STEPS=$(( (${#COMPONENTS[@]} + 4) * ${#ARCH_LIST[@]} ))
 STEP=0
 STARTED=$(date +%s)
 
@@ -191,15 +191,14 @@ build_pause() { # ARCH
   touch "$dir/.done"
 }
 
-# Debian's userspace for the images that exec iptables or cp (kube-proxy, flannel), and ipvsadm
-# for the hosts (the IPVS virtual server where the kernel has IP_VS).
+# Debian's userspace for the images that exec iptables or cp (kube-proxy, flannel).
 build_userspace() { # ARCH
   local arch=$1 dir=$CACHE/userspace/$1 tool
   if [ -f "$dir/.done" ]; then
     step userspace bookworm "$arch" "cached ($dir)"
     return
   fi
-  step userspace bookworm "$arch" "iptables, nftables, busybox, ipvsadm from Debian"
+  step userspace bookworm "$arch" "iptables, nftables, busybox from Debian"
   rm -rf "$dir" "$dir.debs"
   debian_closure "$arch" "$dir.debs" iptables nftables busybox-static
   debian_extract "$dir.debs"/*.deb "$dir/root"
@@ -209,32 +208,58 @@ build_userspace() { # ARCH
     ln -sf xtables-nft-multi "$dir/root/usr/sbin/$tool"
   done
   for tool in cp sh mkdir cat ls; do ln -sf busybox "$dir/root/bin/$tool"; done
-  debian_download "$arch" "$dir.debs/ipvsadm" ipvsadm
-  debian_extract "$dir.debs"/ipvsadm/*.deb "$dir/ipvsadm"
   rm -rf "$dir.debs"
   touch "$dir/.done"
 }
 
-# Debian's haproxy with only the shared libraries it loads: the workers' apiserver balancer where
-# the kernel has no IPVS (kiln runs it as a static pod). Cached by Debian version.
-build_haproxy() { # ARCH
-  local arch=$1 version dir
-  version=$(debian_version "$arch" haproxy)
-  [ -n "$version" ] || die "Debian has no haproxy for $arch"
-  dir=$CACHE/haproxy/$version/$arch
-  BUILT["haproxy $arch"]=$dir
-  HAPROXY_TAG=${version//+/_}
+# Debian's PACKAGE for ARCH: FILE (a path in the package) with the shared libraries it loads and
+# its loader under <dir>/root, each where the loader looks. Cached by Debian version; prints the
+# directory (and sets BUNDLE_VERSION).
+debian_bundle() { # PACKAGE ARCH FILE
+  local package=$1 arch=$2 file=$3 dir
+  BUNDLE_VERSION=$(debian_version "$arch" "$package")
+  [ -n "$BUNDLE_VERSION" ] || die "Debian has no $package for $arch"
+  dir=$CACHE/$package/$BUNDLE_VERSION/$arch
+  BUILT["$package $arch"]=$dir
   if [ -f "$dir/.done" ]; then
-    step haproxy "$HAPROXY_TAG" "$arch" "cached ($dir)"
+    step "$package" "${BUNDLE_VERSION%%-*}" "$arch" "cached ($dir)"
     return
   fi
-  step haproxy "$HAPROXY_TAG" "$arch" "Debian's haproxy and the libraries it loads"
+  step "$package" "${BUNDLE_VERSION%%-*}" "$arch" "Debian's $package, the libraries it loads and its loader"
   rm -rf "$dir" "$dir.debs" "$dir.all"
-  debian_closure "$arch" "$dir.debs" "haproxy=$version"
+  debian_closure "$arch" "$dir.debs" "$package=$BUNDLE_VERSION"
   debian_extract "$dir.debs"/*.deb "$dir.all"
-  elf_closure "$dir.all" "$dir/root" usr/sbin/haproxy
+  elf_closure "$dir.all" "$dir/root" "$file"
   rm -rf "$dir.debs" "$dir.all"
   touch "$dir/.done"
+}
+
+# haproxy: the workers' apiserver balancer where the kernel has no IPVS (kiln runs it as a
+# static pod on these libraries).
+build_haproxy() { # ARCH
+  debian_bundle haproxy "$1" usr/sbin/haproxy
+  HAPROXY_TAG=${BUNDLE_VERSION//+/_}
+}
+
+# Where init-kube.sh installs ipvsadm's libraries and loader on a host.
+IPVSADM_HOME=/usr/lib/kiln-ipvsadm
+
+# ipvsadm for the hosts (the workers' IPVS virtual server where the kernel has IP_VS), and a
+# wrapper `ipvsadm` that runs it on its own libraries (libnl, popt, the C library) and loader
+# from $IPVSADM_HOME: a host needs neither libnl nor popt, nor this C library.
+build_ipvsadm() { # ARCH
+  local dir interp libdirs
+  debian_bundle ipvsadm "$1" sbin/ipvsadm
+  dir=$(built ipvsadm "$1")
+  interp=$(readelf -l "$dir/root/sbin/ipvsadm" | sed -n 's/.*Requesting program interpreter: \(.*\)]/\1/p')
+  [ -n "$interp" ] || die "ipvsadm for $1 names no program interpreter"
+  libdirs=$(cd "$dir/root" && find . -name '*.so*' ! -path ".$interp" -printf "$IPVSADM_HOME/%h\n" | sed 's#/\./#/#' | sort -u | paste -sd:)
+  cat > "$dir/ipvsadm" <<WRAPPER
+#!/bin/sh
+# Debian's ipvsadm on the libraries and loader it was built with (kiln's Kubernetes image).
+exec $IPVSADM_HOME$interp --library-path $libdirs $IPVSADM_HOME/sbin/ipvsadm "\$@"
+WRAPPER
+  chmod 0755 "$dir/ipvsadm"
 }
 
 # A path inside ROOT with its symbolic links followed inside ROOT (absolute ones too).
@@ -297,6 +322,7 @@ for arch in "${ARCH_LIST[@]}"; do
   build_pause "$arch"
   build_userspace "$arch"
   build_haproxy "$arch"
+  build_ipvsadm "$arch"
 
   node=$OUT.tmp/node/$arch images=$OUT.tmp/images/$arch
   link_into "$(built kubernetes "$arch")" "$node" kubeadm kubelet kubectl
@@ -311,7 +337,8 @@ for arch in "${ARCH_LIST[@]}"; do
   link_into "$(built coredns "$arch")" "$images" coredns
   link_into "$(built flannel "$arch")" "$images" flanneld
   link_into "$(built pause "$arch")" "$images" pause
-  link_into "$CACHE/userspace/$arch/ipvsadm/sbin" "$node" ipvsadm
+  link_into "$(built ipvsadm "$arch")" "$node" ipvsadm
+  cp -a "$(built ipvsadm "$arch")/root" "$node/ipvsadm.d"
   mkdir -p "$OUT.tmp/images/userspace" "$OUT.tmp/images/haproxy"
   cp -a "$CACHE/userspace/$arch/root" "$OUT.tmp/images/userspace/$arch"
   cp -a "$(built haproxy "$arch")/root" "$OUT.tmp/images/haproxy/$arch"

@@ -16,6 +16,12 @@ for tool in kubeadm kubelet kubectl crictl helm ipvsadm; do
     echo "the image has no bin/$tool for $(uname -m)" >&2; exit 1
   fi
 done
+# ipvsadm's libraries and loader, where its wrapper (bin/ipvsadm) runs it from.
+if [ -d "$ROOTFS/bin/ipvsadm.d" ]; then
+  rm -rf /usr/lib/kiln-ipvsadm
+  cp -a "$ROOTFS/bin/ipvsadm.d" /usr/lib/kiln-ipvsadm
+  echo /usr/lib/kiln-ipvsadm >> "$LIST.new"
+fi
 # CNI plugins, when the image carries them (bin/cni/*), where containerd's CRI looks.
 if [ -d "$ROOTFS/bin/cni" ]; then
   [ -e /opt/cni ] || echo /opt/cni >> "$LIST.new"
