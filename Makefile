@@ -16,6 +16,8 @@ CARGO_FLAGS := --locked --features "$(FEATURES)"
 TEST_PACKAGES := skopeo docker-registry containerd apache2-utils openssl jq time bc tar gzip zstd coreutils util-linux python3 curl \
   debootstrap qemu-user-static binfmt-support systemd-container iproute2 openssh-client sshpass procps \
   protobuf-compiler fio
+# The arm64 Kubernetes node: a virtual machine under software emulation (e2e/hosts-vm.sh).
+TEST_PACKAGES += qemu-system-arm
 # Building the Kubernetes image from source: the arm64 C cross compiler (pause, runc, flanneld),
 # pkg-config (runc's libseccomp), file (the image test's architecture checks).
 TEST_PACKAGES += gcc-aarch64-linux-gnu pkgconf file

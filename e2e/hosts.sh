@@ -4,9 +4,11 @@
 # Each host is a Debian root filesystem (debootstrap minbase, cached as a tarball per OS and
 # architecture) mounted as an overlay, booted with systemd as PID 1 by systemd-nspawn in its own
 # network namespace, joined to a private bridge by a veth pair. ARM64 hosts run their arm64
-# userland under qemu-user-static through binfmt_misc. Hosts have no route to the internet.
+# userland under qemu-user-static through binfmt_misc; `arm64-vm` hosts are arm64 virtual
+# machines instead (hosts-vm.sh: a kernel of their own, where containers run). Hosts have no
+# route to the internet.
 #
-#   hosts.sh up [--hosts N] [--arch amd64,arm64,...] [--os bookworm|bullseye]
+#   hosts.sh up [--hosts N] [--arch amd64,arm64,arm64-vm,...] [--os bookworm|bullseye]
 #   hosts.sh status | down | reset [NAME...]
 #   hosts.sh ssh [--user USER] NAME -- CMD...
 #   hosts.sh stop NAME | start NAME          (power loss / power on)
@@ -16,6 +18,7 @@
 # Everything it makes is named kiln-e2e* / kv-* and lives under $STATE; it refuses to touch
 # hosts that are not in its inventory.
 set -euo pipefail
+. "$(dirname "$(realpath "${BASH_SOURCE[0]}")")/hosts-vm.sh"
 
 CACHE=${KILN_E2E_CACHE:-/var/cache/kiln-e2e}
 STATE=${KILN_E2E_STATE:-/run/kiln-e2e}
@@ -53,7 +56,7 @@ import json, sys
 inv = json.load(open(sys.argv[1]))
 for h in inv["hosts"]:
     if h["name"] == sys.argv[2]:
-        print(h[sys.argv[3]])
+        print(h.get(sys.argv[3], "container" if sys.argv[3] == "machine" else ""))
         break
 else:
     sys.exit(1)
@@ -65,7 +68,7 @@ require_host() {
   inventory_hosts | grep -x "$1" >/dev/null || die "\`$1\` is not a test host made by this tool (hosts: $(inventory_hosts | tr '\n' ' '))"
 }
 
-write_inventory() { # HOST_LINES: lines "name ip arch os"
+write_inventory() { # HOST_LINES: lines "name ip arch os machine"
   mkdir -p "$STATE"
   (umask 077; : > "$INVENTORY.tmp")
   HOST_LINES=$1 python3 - "$INVENTORY.tmp" "$KEY" "$ROOT_PASSWORD" "$SUDO_USER_NOPASSWD" "$SUDO_USER_PASSWD" "$SUDO_USER_PASSWORD" "$NET" "$GATEWAY" "$BRIDGE" <<'PY'
@@ -75,8 +78,8 @@ hosts = []
 for line in os.environ["HOST_LINES"].splitlines():
     if not line.strip():
         continue
-    name, ip, arch, os_ = line.split()
-    hosts.append({"name": name, "ip": ip, "arch": arch, "os": os_, "ssh_port": 22})
+    name, ip, arch, os_, machine = line.split()
+    hosts.append({"name": name, "ip": ip, "arch": arch, "os": os_, "machine": machine, "ssh_port": 22})
 inv = {
     "subnet": net + ".0/24",
     "gateway": gw,
@@ -239,17 +242,22 @@ mount_rootfs() { # NAME OS ARCH
       printf '[Service]\nLoadCredential=\n' > "$d/merged/etc/systemd/system/$unit.service.d/kiln-e2e-qemu.conf"
     done
   fi
-  # The harness's key for root and both sudo users.
-  local pub; pub=$(cat "$KEY.pub")
+  install_keys "$d/merged"
+}
+
+# The harness's key for root and both sudo users.
+install_keys() { # ROOT
+  local r=$1 pub home user uid
+  pub=$(cat "$KEY.pub")
   for home in root "home/$SUDO_USER_NOPASSWD" "home/$SUDO_USER_PASSWD"; do
-    local user=${home#home/}
-    mkdir -p "$d/merged/$home/.ssh"
-    printf '%s\n' "$pub" > "$d/merged/$home/.ssh/authorized_keys"
-    chmod 700 "$d/merged/$home/.ssh"
-    chmod 600 "$d/merged/$home/.ssh/authorized_keys"
+    user=${home#home/}
+    mkdir -p "$r/$home/.ssh"
+    printf '%s\n' "$pub" > "$r/$home/.ssh/authorized_keys"
+    chmod 700 "$r/$home/.ssh"
+    chmod 600 "$r/$home/.ssh/authorized_keys"
     if [ "$user" != root ]; then
-      local uid; uid=$(awk -F: -v u="$user" '$1 == u { print $3 ":" $4 }' "$d/merged/etc/passwd")
-      chown -R "$uid" "$d/merged/$home/.ssh"
+      uid=$(awk -F: -v u="$user" '$1 == u { print $3 ":" $4 }' "$r/etc/passwd")
+      chown -R "$uid" "$r/$home/.ssh"
     fi
   done
 }
@@ -366,55 +374,54 @@ cmd_up() {
   [[ $count =~ ^[0-9]+$ ]] && (( count >= 1 && count <= 40 )) || die "--hosts takes 1 to 40"
   case $os in bookworm|bullseye) ;; *) die "--os takes bookworm or bullseye" ;; esac
   IFS=, read -r -a arch_list <<< "$archs"
-  for a in "${arch_list[@]}"; do case $a in amd64|arm64) ;; *) die "unsupported arch \`$a\` (amd64, arm64)" ;; esac; done
+  for a in "${arch_list[@]}"; do case $a in amd64|arm64|arm64-vm) ;; *) die "unsupported arch \`$a\` (amd64, arm64, arm64-vm)" ;; esac; done
 
   local t0=$SECONDS
   ensure_key
   local -A want_arch=()
-  local lines="" i name ip arch
+  local lines="" i name ip arch machine spec
   for ((i = 1; i <= count; i++)); do
     name=kiln-h$i
-    arch=${arch_list[$(( (i - 1) % ${#arch_list[@]} ))]}
+    spec=${arch_list[$(( (i - 1) % ${#arch_list[@]} ))]}
+    arch=${spec%-vm}
+    machine=container
+    [ "$spec" = "$arch" ] || machine=vm
     ip=$NET.$((10 + i))
     want_arch[$name]=$arch
     if [ -f "$INVENTORY" ] && inventory_hosts | grep -x "$name" >/dev/null; then
-      local had; had="$(host_field "$name" arch) $(host_field "$name" os)"
-      [ "$had" = "$arch $os" ] || die "$name exists as $had; run \`hosts.sh down\` first to change it"
+      local had; had="$(host_field "$name" arch) $(host_field "$name" os) $(host_field "$name" machine)"
+      [ "$had" = "$arch $os $machine" ] || die "$name exists as $had; run \`hosts.sh down\` first to change it"
     fi
-    lines+="$name $ip $arch $os"$'\n'
+    lines+="$name $ip $arch $os $machine"$'\n'
   done
   # Keep hosts beyond COUNT that are already up.
   for name in $(inventory_hosts); do
     [ -n "${want_arch[$name]:-}" ] && continue
-    lines+="$name $(host_field "$name" ip) $(host_field "$name" arch) $(host_field "$name" os)"$'\n'
+    lines+="$name $(host_field "$name" ip) $(host_field "$name" arch) $(host_field "$name" os) $(host_field "$name" machine)"$'\n'
   done
-  for a in $(printf '%s\n' "${arch_list[@]}" | sort -u); do
-    ensure_rootfs "$os" "$a"
-    [ "$a" = amd64 ] || ensure_binfmt
+  for spec in $(printf '%s\n' "${arch_list[@]}" | sort -u); do
+    case $spec in
+      *-vm) ensure_vm_image "$os" "${spec%-vm}" ;;
+      *) ensure_rootfs "$os" "$spec"; [ "$spec" = amd64 ] || ensure_binfmt ;;
+    esac
   done
   ensure_bridge
   write_inventory "$lines"
 
   local started=()
-  while read -r name ip arch host_os; do
+  while read -r name ip arch host_os machine; do
     [ -n "$name" ] || continue
-    ensure_netns "$name" "$ip"
-    if is_running "$name"; then
-      continue
-    fi
-    mount_rootfs "$name" "$host_os" "$arch"
-    boot "$name"
+    is_running "$name" && continue
+    start_host "$name"
     started+=("$name")
   done <<< "${lines%$'\n'}"
-  for name in "${started[@]}"; do
-    [ "$(host_field "$name" arch)" = arm64 ] && wait_ssh "$name" 300 || wait_ssh "$name" 120
-  done
+  for name in "${started[@]}"; do wait_booted "$name"; done
   log "Up: $(inventory_hosts | wc -l) hosts (${#started[@]} booted) in $((SECONDS - t0))s; inventory: $INVENTORY"
 }
 
 cmd_status() {
   [ -f "$INVENTORY" ] || { log "no test hosts"; return 0; }
-  printf '%-10s %-14s %-6s %-9s %s\n' NAME IP ARCH OS STATE
+  printf '%-10s %-14s %-6s %-9s %-10s %s\n' NAME IP ARCH OS MACHINE STATE
   local name state
   for name in $(inventory_hosts); do
     if ! is_running "$name"; then
@@ -424,7 +431,7 @@ cmd_status() {
     else
       state=running
     fi
-    printf '%-10s %-14s %-6s %-9s %s\n' "$name" "$(host_field "$name" ip)" "$(host_field "$name" arch)" "$(host_field "$name" os)" "$state"
+    printf '%-10s %-14s %-6s %-9s %-10s %s\n' "$name" "$(host_field "$name" ip)" "$(host_field "$name" arch)" "$(host_field "$name" os)" "$(host_field "$name" machine)" "$state"
   done
 }
 
@@ -443,13 +450,32 @@ cmd_stop() { require_host "$1"; power_off "$1"; log "Stopped $1 (power loss)"; }
 cmd_start() {
   local name=$1; require_host "$name"
   if is_running "$name"; then log "$name is already running"; return 0; fi
-  [ "$(host_field "$name" arch)" = amd64 ] || ensure_binfmt
   ensure_bridge
-  ensure_netns "$name" "$(host_field "$name" ip)"
-  mount_rootfs "$name" "$(host_field "$name" os)" "$(host_field "$name" arch)"
-  boot "$name"
-  wait_ssh "$name" 300
+  start_host "$name"
+  wait_booted "$name"
   log "Started $1"
+}
+
+# Boots a host of the inventory: a container in its network namespace, or a virtual machine.
+start_host() { # NAME
+  local name=$1 arch
+  arch=$(host_field "$name" arch)
+  if [ "$(host_field "$name" machine)" = vm ]; then
+    boot_vm "$name"
+    return
+  fi
+  [ "$arch" = amd64 ] || ensure_binfmt
+  ensure_netns "$name" "$(host_field "$name" ip)"
+  mount_rootfs "$name" "$(host_field "$name" os)" "$arch"
+  boot "$name"
+}
+
+# Emulated hosts boot slower: an arm64 container's systemd under qemu-user, a VM's kernel too.
+wait_booted() { # NAME
+  if [ "$(host_field "$1" machine)" = vm ]; then wait_ssh "$1" 900
+  elif [ "$(host_field "$1" arch)" = amd64 ]; then wait_ssh "$1" 120
+  else wait_ssh "$1" 300
+  fi
 }
 
 cmd_partition() { require_host "$1"; ip link set "$(host_veth "$1")" down; log "Partitioned $1"; }
@@ -470,7 +496,7 @@ cmd_down() {
   # Anything left from an earlier crash that carries our names: containers booted from our
   # state directory, namespaces, links.
   local pid child
-  for pid in $(pgrep -f "systemd-nspawn .*-D $STATE/hosts/" || true); do
+  for pid in $(pgrep -f "(systemd-nspawn .*-D |qemu-system-.*file=)$STATE/hosts/" || true); do
     for child in $(pgrep -P "$pid" || true); do kill -KILL "$child" 2>/dev/null || true; done
     kill -KILL "$pid" 2>/dev/null || true
   done
@@ -492,7 +518,7 @@ cmd_reset() {
     power_off "$name"
     local d; d=$(host_dir "$name")
     if mountpoint -q "$d/merged"; then umount "$d/merged"; fi
-    rm -rf "$d/upper" "$d/work"
+    rm -rf "$d/upper" "$d/work" "$d/disk.img"
   done
   for name in "${names[@]}"; do cmd_start "$name"; done
 }
