@@ -8,14 +8,18 @@
 //!   `kiln.io/apiserver-balancer-image`, pulled from the in-cluster registry.
 //!
 //! A unit restores the VIP (and the IPVS rules) at boot; the kubelet restarts haproxy, and a
-//! new master list changes the manifest's config hash, so the kubelet replaces the pod.
+//! new master list changes the manifest's config hash, so the kubelet replaces the pod. The VIP
+//! refuses connections until the new haproxy binds it, so [`refresh`] waits for it.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
 
+use super::static_pod::{self, Restart, StaticPodError};
 use crate::kubernetes::node_kernel::ApiserverBalancer;
 use crate::kubernetes::pki::APISERVER_PORT;
+use crate::ssh::Session;
 
 /// The cluster image label naming the haproxy image (`kiln.local/haproxy:<tag>`).
 pub const IMAGE_LABEL: &str = "kiln.io/apiserver-balancer-image";
@@ -25,7 +29,14 @@ const VIP_LINK: &str = "kiln-vip0";
 const VIP_UNIT: &str = "kiln-apiserver-vip.service";
 const VIP_SCRIPT: &str = "/etc/kiln/apiserver-vip.sh";
 const HAPROXY_DIR: &str = "/etc/kiln/apiserver-lb";
+/// The static pod (and its one container, named like it, as kubeadm names its pods').
+const HAPROXY_POD: &str = "kiln-apiserver-lb";
 const HAPROXY_MANIFEST: &str = "/etc/kubernetes/manifests/kiln-apiserver-lb.yaml";
+/// What the refresh script prints when it changed haproxy's configuration.
+const CHANGED: &str = "kiln: apiserver balancer changed";
+/// How long the kubelet may take to replace haproxy's pod (it notices a manifest change
+/// within its file-check period, 20 s, then pulls nothing: the image is there).
+const REPLACE_TIMEOUT: Duration = Duration::from_secs(120);
 /// haproxy's own liveness answer, on the worker's loopback.
 const HAPROXY_HEALTH_PORT: u16 = 6444;
 
@@ -63,18 +74,32 @@ pub fn install_script(
     }
 }
 
-/// For a worker this run may not have set up: updates whichever balancer it has to the master
-/// list (haproxy's image stays what its manifest names).
-pub fn refresh_script(target: &BalancerTarget<'_>) -> String {
+/// Updates a worker this run may not have set up to the master list (whichever balancer it
+/// has) and, when that replaces its haproxy, waits until the new one runs.
+pub async fn refresh(session: &Session, host: IpAddr, target: &BalancerTarget<'_>) -> Result<(), StaticPodError> {
+    let replaced = static_pod::running_container(session, HAPROXY_POD).await?;
+    let out = session.run(&refresh_script(target)).await?;
+    if out.stdout_text().lines().any(|line| line == CHANGED) {
+        let restart = Restart { pod: HAPROXY_POD.to_owned(), replaced };
+        static_pod::wait_replaced(session, host, &restart, REPLACE_TIMEOUT).await?;
+    }
+    Ok(())
+}
+
+/// The script behind [`refresh`] (haproxy's image stays what its manifest names); prints
+/// [`CHANGED`] when the kubelet will replace haproxy.
+fn refresh_script(target: &BalancerTarget<'_>) -> String {
     let config = haproxy_config(target);
+    let hash = config_hash(&config);
     let files = format!(
         "cat > {HAPROXY_DIR}/haproxy.cfg <<'KILN_EOF'\n{config}KILN_EOF\n\
-         sed -i 's/kiln.io\\/config-hash: .*/kiln.io\\/config-hash: \"{hash}\"/' {HAPROXY_MANIFEST}\n",
-        hash = config_hash(&config),
+         if ! grep -q 'kiln.io/config-hash: \"{hash}\"' {HAPROXY_MANIFEST}; then\n\
+         sed -i 's/kiln.io\\/config-hash: .*/kiln.io\\/config-hash: \"{hash}\"/' {HAPROXY_MANIFEST}\n\
+         echo '{CHANGED}'\nfi\n",
     );
     format!(
         "if [ -f {HAPROXY_MANIFEST} ]; then\n{}else\n{}fi\n",
-        vip_unit_script(target.vip, "", &files),
+        vip_unit_script(target.vip, VipPlacement::Address, "", &files),
         ipvs_script(target)
     )
 }
@@ -88,7 +113,8 @@ pub fn remove_script(vip: IpAddr) -> String {
          rm -f /etc/systemd/system/{VIP_UNIT} {VIP_SCRIPT} {HAPROXY_MANIFEST}; rm -rf {HAPROXY_DIR}\n\
          rmdir /etc/kiln 2>/dev/null || true\n\
          ip link del {VIP_LINK} 2>/dev/null || true\n\
-         ip addr del {vip}/{prefix} dev lo 2>/dev/null || true\n",
+         ip addr del {vip}/{prefix} dev lo 2>/dev/null || true\n\
+         ip route del {vip}/{prefix} dev lo 2>/dev/null || true\n",
         prefix = host_prefix(vip),
     )
 }
@@ -99,7 +125,17 @@ fn ipvs_script(target: &BalancerTarget<'_>) -> String {
     for m in target.masters {
         rules.push_str(&format!("ipvsadm -a -t {service} -r {} -m\n", SocketAddr::new(*m, APISERVER_PORT)));
     }
-    vip_unit_script(target.vip, &rules, "")
+    // The kernel's IPVS takes a local client's packets on their way out (LOCAL_OUT): the VIP
+    // needs only a route, whose source is this host's own address toward the masters. Were the
+    // VIP a local address, connections would leave from the VIP itself and the masters' answers
+    // would never come back (kube-proxy's IPVS mode masquerades for that; kiln's IPVS VIP runs
+    // beside any kube-proxy mode). Measured on an arm64 VM: no connection through an addressed
+    // VIP, every one through the route.
+    let placement = match target.masters.first() {
+        Some(master) => VipPlacement::Route { toward: *master },
+        None => VipPlacement::Address,
+    };
+    vip_unit_script(target.vip, placement, &rules, "")
 }
 
 fn haproxy_script(target: &BalancerTarget<'_>, image: &str) -> String {
@@ -111,18 +147,34 @@ fn haproxy_script(target: &BalancerTarget<'_>, image: &str) -> String {
          cat > {HAPROXY_MANIFEST}.tmp <<'KILN_EOF'\n{manifest}KILN_EOF\n\
          mv {HAPROXY_MANIFEST}.tmp {HAPROXY_MANIFEST}\n"
     );
-    vip_unit_script(target.vip, "", &files)
+    vip_unit_script(target.vip, VipPlacement::Address, "", &files)
+}
+
+/// How a worker holds the VIP on its link.
+#[derive(Debug, Clone, Copy)]
+enum VipPlacement {
+    /// A local address: haproxy binds it.
+    Address,
+    /// A route with this host's source address toward `toward` (a master): IPVS.
+    Route { toward: IpAddr },
 }
 
 /// The VIP link and `rules`, restored at boot by a unit; `files` written first.
-fn vip_unit_script(vip: IpAddr, rules: &str, files: &str) -> String {
+fn vip_unit_script(vip: IpAddr, placement: VipPlacement, rules: &str, files: &str) -> String {
     let prefix = host_prefix(vip);
-    // haproxy needs the address to bind. A kernel without dummy links (CONFIG_DUMMY off and no
-    // module) gets it on the loopback: only this host answers it either way.
+    // A kernel without dummy links (CONFIG_DUMMY off and no module) gets the VIP on the
+    // loopback: only this host answers it either way.
+    let hold = match placement {
+        VipPlacement::Address => format!("ip addr replace {vip}/{prefix} dev \"$dev\""),
+        VipPlacement::Route { toward } => format!(
+            "src=$(ip route get {toward} | sed -n 's/.* src \\([^ ]*\\).*/\\1/p'); \
+             ip addr del {vip}/{prefix} dev \"$dev\" 2>/dev/null || true; \
+             ip route replace {vip}/{prefix} dev \"$dev\" src \"$src\""
+        ),
+    };
     let link = format!(
         "if ip link show {VIP_LINK} >/dev/null 2>&1 || ip link add {VIP_LINK} type dummy 2>/dev/null; then \
-         ip link set {VIP_LINK} up; ip addr replace {vip}/{prefix} dev {VIP_LINK}; \
-         else ip addr replace {vip}/{prefix} dev lo; fi\n"
+         dev={VIP_LINK}; ip link set {VIP_LINK} up; else dev=lo; fi\n{hold}\n"
     );
     let restore = format!("#!/bin/sh\n# Written by kiln: the apiserver VIP on this worker.\nset -e\n{link}{rules}");
     let unit = format!(
@@ -174,7 +226,7 @@ fn haproxy_manifest(image: &str, config_hash: &str) -> String {
          \x20 labels:\n    k8s-app: kiln-apiserver-lb\n\
          \x20 annotations:\n    kiln.io/config-hash: \"{config_hash}\"\n\
          spec:\n  hostNetwork: true\n  priorityClassName: system-node-critical\n\
-         \x20 containers:\n  - name: haproxy\n    image: {image}\n\
+         \x20 containers:\n  - name: {HAPROXY_POD}\n    image: {image}\n\
          \x20   command: [/usr/sbin/haproxy, -W, -db, -f, /etc/haproxy/haproxy.cfg]\n\
          \x20   livenessProbe:\n      httpGet: {{host: 127.0.0.1, path: /healthz, port: {HAPROXY_HEALTH_PORT}}}\n\
          \x20   resources:\n      requests: {{cpu: 25m, memory: 32Mi}}\n\
@@ -212,6 +264,10 @@ mod tests {
         assert!(haproxy.contains("bind 10.103.97.2:6443") && haproxy.contains("option httpchk GET /readyz"));
         assert!(haproxy.contains("image: sea.hub:5000/kiln.local/haproxy:2.6"), "{haproxy}");
         assert!(!haproxy.contains("ipvsadm"));
+        // haproxy binds the VIP; IPVS needs a route from this host's own address toward a master.
+        assert!(haproxy.contains("ip addr replace 10.103.97.2/32 dev \"$dev\""), "{haproxy}");
+        assert!(ipvs.contains("ip route get 10.0.0.1 ") && ipvs.contains("ip route replace 10.103.97.2/32 dev \"$dev\" src \"$src\""), "{ipvs}");
+        assert!(!ipvs.contains("ip addr replace"), "{ipvs}");
     }
 
     #[test]
@@ -225,6 +281,10 @@ mod tests {
             let refresh = refresh_script(&BalancerTarget { haproxy_image: None, ..target });
             let value = line.as_deref().and_then(|l| l.split('"').nth(1)).expect("hash");
             assert!(refresh.contains(&format!("config-hash: \"{value}\"")), "{refresh}");
+            // Only a new hash replaces the pod, and only then does `refresh` wait for it.
+            let guard = format!("if ! grep -q 'kiln.io/config-hash: \"{value}\"' {HAPROXY_MANIFEST}; then");
+            let (before, after) = refresh.split_once(&guard).expect("the change is guarded");
+            assert!(!before.contains(CHANGED) && after.contains(&format!("echo '{CHANGED}'")), "{refresh}");
             line
         };
         assert_ne!(hash(&three), hash(&two));

@@ -330,6 +330,10 @@ pub(super) async fn bring_up(ctx: &Context<'_>, reporter: &dyn RunReporter) -> R
             hosts = hosts_entry(apiserver)
         );
         ctx.script(reporter, host, &command).await?;
+        if host.is_master() {
+            pull_control_plane_images(ctx, plan, session).await?;
+            reporter.step(&host.ip.to_string(), "control-plane images pulled");
+        }
         if let Some(balancer) = balancer {
             let who = host.ip.to_string();
             session.run(&apiserver_balancer::install_script(balancer, &plan.balancer_target(), &who)?).await?;
@@ -396,6 +400,18 @@ pub(super) async fn bring_up(ctx: &Context<'_>, reporter: &dyn RunReporter) -> R
     .await
 }
 
+/// The control plane's images on a master, from the in-cluster registry: every master at once
+/// here, where each `kubeadm join` would pull them one master after another (masters join in
+/// turn, for etcd's quorum).
+async fn pull_control_plane_images(ctx: &Context<'_>, plan: &Plan, session: &Session) -> Result<(), KubeError> {
+    // The init configuration names the images; it may hold bootstrap tokens: 0600, then gone.
+    let path = format!("{}/.kiln/kubeadm-images.yaml", ctx.dir);
+    session.upload(plan.config.init_yaml().as_bytes(), &path, 0o600).await?;
+    let pulled = kubeadm(session, &format!("kubeadm config images pull --config {}", quote(&path))).await;
+    session.run(&format!("rm -f {}", quote(&path))).await?;
+    pulled.map(drop)
+}
+
 /// The apiserver virtual server on the workers this run does not act on, over every master
 /// now. A worker that cannot be reached keeps its old list (still working through the
 /// masters it has) and is reported.
@@ -405,11 +421,11 @@ async fn refresh_worker_vips(ctx: &Context<'_>, plan: &Plan, reporter: &dyn RunR
         return;
     }
     let fleet = super::Fleet::connect(&workers, &ctx.request.connect).await;
-    let script = apiserver_balancer::refresh_script(&plan.balancer_target());
-    let refreshed: Vec<(IpAddr, Result<_, SshError>)> = futures_util::stream::iter(&fleet.sessions)
+    let target = plan.balancer_target();
+    let refreshed: Vec<(IpAddr, Result<_, _>)> = futures_util::stream::iter(&fleet.sessions)
         .map(|(ip, session)| {
-            let script = &script;
-            async move { (*ip, session.run(script).await) }
+            let target = &target;
+            async move { (*ip, apiserver_balancer::refresh(session, *ip, target).await) }
         })
         .buffer_unordered(ctx.request.connect.max_hosts.max(1))
         .collect()

@@ -157,17 +157,19 @@ pub async fn check(cluster: &Cluster, connect: &ConnectOptions, options: &Prefli
     (CheckReport { results, facts }, fleet)
 }
 
-/// Peers (`ip:port`) this host cannot open a TCP connection to within 3 s.
+/// Peers (`ip:port`) this host cannot open a TCP connection to within 5 s, probed all at once
+/// (a slow host, e.g. an emulated one under load, needs more than the connection's own time).
 async fn unreachable_peers(session: &Session, peers: &[(IpAddr, u16)]) -> Vec<String> {
     if peers.is_empty() {
         return vec![];
     }
-    let probes: Vec<String> = peers
+    let mut probes: Vec<String> = peers
         .iter()
         .map(|(ip, port)| {
-            format!("timeout 3 bash -c 'exec 3<>/dev/tcp/{ip}/{port}' 2>/dev/null || echo unreachable={ip}:{port}",)
+            format!("(timeout 5 bash -c 'exec 3<>/dev/tcp/{ip}/{port}' 2>/dev/null || echo unreachable={ip}:{port}) &")
         })
         .collect();
+    probes.push("wait".to_owned());
     match session.exec(&probes.join("\n")).await {
         Ok(out) => {
             out.stdout_text().lines().filter_map(|l| l.strip_prefix("unreachable=")).map(str::to_owned).collect()

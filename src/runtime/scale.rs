@@ -376,12 +376,14 @@ impl Leaving<'_> {
         let cluster = &self.after.cluster;
         let registry_hosts = super::preflight::registry_hosts(cluster);
         let mut scripts: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
-        if masters_left && self.runtime == ClusterRuntime::Kubernetes {
-            let vip = kubernetes::cluster_vip(cluster).unwrap_or(kubernetes::DEFAULT_VIP);
-            let masters: Vec<IpAddr> = cluster.hosts.iter().filter(|h| h.is_master()).map(|h| h.ip).collect();
+        let masters: Vec<IpAddr> = cluster.hosts.iter().filter(|h| h.is_master()).map(|h| h.ip).collect();
+        let vip = kubernetes::cluster_vip(cluster).unwrap_or(kubernetes::DEFAULT_VIP);
+        // Workers whose apiserver balancer goes over the masters that remain.
+        let balancer = (masters_left && self.runtime == ClusterRuntime::Kubernetes)
+            .then(|| super::apiserver_balancer::BalancerTarget { vip, masters: &masters, haproxy_image: None });
+        if balancer.is_some() {
             for worker in cluster.hosts.iter().filter(|h| !h.is_master()) {
-                let target = super::apiserver_balancer::BalancerTarget { vip, masters: &masters, haproxy_image: None };
-                scripts.entry(worker.ip).or_default().push(super::apiserver_balancer::refresh_script(&target));
+                scripts.entry(worker.ip).or_default();
             }
         }
         if master0_moved && let Registry::Local(registry) = &cluster.registry {
@@ -397,12 +399,18 @@ impl Leaving<'_> {
             return;
         }
         let fleet = Fleet::connect(&hosts, &self.request.connect).await;
-        // Every host at once (bounded): each one's scripts in order, stopping at the first that
-        // fails.
+        // Every host at once (bounded): a worker's balancer first, then each one's scripts in
+        // order, stopping at the first that fails.
         let updates: Vec<(IpAddr, Result<(), String>)> = futures_util::stream::iter(&fleet.sessions)
             .map(|(ip, session)| {
                 let scripts = &scripts[ip];
+                let balancer = balancer.as_ref().filter(|_| !masters.contains(ip));
                 async move {
+                    if let Some(target) = balancer
+                        && let Err(e) = super::apiserver_balancer::refresh(session, *ip, target).await
+                    {
+                        return (*ip, Err(crate::error_chain(&e)));
+                    }
                     let mut result = Ok(());
                     for script in scripts {
                         if let Err(e) = session.run(script).await {

@@ -76,7 +76,7 @@ pub async fn wait_replaced(
 
 /// The id of the pod's running container (its container has the pod's name, as kubeadm's
 /// manifests name it); `None` without crictl or when none runs.
-async fn running_container(session: &Session, pod: &str) -> Result<Option<String>, SshError> {
+pub(super) async fn running_container(session: &Session, pod: &str) -> Result<Option<String>, SshError> {
     let out = session
         .run(&format!(
             "if command -v crictl >/dev/null 2>&1; then \
