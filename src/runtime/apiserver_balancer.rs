@@ -266,7 +266,11 @@ mod tests {
         assert!(!haproxy.contains("ipvsadm"));
         // haproxy binds the VIP; IPVS needs a route from this host's own address toward a master.
         assert!(haproxy.contains("ip addr replace 10.103.97.2/32 dev \"$dev\""), "{haproxy}");
-        assert!(ipvs.contains("ip route get 10.0.0.1 ") && ipvs.contains("ip route replace 10.103.97.2/32 dev \"$dev\" src \"$src\""), "{ipvs}");
+        assert!(
+            ipvs.contains("ip route get 10.0.0.1 ")
+                && ipvs.contains("ip route replace 10.103.97.2/32 dev \"$dev\" src \"$src\""),
+            "{ipvs}"
+        );
         assert!(!ipvs.contains("ip addr replace"), "{ipvs}");
     }
 
