@@ -97,9 +97,15 @@ test-e2e: deps build
 	e2e/test-demo.sh $(KILN_DEBUG)
 	e2e/test-scale.sh $(KILN_DEBUG)
 	e2e/test-plugins.sh $(KILN_DEBUG)
-	$(MAKE) --no-print-directory e2e-kubernetes
+	$(MAKE) --no-print-directory e2e-kubernetes KILN_E2E_ARM64_VM=$(TEST_ARM64_VM)
 
-# A real Kubernetes cluster from kiln/kubernetes (built or reused) on 3 masters + 1 worker:
+# `make test` runs it without the arm64 VM worker for now: emulated on these 2 cores, its sshd
+# answers in up to a minute and the scenario takes ~35 min instead of ~13 (docs/TESTING.md).
+TEST_ARM64_VM ?= 0
+KILN_E2E_ARM64_VM ?= 1
+export KILN_E2E_ARM64_VM
+# A real Kubernetes cluster from kiln/kubernetes (built or reused) on 3 masters + 1 worker
+# (+ 1 arm64 worker, a VM, unless KILN_E2E_ARM64_VM=0):
 # failure report and resume, traffic across hosts, Service, DNS, NodePort, the worker's
 # haproxy VIP, kubeconfig, certificates, a worker joining and leaving, delete.
 e2e-kubernetes: kubernetes-image build

@@ -442,6 +442,9 @@ cmd_ssh() {
   [ "${1:-}" = -- ] && shift
   require_host "$name"
   local -a opts; mapfile -t opts < <(ssh_opts)
+  # An emulated VM's sshd, busy running a kubelet in software, can take tens of seconds to
+  # answer (ssh takes the first value given for an option).
+  [ "$(host_field "$name" machine)" != vm ] || opts=(-o ConnectTimeout=90 -o ServerAliveCountMax=12 "${opts[@]}")
   exec ssh "${opts[@]}" "$user@$(host_field "$name" ip)" -- "$@"
 }
 

@@ -2,8 +2,10 @@
 # e2e: the `kubernetes` runtime brings a real cluster up on the test hosts: kiln's source-built
 # image (kiln/kubernetes, `make kubernetes-image`) with real kubeadm, kubelet, containerd 2,
 # runc, etcd, CoreDNS, flannel (vxlan) and kube-proxy (nftables: this kernel has no IP_VS) on
-# 3 amd64 masters and 1 amd64 worker whose apiserver VIP is served by the haproxy static pod.
-# (arm64 hosts run under qemu-user here, where runc cannot start containers: not in this test.)
+# 3 amd64 masters, 1 amd64 worker whose apiserver VIP is served by the haproxy static pod, and
+# 1 arm64 worker, a virtual machine with a kernel of its own (hosts-vm.sh) whose VIP is a kernel
+# IPVS virtual server; every node runs the app, the arm64 one its arm64 variant.
+# KILN_E2E_ARM64_VM=0 leaves the arm64 VM out (`make test` does, for now: emulated, it is slow).
 #
 # First run, with the `ports` check skipped and port 10250 taken on the worker: the real
 # kubeadm join refuses it → the run stops with the host, the command, kubeadm's output, the
@@ -30,15 +32,23 @@ trap 'rm -rf "$WORK"' EXIT
 # The cluster image is in kiln's store (KILN_ROOT or the default), where `make kubernetes-image`
 # built it; the cluster's state goes there too.
 kiln() { "$KILN" "$@"; }
-ALL=(kiln-h1 kiln-h2 kiln-h3 kiln-h4)
+# The arm64 worker (kiln-h6, a VM under software emulation) unless KILN_E2E_ARM64_VM=0.
+ARM64_VM=${KILN_E2E_ARM64_VM:-1}
+if [ "$ARM64_VM" = 1 ]; then
+  ALL=(kiln-h1 kiln-h2 kiln-h3 kiln-h4 kiln-h6); HOST_ARCHS=amd64,amd64,amd64,amd64,amd64,arm64-vm
+else
+  ALL=(kiln-h1 kiln-h2 kiln-h3 kiln-h4); HOST_ARCHS=amd64,amd64,amd64,amd64,amd64
+fi
+N=${#ALL[@]}
+vm_only() { [ "$ARM64_VM" = 1 ]; }
 
 # Fresh hosts: a cluster left by an interrupted earlier run goes with them (and its state here).
 "$HOSTS" down >/dev/null 2>&1
 rm -rf "${KILN_ROOT:-/var/lib/kiln}/clusters/e2e-kube"
-"$HOSTS" up --hosts 5 --arch amd64,amd64,amd64,amd64,amd64 >/dev/null || { echo "0 passed, 1 failed (hosts did not come up)"; exit 1; }
+"$HOSTS" up --hosts $((N + 1)) --arch "$HOST_ARCHS" >/dev/null || { echo "0 passed, 1 failed (hosts did not come up)"; exit 1; }
 INV=$("$HOSTS" inventory)
 KEY=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ssh_key"])' "$INV")
-H1=$(ip_of kiln-h1); H2=$(ip_of kiln-h2); H3=$(ip_of kiln-h3); H4=$(ip_of kiln-h4); H5=$(ip_of kiln-h5)
+H1=$(ip_of kiln-h1); H2=$(ip_of kiln-h2); H3=$(ip_of kiln-h3); H4=$(ip_of kiln-h4); H5=$(ip_of kiln-h5); H6=$(vm_only && ip_of kiln-h6)
 
 # The app's container image archive (both architectures) comes from kubefiles/prepare.sh.
 "$ROOT/kubefiles/prepare.sh" >/dev/null
@@ -70,6 +80,7 @@ spec:
       ssh:
         user: ops
         passwd: kiln-e2e-ops
+$(vm_only && printf '    - ips: [%s]\n      roles: [node]\n' "$H6")
 ---
 apiVersion: kubeadm.k8s.io/v1beta4
 kind: ClusterConfiguration
@@ -95,7 +106,8 @@ as_before() { # HOST BEFORE_FILE: the host's snapshot is the saved one, else wha
   snapshot_text "$1" > "$WORK/now-$1.txt"
   cmp -s "$2" "$WORK/now-$1.txt" || { diff "$2" "$WORK/now-$1.txt" | head -20 >&2; return 1; }
 }
-RUN=(kiln run -f "$WORK/Clusterfile" --known-hosts "$WORK/known_hosts" --accept-new-host-keys --wait-ready 300)
+# The arm64 worker is emulated (every instruction in software): its pods take minutes to start.
+RUN=(kiln run -f "$WORK/Clusterfile" --known-hosts "$WORK/known_hosts" --accept-new-host-keys --wait-ready 900)
 KUBECTL=(on kiln-h1 -- kubectl)
 
 # --- preflight: the kubelet's default eviction thresholds on this disk ----------------------------
@@ -130,13 +142,14 @@ check "the second run succeeds ($(( SECONDS - t0 )) s)" [ "$rc" = 0 ]
 check "master0 was not initialised again (same cluster CA)" bash -c "[ -n '$CA_BEFORE' ] && [ '$CA_BEFORE' = \"\$('$HOSTS' ssh kiln-h1 -- sha256sum /etc/kubernetes/pki/ca.crt)\" ]"
 check "preflight said what the kernel changes: kube-proxy nftables, haproxy for the worker's VIP" \
   grep -q "\[$H4\] kube-kernel: .*kube-proxy mode nftables, apiserver VIP served by haproxy" "$WORK/run.out"
+vm_only && check "and nothing for the arm64 VM, whose kernel has IPVS and cgroup v2" bash -c "! grep -q '\[$H6\] kube-kernel: .*\(IP_VS\|cgroup v1\)' '$WORK/run.out'"
 
 "${KUBECTL[@]}" get nodes -o json > "$WORK/nodes.json" 2>/dev/null
-python3 - "$WORK/nodes.json" "$VERSION" > "$WORK/nodes.out" 2>&1 <<'PY'
+python3 - "$WORK/nodes.json" "$VERSION" "${ALL[@]}" > "$WORK/nodes.out" 2>&1 <<'PY'
 import json, sys
 nodes = {n["metadata"]["name"]: n for n in json.load(open(sys.argv[1]))["items"]}
 problems = []
-if sorted(nodes) != ["kiln-h%d" % i for i in range(1, 5)]:
+if sorted(nodes) != sorted(sys.argv[3:]):
     problems.append("nodes: %s" % sorted(nodes))
 for name, n in nodes.items():
     labels = n["metadata"]["labels"]
@@ -146,7 +159,10 @@ for name, n in nodes.items():
     info = n["status"]["nodeInfo"]
     if info["kubeletVersion"] != sys.argv[2] or not info["containerRuntimeVersion"].startswith("containerd://2."):
         problems.append("%s runs kubelet %s on %s" % (name, info["kubeletVersion"], info["containerRuntimeVersion"]))
-    role = "master" if name != "kiln-h4" else "node"
+    role = "master" if name not in ("kiln-h4", "kiln-h6") else "node"
+    arch = "arm64" if name == "kiln-h6" else "amd64"
+    if labels.get("kubernetes.io/arch") != arch or info["architecture"] != arch:
+        problems.append("%s is %s/%s, want %s" % (name, labels.get("kubernetes.io/arch"), info["architecture"], arch))
     if ("node-role.kubernetes.io/" + role) not in labels:
         problems.append("%s lacks node-role.kubernetes.io/%s" % (name, role))
     if role == "master" and "node-role.kubernetes.io/control-plane" not in labels:
@@ -158,15 +174,21 @@ if {"key": "dedicated", "value": "db", "effect": "NoSchedule"} not in h4["spec"]
     problems.append("kiln-h4 lacks the taint dedicated=db:NoSchedule: %s" % h4["spec"].get("taints"))
 print("\n".join(problems) or "ok")
 PY
-check "all 4 nodes Ready, kubelet $VERSION on containerd 2, with their roles, labels and taints" grep -qx ok "$WORK/nodes.out"
+check "all $N nodes Ready ($( vm_only && echo '4 amd64, 1 arm64' || echo 'amd64')), kubelet $VERSION on containerd 2, with their roles, labels and taints" grep -qx ok "$WORK/nodes.out"
 grep -qx ok "$WORK/nodes.out" || cat "$WORK/nodes.out"
-"${KUBECTL[@]}" wait --for=condition=Ready pod --all -A --timeout=180s > "$WORK/wait.out" 2>&1
+# Printed again at the end: the cluster as it was brought up.
+"${KUBECTL[@]}" get nodes -o wide -L kubernetes.io/arch > "$WORK/nodes-wide.txt" 2>&1
+cat "$WORK/nodes-wide.txt"
+# One app pod per node (the app spreads over the nodes' hostnames).
+"${KUBECTL[@]}" scale deployment hello --replicas "$N" >/dev/null 2>&1
+"${KUBECTL[@]}" rollout status deployment hello --timeout=600s >/dev/null 2>&1
+"${KUBECTL[@]}" wait --for=condition=Ready pod --all -A --timeout=300s > "$WORK/wait.out" 2>&1
 system_pods_ok() {
   "${KUBECTL[@]}" get pods -A -o json | python3 -c '
 import json, sys
-pods = json.load(sys.stdin)["items"]
-want = {"etcd": 3, "kube-apiserver": 3, "kube-controller-manager": 3, "kube-scheduler": 3, "kube-proxy": 4,
-        "coredns": 2, "kube-flannel-ds": 4, "kiln-apiserver-lb": 1, "hello": 4, "greeter": 2}
+pods, n = json.load(sys.stdin)["items"], int(sys.argv[1])
+want = {"etcd": 3, "kube-apiserver": 3, "kube-controller-manager": 3, "kube-scheduler": 3, "kube-proxy": n,
+        "coredns": 2, "kube-flannel-ds": n, "kiln-apiserver-lb": 1, "hello": n, "greeter": 2}
 seen = {}
 for p in pods:
     name = p["metadata"]["name"]
@@ -175,7 +197,7 @@ for p in pods:
     if kind and ready:
         seen[kind] = seen.get(kind, 0) + 1
 bad = {k: (seen.get(k, 0), n) for k, n in want.items() if seen.get(k, 0) != n}
-bad and print("  ready pods (seen, want):", bad, file=sys.stderr); sys.exit(bool(bad))'
+bad and print("  ready pods (seen, want):", bad, file=sys.stderr); sys.exit(bool(bad))' "$N"
 }
 check "every control-plane, DNS, CNI, kube-proxy, balancer and app pod is Ready" system_pods_ok
 
@@ -196,10 +218,16 @@ pods_reach_each_other() {
       n=$((n + 1))
     done < "$WORK/hello.pods"
   done < <(cat "$WORK/hello.pods")
-  [ "$n" = 12 ] || { echo "  $n pairs (want 12): $(cat "$WORK/hello.pods")" >&2; return 1; }
+  [ "$n" = $((N * (N - 1))) ] || { echo "  $n pairs (want $((N * (N - 1)))): $(cat "$WORK/hello.pods")" >&2; return 1; }
 }
-check "each app pod reaches the others on the 3 other hosts (flannel vxlan)" pods_reach_each_other
+check "each app pod reaches the others on the $((N - 1)) other hosts$(vm_only && echo ', amd64 and arm64') (flannel vxlan)" pods_reach_each_other
 FIRST_POD=$(head -1 "$WORK/hello.pods" | cut -d' ' -f1)
+ARM_POD=$(awk '$2 == "kiln-h6" { print $1 }' "$WORK/hello.pods")
+if vm_only; then
+  on kiln-h1 -- kubectl exec "$ARM_POD" -- busybox uname -m > "$WORK/arm-uname.txt" 2>&1 </dev/null
+  check "the app's pod on the arm64 node runs the arm64 variant (uname -m in it: aarch64)" bash -c "
+    [ -n '$ARM_POD' ] && [ \"\$(cat '$WORK/arm-uname.txt')\" = aarch64 ]"
+fi
 check "a pod reaches the app's ClusterIP Service by its DNS name (CoreDNS, kube-proxy)" bash -c "
   $(declare -f on http_get); HOSTS='$HOSTS'
   http_get $FIRST_POD hello.default.svc.cluster.local 80 | grep -q 'hello from kiln'"
@@ -223,6 +251,13 @@ check "the worker's haproxy balances over the three masters" on kiln-h4 -- "
 check "the worker's kubelet reaches the API through the VIP" on kiln-h4 -- \
   "grep -q 'server: https://apiserver.cluster.local:6443' /etc/kubernetes/kubelet.conf &&
    kubectl --kubeconfig /etc/kubernetes/kubelet.conf --cache-dir /tmp/kubectl-cache get --raw /readyz | grep -qx ok"
+ipvs_masters() { # the real servers of the arm64 worker's IPVS virtual server at the VIP
+  on kiln-h6 -- "ipvsadm -Ln -t 10.103.97.2:6443" 2>/dev/null | awk '$1 == "->" && $2 ~ /:6443$/ { sub(/:6443$/, "", $2); print $2 }' | sort | tr '\n' ' ' | sed 's/ $//'
+}
+vm_only && check "the arm64 worker's VIP is a kernel IPVS virtual server over the three masters" bash -c "
+  $(declare -f on ipvs_masters); HOSTS='$HOSTS'; [ \"\$(ipvs_masters)\" = '$(printf '%s\n' "$H1" "$H2" "$H3" | sort | tr '\n' ' ' | sed 's/ $//')' ]"
+vm_only && check "the arm64 worker's kubelet reaches the API through it" on kiln-h6 -- \
+  "kubectl --kubeconfig /etc/kubernetes/kubelet.conf --cache-dir /tmp/kubectl-cache get --raw /readyz | grep -qx ok"
 check "joined masters name the apiserver by themselves" on kiln-h3 -- "grep -q '^$H3 apiserver.cluster.local # kiln-apiserver\$' /etc/hosts"
 
 # --- kubeconfig from this machine ----------------------------------------------------------------
@@ -237,7 +272,7 @@ open(sys.argv[2], "wb").write(base64.b64decode(re.search(r"certificate-authority
 PY
 kubeconfig_works() {
   [ "$(stat -c %a "$WORK/kubeconfig")" = 600 ] || { echo "  kubeconfig mode $(stat -c %a "$WORK/kubeconfig")" >&2; return 1; }
-  "$WORK/kubectl" --kubeconfig "$WORK/kubeconfig" get nodes -o name | grep -c node/ | grep -qx 4
+  "$WORK/kubectl" --kubeconfig "$WORK/kubeconfig" get nodes -o name | grep -c node/ | grep -qx "$N"
 }
 check "kiln kubeconfig writes a 0600 admin kubeconfig that the real kubectl uses from this machine" kubeconfig_works
 check "the apiserver certificate carries the Clusterfile's certSANs" bash -c "
@@ -311,8 +346,8 @@ restarted_in_turn() {
   done
 }
 check "the kubelets restarted each master's apiserver after the renewal, one master after another" restarted_in_turn
-check "the cluster still answers with the renewed admin.conf (4 nodes)" bash -c "
-  '$HOSTS' ssh kiln-h3 -- kubectl --kubeconfig /etc/kubernetes/admin.conf get nodes -o json | python3 -c 'import json,sys; sys.exit(len(json.load(sys.stdin)[\"items\"]) != 4)'"
+check "the cluster still answers with the renewed admin.conf ($N nodes)" bash -c "
+  '$HOSTS' ssh kiln-h3 -- kubectl --kubeconfig /etc/kubernetes/admin.conf get nodes -o json | python3 -c 'import json,sys; sys.exit(len(json.load(sys.stdin)[\"items\"]) != $N)'"
 kiln cert --alt-names alt.e2e.example,192.0.2.20 -f "$WORK/Clusterfile" "${KH[@]}" > "$WORK/alt.out" 2>&1; rc=$?
 check "kiln cert --alt-names succeeds" [ "$rc" = 0 ]
 [ "$rc" = 0 ] || tail -n 20 "$WORK/alt.out"
@@ -341,17 +376,17 @@ ready_nodes() { "${KUBECTL[@]}" get nodes -o json | python3 -c 'import json,sys;
 kiln scale-up --cluster e2e-kube -n "$H5" --pk "$KEY" "${KH[@]}" --accept-new-host-keys --wait-ready 300 > "$WORK/up.out" 2>&1; rc=$?
 check "a worker joins" [ "$rc" = 0 ]
 [ "$rc" = 0 ] || tail -n 30 "$WORK/up.out"
-check "5 nodes Ready" [ "$(ready_nodes)" = "kiln-h1 kiln-h2 kiln-h3 kiln-h4 kiln-h5" ]
+check "$((N + 1)) nodes Ready" [ "$(ready_nodes)" = "$(printf '%s\n' "${ALL[@]}" kiln-h5 | sort | tr '\n' ' ' | sed 's/ $//')" ]
 check "the new worker's haproxy serves the VIP over the three masters" on kiln-h5 -- \
   "kubectl --kubeconfig /etc/kubernetes/kubelet.conf --cache-dir /tmp/kubectl-cache get --raw /readyz | grep -qx ok && grep -c '^  server master' /etc/kiln/apiserver-lb/haproxy.cfg | grep -qx 3"
-"${KUBECTL[@]}" scale deployment hello --replicas 5 >/dev/null 2>&1
+"${KUBECTL[@]}" scale deployment hello --replicas $((N + 1)) >/dev/null 2>&1
 check "the app scales onto the new worker" bash -c "
   for i in \$(seq 60); do '$HOSTS' ssh kiln-h1 -- kubectl get pods -l app=hello -o wide --field-selector spec.nodeName=kiln-h5 | grep -q Running && exit 0; sleep 2; done; exit 1"
 kiln scale-down --cluster e2e-kube -n "$H5" "${KH[@]}" > "$WORK/down.out" 2>&1; rc=$?
 check "the worker leaves" [ "$rc" = 0 ]
 [ "$rc" = 0 ] || tail -n 30 "$WORK/down.out"
 check "it was drained and its Node object is gone" bash -c "
-  grep -q '\[$H5\] drained' '$WORK/down.out' && [ \"\$('$HOSTS' ssh kiln-h1 -- kubectl get nodes -o name)\" = \"\$(printf 'node/kiln-h1\nnode/kiln-h2\nnode/kiln-h3\nnode/kiln-h4')\" ]"
+  grep -q '\[$H5\] drained' '$WORK/down.out' && [ \"\$('$HOSTS' ssh kiln-h1 -- kubectl get nodes -o name)\" = \"$(printf 'node/%s\n' "${ALL[@]}")\" ]"
 check "the host that left is as before the run" as_before kiln-h5 "$WORK/before-h5.txt"
 
 # --- scale: a master joins and leaves, checked in etcd; then one powered off is forced out --------
@@ -365,8 +400,9 @@ members_are() { # IP...: etcd's members are exactly these
   local want got; want=$(printf '%s\n' "$@" | sort | tr '\n' ' '); want=${want% }
   got=$(etcd_members); [ "$got" = "$want" ] || { echo "  etcd members: '$got', want '$want'" >&2; return 1; }
 }
-worker_balances_over() { # N: the worker's haproxy has N masters
-  on kiln-h4 -- "[ \$(grep -c '^  server master' /etc/kiln/apiserver-lb/haproxy.cfg) = $1 ]"
+worker_balances_over() { # N: the amd64 worker's haproxy and the arm64 one's IPVS have N masters
+  on kiln-h4 -- "[ \$(grep -c '^  server master' /etc/kiln/apiserver-lb/haproxy.cfg) = $1 ]" &&
+    { [ "$ARM64_VM" != 1 ] || [ "$(ipvs_masters | wc -w)" = "$1" ]; }
 }
 check "etcd has the 3 masters as members (etcdctl member list)" members_are "$H1" "$H2" "$H3"
 kiln scale-up --cluster e2e-kube -m "$H5" --pk "$KEY" "${KH[@]}" --accept-new-host-keys --wait-ready 300 > "$WORK/up-master.out" 2>&1; rc=$?
@@ -376,12 +412,12 @@ check "etcd has 4 members, the new master among them" members_are "$H1" "$H2" "$
 check "the new master is Ready with the control-plane role, its apiserver ready" bash -c "
   '$HOSTS' ssh kiln-h1 -- kubectl get node kiln-h5 --show-labels --no-headers | grep -w Ready | grep -q node-role.kubernetes.io/control-plane &&
   [ \"\$(curl -sk -m 5 https://$H5:6443/readyz)\" = ok ]"
-check "the worker's VIP balances over the 4 masters" worker_balances_over 4
+check "the workers' VIPs balance over the 4 masters" worker_balances_over 4
 kiln scale-down --cluster e2e-kube -m "$H5" "${KH[@]}" > "$WORK/down-master.out" 2>&1; rc=$?
 check "the master leaves" [ "$rc" = 0 ]
 [ "$rc" = 0 ] || tail -n 30 "$WORK/down-master.out"
-check "etcd is back to the 3 masters; the Node is gone; the worker's VIP over 3 masters" bash -c "
-  $(declare -f on etcd_members members_are worker_balances_over); HOSTS='$HOSTS'
+check "etcd is back to the 3 masters; the Node is gone; the workers' VIPs over 3 masters" bash -c "
+  $(declare -f on etcd_members members_are worker_balances_over ipvs_masters); HOSTS='$HOSTS'; ARM64_VM=$ARM64_VM
   members_are $H1 $H2 $H3 && ! '$HOSTS' ssh kiln-h1 -- kubectl get node kiln-h5 >/dev/null 2>&1 && worker_balances_over 3"
 check "the master that left is as before the run" as_before kiln-h5 "$WORK/before-h5.txt"
 kiln scale-up --cluster e2e-kube -m "$H5" --pk "$KEY" "${KH[@]}" --wait-ready 300 > "$WORK/up-master2.out" 2>&1; rc=$?
@@ -407,10 +443,10 @@ check "etcd is healthy on the 3 masters" on kiln-h1 -- "kubectl -n kube-system e
 # operator's tooling on a node would; kept in /tmp, outside what delete must restore.
 on kiln-h2 -- cat /etc/kubernetes/admin.conf 2>/dev/null | sed 's#^\( *server: \).*#\1https://apiserver.cluster.local:6443#' |
   on kiln-h4 -- 'umask 077; cat > /tmp/admin-vip.conf'
-through_vip_a_pod_runs() { # NAME: from the worker through its VIP the API lists 4 nodes, and a new pod there is scheduled and runs
+through_vip_a_pod_runs() { # NAME: from the worker through its VIP the API lists every node, and a new pod there is scheduled and runs
   on kiln-h4 -- "
     k() { kubectl --kubeconfig /tmp/admin-vip.conf --cache-dir /tmp/kubectl-cache \"\$@\"; }
-    [ \$(k get nodes -o name | grep -c node/) = 4 ] || { echo '  kubectl get nodes through the VIP failed' >&2; exit 1; }
+    [ \$(k get nodes -o name | grep -c node/) = $N ] || { echo '  kubectl get nodes through the VIP failed' >&2; exit 1; }
     k run $1 --image=docker.io/kiln-demo/hello:1 --restart=Never \
       --overrides='{\"spec\":{\"nodeSelector\":{\"kubernetes.io/hostname\":\"kiln-h4\"},\"tolerations\":[{\"operator\":\"Exists\"}]}}' >/dev/null || exit 1
     k wait --for=condition=Ready pod/$1 --timeout=180s >/dev/null || { k get pod $1 -o wide >&2; exit 1; }
@@ -423,10 +459,9 @@ apiserver_ready_on() { # IP
   local i; for i in $(seq 90); do [ "$(curl -sk -m 2 "https://$1:6443/readyz")" = ok ] && return 0; sleep 2; done
   echo "  the apiserver on $1 is not ready" >&2; return 1
 }
-# The forced scale-down just rewrote the worker's haproxy (its static pod restarts): the VIP
-# serves again before master0's apiserver goes. (kiln does not yet wait for that restart.)
-on kiln-h4 -- 'for i in $(seq 90); do kubectl --kubeconfig /etc/kubernetes/kubelet.conf --cache-dir /tmp/kubectl-cache get --raw /readyz 2>/dev/null | grep -qx ok && exit 0; sleep 1; done; exit 1' ||
-  echo "  the worker's VIP did not serve within 90 s"
+# The forced scale-down rewrote the worker's haproxy and waited for the kubelet to replace it.
+check "after the forced scale-down the worker's VIP serves at once (kiln waited for the new haproxy)" on kiln-h4 -- \
+  'kubectl --kubeconfig /etc/kubernetes/kubelet.conf --cache-dir /tmp/kubectl-cache get --raw /readyz | grep -qx ok'
 on kiln-h1 -- 'mv /etc/kubernetes/manifests/kube-apiserver.yaml /etc/kubernetes/kube-apiserver.yaml.e2e-stopped'
 check "master0's kube-apiserver stopped (its static pod manifest moved away)" apiserver_down_on "$H1"
 # haproxy marks a master down after its failed /readyz checks (a few seconds).
@@ -438,9 +473,9 @@ check "master0's apiserver back" apiserver_ready_on "$H1"
 sleep 8
 check "with master0 powered off: kubectl through the worker's VIP works, a new pod is scheduled and runs" through_vip_a_pod_runs ha-master0-off
 "$HOSTS" start kiln-h1 >/dev/null 2>&1
-check "master0 powered on again: its apiserver is ready and all 4 nodes are Ready" bash -c "
+check "master0 powered on again: its apiserver is ready and all $N nodes are Ready" bash -c "
   $(declare -f apiserver_ready_on); apiserver_ready_on $H1 && for i in \$(seq 90); do
-    [ \"\$('$HOSTS' ssh kiln-h2 -- kubectl get nodes --no-headers | grep -cw Ready)\" = 4 ] && exit 0; sleep 2; done; exit 1"
+    [ \"\$('$HOSTS' ssh kiln-h2 -- kubectl get nodes --no-headers | grep -cw Ready)\" = $N ] && exit 0; sleep 2; done; exit 1"
 on kiln-h4 -- 'rm -f /tmp/admin-vip.conf'
 
 # --- delete leaves the hosts as they were -------------------------------------------------------
@@ -452,7 +487,12 @@ check "after delete the hosts are as before the run (files, modes, contents, net
 cmp -s "$WORK/before.txt" "$WORK/after.txt" || diff "$WORK/before.txt" "$WORK/after.txt" | head -40
 check "no kubelet, containerd, haproxy, VIP, CNI link or pod process is left" bash -c "
   for h in ${ALL[*]}; do '$HOSTS' ssh \$h -- '! systemctl is-active --quiet kubelet && ! systemctl is-active --quiet containerd &&
-    ! pgrep -x haproxy && ! pgrep -x etcd && ! pgrep -x kube-apiserver && ! ip addr show lo | grep -q 10.103.97.2 && ! ip link show flannel.1 2>/dev/null && ! ip link show cni0 2>/dev/null' >/dev/null || exit 1; done"
+    ! pgrep -x haproxy && ! pgrep -x etcd && ! pgrep -x kube-apiserver && ! ip addr show lo | grep -q 10.103.97.2 && ! ip link show flannel.1 2>/dev/null && ! ip link show cni0 2>/dev/null &&
+    ! grep -qs 0A676102:192B /proc/net/ip_vs' >/dev/null || exit 1; done"
 kiln rmi kiln-e2e/kube-app:1 >/dev/null 2>&1
 
+echo
+echo "--- the cluster as kiln run brought it up: kubectl get nodes -o wide -L kubernetes.io/arch"
+cat "$WORK/nodes-wide.txt"
+vm_only && echo "--- uname -m in the app's pod $ARM_POD on kiln-h6: $(cat "$WORK/arm-uname.txt")"
 finish
