@@ -456,7 +456,7 @@ apiserver_down_on() { # IP: nothing answers on IP:6443
   local i; for i in $(seq 60); do curl -sk -m 2 "https://$1:6443/readyz" >/dev/null || return 0; sleep 2; done; return 1
 }
 apiserver_ready_on() { # IP
-  local i; for i in $(seq 90); do [ "$(curl -sk -m 2 "https://$1:6443/readyz")" = ok ] && return 0; sleep 2; done
+  local i; for i in $(seq 150); do [ "$(curl -sk -m 2 "https://$1:6443/readyz")" = ok ] && return 0; sleep 2; done
   echo "  the apiserver on $1 is not ready" >&2; return 1
 }
 # The forced scale-down rewrote the worker's haproxy and waited for the kubelet to replace it.
@@ -474,7 +474,7 @@ sleep 8
 check "with master0 powered off: kubectl through the worker's VIP works, a new pod is scheduled and runs" through_vip_a_pod_runs ha-master0-off
 "$HOSTS" start kiln-h1 >/dev/null 2>&1
 check "master0 powered on again: its apiserver is ready and all $N nodes are Ready" bash -c "
-  $(declare -f apiserver_ready_on); apiserver_ready_on $H1 && for i in \$(seq 90); do
+  $(declare -f apiserver_ready_on); apiserver_ready_on $H1 && for i in \$(seq 150); do
     [ \"\$('$HOSTS' ssh kiln-h2 -- kubectl get nodes --no-headers | grep -cw Ready)\" = $N ] && exit 0; sleep 2; done; exit 1"
 on kiln-h4 -- 'rm -f /tmp/admin-vip.conf'
 
