@@ -14,7 +14,8 @@ VM_DISK_SIZE=16G
 VM_MEMORY_MIB=${KILN_E2E_VM_MEMORY_MIB:-2560}
 VM_CPUS=2
 
-vm_image_dir() { printf '%s/vm-%s-%s-r%s' "$CACHE" "$1" "$2" "$VM_REVISION"; } # OS ARCH
+# Keyed by the root filesystem it is made from too, so a new one makes a new image.
+vm_image_dir() { printf '%s/vm-%s-%s-r%s.%s' "$CACHE" "$1" "$2" "$ROOTFS_REVISION" "$VM_REVISION"; } # OS ARCH
 
 vm_qemu() { # ARCH
   case $1 in
@@ -42,7 +43,7 @@ ensure_vm_image() { # OS ARCH
     local tmp t0=$SECONDS
     tmp=$(mktemp -d "$CACHE/build-vm-$os-$arch.XXXX")
     log "Creating the $os/$arch virtual machine image (cached in $dir)..."
-    cp -a "$CACHE/rootfs-$os-$arch-r$ROOTFS_REVISION/." "$tmp/"
+    cp -a "$(rootfs_dir "$os" "$arch")/." "$tmp/"
     rm -f "$tmp/.complete"
     if ! (set -e; install_vm_kernel "$tmp" "$arch"; customize_vm_rootfs "$tmp") >"$tmp.log" 2>&1; then
       tail -20 "$tmp.log" >&2

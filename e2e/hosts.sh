@@ -126,8 +126,12 @@ ensure_key() {
 }
 
 # Builds (once) the tarball for OS/ARCH, and the extracted copy used as the overlay's lower dir.
+# The unpacked root filesystem of OS/ARCH: the containers' overlay lower dir, the VMs' source.
+rootfs_dir() { printf '%s/rootfs-%s-%s-r%s' "$CACHE" "$1" "$2" "$ROOTFS_REVISION"; } # OS ARCH
+
 ensure_rootfs() { # OS ARCH
-  local os=$1 arch=$2 tarball=$CACHE/rootfs-$1-$2-r$ROOTFS_REVISION.tar.zst lower=$CACHE/rootfs-$1-$2-r$ROOTFS_REVISION
+  local os=$1 arch=$2 lower tarball
+  lower=$(rootfs_dir "$1" "$2"); tarball=$lower.tar.zst
   exec 9>"$CACHE/.lock-$os-$arch"
   flock 9
   if [ ! -f "$tarball" ]; then
@@ -227,7 +231,7 @@ mount_rootfs() { # NAME OS ARCH
   local d; d=$(host_dir "$1")
   mkdir -p "$d/upper" "$d/work" "$d/merged"
   if ! mountpoint -q "$d/merged"; then
-    mount -t overlay overlay -o "lowerdir=$CACHE/rootfs-$2-$3-r$ROOTFS_REVISION,upperdir=$d/upper,workdir=$d/work" "$d/merged"
+    mount -t overlay overlay -o "lowerdir=$(rootfs_dir "$2" "$3"),upperdir=$d/upper,workdir=$d/work" "$d/merged"
   fi
   printf '%s\n' "$1" > "$d/merged/etc/hostname"
   # A real server has its kernel's module directory, with modules.builtin listing what is built

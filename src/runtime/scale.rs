@@ -378,14 +378,13 @@ impl Leaving<'_> {
         let mut scripts: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
         let masters: Vec<IpAddr> = cluster.hosts.iter().filter(|h| h.is_master()).map(|h| h.ip).collect();
         let vip = kubernetes::cluster_vip(cluster).unwrap_or(kubernetes::DEFAULT_VIP);
-        // Workers whose apiserver balancer goes over the masters that remain.
+        // The workers, whose apiserver balancer goes over the masters that remain.
         let balancer = (masters_left && self.runtime == ClusterRuntime::Kubernetes)
             .then(|| super::apiserver_balancer::BalancerTarget { vip, masters: &masters, haproxy_image: None });
-        if balancer.is_some() {
-            for worker in cluster.hosts.iter().filter(|h| !h.is_master()) {
-                scripts.entry(worker.ip).or_default();
-            }
-        }
+        let balanced: BTreeSet<IpAddr> = match balancer {
+            Some(_) => cluster.hosts.iter().filter(|h| !h.is_master()).map(|h| h.ip).collect(),
+            None => BTreeSet::new(),
+        };
         if master0_moved && let Registry::Local(registry) = &cluster.registry {
             let entry = quote(&format!("{} {} # kiln-registry", self.new_master0.ip, registry.domain));
             for host in cluster.hosts.iter().filter(|h| !registry_hosts.contains(&h.ip)) {
@@ -394,7 +393,8 @@ impl Leaving<'_> {
                 ));
             }
         }
-        let hosts: Vec<Host> = cluster.hosts.iter().filter(|h| scripts.contains_key(&h.ip)).cloned().collect();
+        let hosts: Vec<Host> =
+            cluster.hosts.iter().filter(|h| balanced.contains(&h.ip) || scripts.contains_key(&h.ip)).cloned().collect();
         if hosts.is_empty() {
             return;
         }
@@ -403,8 +403,8 @@ impl Leaving<'_> {
         // order, stopping at the first that fails.
         let updates: Vec<(IpAddr, Result<(), String>)> = futures_util::stream::iter(&fleet.sessions)
             .map(|(ip, session)| {
-                let scripts = &scripts[ip];
-                let balancer = balancer.as_ref().filter(|_| !masters.contains(ip));
+                let scripts = scripts.get(ip).map(Vec::as_slice).unwrap_or_default();
+                let balancer = balancer.as_ref().filter(|_| balanced.contains(ip));
                 async move {
                     if let Some(target) = balancer
                         && let Err(e) = super::apiserver_balancer::refresh(session, *ip, target).await
