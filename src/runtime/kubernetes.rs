@@ -173,6 +173,8 @@ pub fn reset_script(dir: &str, vip: IpAddr) -> String {
         "if [ -f {marker} ]; then\n\
          {balancer}\
          if command -v kubeadm >/dev/null 2>&1; then kubeadm reset -f --cri-socket unix:///run/containerd/containerd.sock >/dev/null; fi\n\
+         {leftover_pods}\
+         {proxy_cleanup}\
          rm -rf /etc/kubernetes /var/lib/kubelet /var/lib/etcd\n\
          for l in {CNI_LINKS}; do ip link del $l 2>/dev/null || true; done\n\
          if [ -d /etc/cni/net.d ]; then for f in $(ls -A /etc/cni/net.d); do \
@@ -182,8 +184,31 @@ pub fn reset_script(dir: &str, vip: IpAddr) -> String {
         marker = quote(&format!("{dir}/.kiln/kubernetes")),
         cni_before = quote(&format!("{dir}/.kiln/cni-before")),
         balancer = apiserver_balancer::remove_script(vip),
+        leftover_pods = LEFTOVER_PODS,
+        proxy_cleanup = KUBE_PROXY_CLEANUP,
     )
 }
+
+/// Pods `kubeadm reset` left running: it warns and goes on when the runtime is slow to stop a
+/// pod (seen on an emulated arm64 host), and a pod left running (flanneld) recreates what the
+/// rest of the delete removes. Forced out, a few tries; still there stops the delete.
+const LEFTOVER_PODS: &str = "\
+    if command -v crictl >/dev/null 2>&1 && [ -S /run/containerd/containerd.sock ]; then \
+    cri() { crictl --runtime-endpoint unix:///run/containerd/containerd.sock --timeout 60s \"$@\"; }; \
+    for try in 1 2 3; do pods=$(cri pods -q 2>/dev/null); [ -n \"$pods\" ] || break; \
+    cri rmp -f $pods >/dev/null 2>&1 || sleep 5; done; \
+    if [ -n \"$(cri pods -q 2>/dev/null)\" ]; then echo \"pods are still running after kubeadm reset: \
+    $(cri pods 2>&1 | tail -n +2 | head -n 5)\" >&2; exit 1; fi; fi\n";
+
+/// kube-proxy's rules, which `kubeadm reset` leaves: its own `--cleanup` (its nftables tables,
+/// its iptables chains), run from its image after the reset stopped it, since the host may have
+/// neither nft nor iptables. The image has no modprobe, so kube-proxy leaves IPVS alone (its
+/// cleanup would flush every virtual server on the host, the operator's too).
+const KUBE_PROXY_CLEANUP: &str = "\
+    proxy=$(ctr -n k8s.io images ls -q 2>/dev/null | grep '/kube-proxy:' | head -n 1)\n\
+    if [ -n \"$proxy\" ]; then ctr -n k8s.io containers rm kiln-proxy-cleanup >/dev/null 2>&1; \
+    out=$(ctr -n k8s.io run --rm --net-host --privileged \"$proxy\" kiln-proxy-cleanup kube-proxy --cleanup 2>&1) \
+    || { printf 'kube-proxy --cleanup (%s) failed, its rules are still in netfilter:\\n%s\\n' \"$proxy\" \"$out\" >&2; exit 1; }; fi\n";
 
 /// The VIP workers reach the masters through: env `VIP`, else [`DEFAULT_VIP`].
 pub fn cluster_vip(cluster: &Cluster) -> Result<IpAddr, KubeError> {
@@ -746,5 +771,7 @@ mod tests {
         assert!(reset.contains("ipvsadm -D -t 10.103.97.2:6443") && reset.contains("kiln-apiserver-lb.yaml"));
         assert!(reset.contains("'/var/lib/kiln/data/my cluster/.kiln/kubernetes'"));
         assert!(reset.contains("/# kiln-apiserver$/d"));
+        assert!(reset.contains("kube-proxy --cleanup"), "kube-proxy's netfilter rules go too");
+        assert!(reset.find("rmp -f").expect("leftover pods") < reset.find("kube-proxy --cleanup").expect("proxy"));
     }
 }
