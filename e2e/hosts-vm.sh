@@ -57,6 +57,7 @@ ensure_vm_image() { # OS ARCH
     rm -rf "$tmp" "$tmp.log"
     touch "$dir/.complete"
     log "Created $dir in $((SECONDS - t0))s"
+    prune_cache "vm-$os-$arch-r" "$dir"
   fi
   flock -u 8
 }

@@ -33,9 +33,9 @@ ROOT_PASSWORD=kiln-e2e-root
 SUDO_USER_NOPASSWD=deploy
 SUDO_USER_PASSWD=ops
 SUDO_USER_PASSWORD=kiln-e2e-ops
-PACKAGES=systemd,systemd-sysv,dbus,openssh-server,iproute2,kmod,procps,sudo,iputils-ping,ca-certificates,python3,python3-yaml,zstd,chrony
+PACKAGES=systemd,systemd-sysv,dbus,openssh-server,iproute2,kmod,procps,sudo,iputils-ping,ca-certificates,python3,python3-yaml,zstd,chrony,nftables
 # Bumped whenever PACKAGES or customize_rootfs change, so cached root filesystems are rebuilt.
-ROOTFS_REVISION=4
+ROOTFS_REVISION=5
 
 log() { printf '%s\n' "$*" >&2; }
 die() { printf 'hosts.sh: error: %s\n' "$*" >&2; exit 1; }
@@ -153,6 +153,7 @@ ensure_rootfs() { # OS ARCH
     mv "$tarball.tmp" "$tarball"
     rm -rf "$tmp" "$tmp.log"
     log "Created $tarball in $((SECONDS - t0))s"
+    prune_cache "rootfs-$os-$arch-r" "$lower"
   fi
   if [ ! -f "$lower/.complete" ]; then
     rm -rf "$lower"
@@ -161,6 +162,18 @@ ensure_rootfs() { # OS ARCH
     touch "$lower/.complete"
   fi
   flock -u 9
+}
+
+# Earlier revisions of a cached root filesystem or VM image: a new one replaces them.
+prune_cache() { # PREFIX CURRENT
+  local old
+  for old in "$CACHE/$1"*; do
+    case $old in "$2" | "$2".*) continue ;; esac
+    # Not while a host still running boots from it.
+    grep -qsF "lowerdir=$old," /proc/mounts && continue
+    [ -e "$old" ] && rm -rf "$old"
+  done
+  return 0
 }
 
 customize_rootfs() { # DIR
@@ -238,7 +251,11 @@ mount_rootfs() { # NAME OS ARCH
   # in (kube-proxy mounts /lib/modules; kiln reads modules.builtin). These hosts share this
   # machine's kernel: its list, from the kernel's own configuration.
   write_modules_builtin "$d/merged/lib/modules/$(uname -r)"
-  printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' "$1" > "$d/merged/etc/hosts"
+  # A new host's /etc/hosts; a restarted one keeps its own, as a server's disk does (kiln's
+  # apiserver and registry names are in it: rewritten, a powered-on master's kubelet cannot find
+  # its apiserver).
+  [ -e "$d/upper/etc/hosts" ] ||
+    printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' "$1" > "$d/merged/etc/hosts"
   if [ "$3" != amd64 ]; then
     # qemu-user cannot emulate systemd's credential mounts; these units need none here.
     for unit in systemd-sysusers systemd-tmpfiles-setup systemd-tmpfiles-setup-dev; do
@@ -349,6 +366,29 @@ wait_ssh() { # NAME TIMEOUT
   die "$name: no SSH after ${timeout}s"
 }
 
+# The hosts share this machine's kernel, and with it root's inotify budget: every host's systemd,
+# journald, kubelet, containerd and pods take instances from one kernel-wide limit (128 by
+# default), which five hosts running Kubernetes can exhaust (a rebooted host's kubelet then fails
+# with "too many open files", kind's known issue). Raised while hosts are up, restored by `down`.
+INOTIFY_LIMITS="fs.inotify.max_user_instances=8192 fs.inotify.max_user_watches=524288"
+ensure_inotify_limits() {
+  local setting key want have
+  mkdir -p "$STATE"
+  for setting in $INOTIFY_LIMITS; do
+    key=${setting%=*} want=${setting#*=}
+    have=$(sysctl -n "$key")
+    (( have >= want )) && continue
+    grep -qs "^$key=" "$STATE/inotify.before" || echo "$key=$have" >> "$STATE/inotify.before"
+    sysctl -qw "$key=$want"
+  done
+}
+restore_inotify_limits() {
+  local setting
+  [ -f "$STATE/inotify.before" ] || return 0
+  while read -r setting; do [ -n "$setting" ] && sysctl -qw "$setting"; done < "$STATE/inotify.before"
+  rm -f "$STATE/inotify.before"
+}
+
 # Power loss: SIGKILL the container's init; the kernel then kills everything in its PID namespace.
 power_off() { # NAME
   local name=$1 pid child
@@ -410,6 +450,7 @@ cmd_up() {
     esac
   done
   ensure_bridge
+  ensure_inotify_limits
   write_inventory "$lines"
 
   local started=()
@@ -458,6 +499,7 @@ cmd_start() {
   local name=$1; require_host "$name"
   if is_running "$name"; then log "$name is already running"; return 0; fi
   ensure_bridge
+  ensure_inotify_limits
   start_host "$name"
   wait_booted "$name"
   log "Started $1"
@@ -510,6 +552,7 @@ cmd_down() {
   for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$NS_PREFIX-" || true); do ip netns del "$ns" || true; done
   for link in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep '^kv-' || true); do ip link del "$link" || true; done
   ip link del "$BRIDGE" 2>/dev/null || true
+  restore_inotify_limits
   if [ -d "$STATE" ]; then
     while read -r mnt; do umount -l "$mnt" 2>/dev/null || true; done < <(awk -v s="$STATE" '$2 ~ "^"s { print $2 }' /proc/mounts | sort -r)
     rm -rf "$STATE"

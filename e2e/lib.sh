@@ -28,8 +28,9 @@ finish() {
 
 # snapshot HOST...: a hash of what `kiln delete` must restore: every path, type, mode and file
 # content under /etc, /usr/bin, /usr/local/bin and /var/lib/kiln (and $SNAPSHOT_EXTRA_DIRS),
-# and the sysctl values (with SNAPSHOT_NET_SYSCTLS_ONLY=1 only net.*, each host's own network
-# namespace: the kernel-wide ones are this machine's, shared by every host at once).
+# the sysctl values (with SNAPSHOT_NET_SYSCTLS_ONLY=1 only net.*, each host's own network
+# namespace: the kernel-wide ones are this machine's, shared by every host at once), the
+# netfilter ruleset (nft) and the loaded kernel modules (a VM host's own).
 snapshot() {
   snapshot_text "$@" | sha256sum
 }
@@ -42,7 +43,9 @@ snapshot_text() {
     echo "== $h"
     on "$h" -- "find $dirs -xdev -printf '%p %y %m\n' 2>/dev/null | sort
       find $dirs -xdev -type f -exec sha256sum {} + 2>/dev/null | sort
-      sysctl -a 2>/dev/null | grep -v -e random -e ns_last_pid -e stat -e dentry -e inode-nr -e file-nr -e inode-state -e nf_conntrack_count | grep '$keep' | sort" 2>/dev/null
+      sysctl -a 2>/dev/null | grep -v -e random -e ns_last_pid -e stat -e dentry -e inode-nr -e file-nr -e inode-state -e nf_conntrack_count | grep '$keep' | sort
+      echo '-- netfilter'; nft list ruleset 2>&1
+      echo '-- modules'; cut -d' ' -f1 /proc/modules | sort" 2>/dev/null
   done
 }
 

@@ -44,6 +44,7 @@ nothing_left() {
     [ ! -e /run/kiln-e2e ]
 }
 
+INOTIFY_BEFORE=$(sysctl -n fs.inotify.max_user_instances fs.inotify.max_user_watches)
 t0=$SECONDS
 "$HOSTS" up --hosts 3 --arch amd64,amd64,arm64 || { echo "1 passed, 1 failed"; exit 1; }
 echo "up took $((SECONDS - t0))s"
@@ -65,6 +66,8 @@ check "ops needs a password for sudo" sudo_needs_password kiln-h3
 check "hosts reach each other" host_to_host
 check "refuses a host it did not create" bash -c "! '$HOSTS' ssh not-ours -- true 2>/dev/null"
 
+check "up raises the inotify limits the hosts share" bash -c '[ "$(sysctl -n fs.inotify.max_user_instances)" -ge 8192 ]'
+on kiln-h2 -- 'echo "10.213.0.99 kept.example # power loss" >> /etc/hosts'
 "$HOSTS" stop kiln-h2
 check "a stopped host is unreachable" unreachable kiln-h2
 check "status shows it stopped" bash -c "'$HOSTS' status | grep 'kiln-h2.*stopped' >/dev/null"
@@ -72,6 +75,7 @@ t0=$SECONDS
 "$HOSTS" start kiln-h2
 check "it comes back after start" reachable kiln-h2
 echo "restart took $((SECONDS - t0))s"
+check "its disk is kept across the power loss, /etc/hosts too" on kiln-h2 -- grep -q kept.example /etc/hosts
 
 "$HOSTS" partition kiln-h1
 check "a partitioned host is unreachable" unreachable kiln-h1
@@ -88,6 +92,7 @@ echo "reset took $((SECONDS - t0))s"
 
 "$HOSTS" down
 check "down leaves no namespace, link, mount or process behind" nothing_left
+check "down restores the inotify limits" [ "$(sysctl -n fs.inotify.max_user_instances fs.inotify.max_user_watches)" = "$INOTIFY_BEFORE" ]
 
 echo
 echo "$passed passed, $failed failed"

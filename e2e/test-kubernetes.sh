@@ -473,9 +473,19 @@ check "master0's apiserver back" apiserver_ready_on "$H1"
 sleep 8
 check "with master0 powered off: kubectl through the worker's VIP works, a new pod is scheduled and runs" through_vip_a_pod_runs ha-master0-off
 "$HOSTS" start kiln-h1 >/dev/null 2>&1
-check "master0 powered on again: its apiserver is ready and all $N nodes are Ready" bash -c "
-  $(declare -f apiserver_ready_on); apiserver_ready_on $H1 && for i in \$(seq 150); do
-    [ \"\$('$HOSTS' ssh kiln-h2 -- kubectl get nodes --no-headers | grep -cw Ready)\" = $N ] && exit 0; sleep 2; done; exit 1"
+all_ready_after_power_on() { # master0's apiserver is ready and every node Ready; else what is not
+  local i
+  if apiserver_ready_on "$H1"; then
+    for i in $(seq 150); do
+      [ "$(on kiln-h2 -- kubectl get nodes --no-headers | grep -cw Ready)" = "$N" ] && return 0; sleep 2
+    done
+    on kiln-h2 -- kubectl get nodes >&2
+  fi
+  on kiln-h1 -- 'systemctl is-active kubelet containerd; crictl ps -a 2>&1 | head -20
+    journalctl -u kubelet --no-pager -n 25 | cut -c1-300' >&2
+  return 1
+}
+check "master0 powered on again: its apiserver is ready and all $N nodes are Ready" all_ready_after_power_on
 on kiln-h4 -- 'rm -f /tmp/admin-vip.conf'
 
 # --- delete leaves the hosts as they were -------------------------------------------------------
@@ -483,7 +493,7 @@ kiln delete --cluster e2e-kube --known-hosts "$WORK/known_hosts" > "$WORK/delete
 check "kiln delete succeeds" [ "$rc" = 0 ]
 [ "$rc" = 0 ] || tail -20 "$WORK/delete.out"
 snapshot_text "${ALL[@]}" > "$WORK/after.txt"
-check "after delete the hosts are as before the run (files, modes, contents, net sysctls)" cmp -s "$WORK/before.txt" "$WORK/after.txt"
+check "after delete the hosts are as before the run (files, modes, contents, net sysctls, netfilter rules, modules)" cmp -s "$WORK/before.txt" "$WORK/after.txt"
 cmp -s "$WORK/before.txt" "$WORK/after.txt" || diff "$WORK/before.txt" "$WORK/after.txt" | head -40
 check "no kubelet, containerd, haproxy, VIP, CNI link or pod process is left" bash -c "
   for h in ${ALL[*]}; do '$HOSTS' ssh \$h -- '! systemctl is-active --quiet kubelet && ! systemctl is-active --quiet containerd &&
