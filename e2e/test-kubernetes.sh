@@ -252,10 +252,10 @@ check "the worker's kubelet reaches the API through the VIP" on kiln-h4 -- \
   "grep -q 'server: https://apiserver.cluster.local:6443' /etc/kubernetes/kubelet.conf &&
    kubectl --kubeconfig /etc/kubernetes/kubelet.conf --cache-dir /tmp/kubectl-cache get --raw /readyz | grep -qx ok"
 ipvs_masters() { # the real servers of the arm64 worker's IPVS virtual server at the VIP
-  on kiln-h6 -- "ipvsadm -Ln -t 10.103.97.2:6443" 2>/dev/null | awk '$1 == "->" && $2 ~ /:6443$/ { sub(/:6443$/, "", $2); print $2 }' | sort | tr '\n' ' ' | sed 's/ $//'
+  on kiln-h6 -- "ipvsadm -Ln -t 10.103.97.2:6443" 2>/dev/null | awk '$1 == "->" && $2 ~ /:6443$/ { sub(/:6443$/, "", $2); print $2 }' | sort | paste -sd ' '
 }
 vm_only && check "the arm64 worker's VIP is a kernel IPVS virtual server over the three masters" bash -c "
-  $(declare -f on ipvs_masters); HOSTS='$HOSTS'; [ \"\$(ipvs_masters)\" = '$(printf '%s\n' "$H1" "$H2" "$H3" | sort | tr '\n' ' ' | sed 's/ $//')' ]"
+  $(declare -f on ipvs_masters); HOSTS='$HOSTS'; [ \"\$(ipvs_masters)\" = '$(printf '%s\n' "$H1" "$H2" "$H3" | sort | paste -sd ' ')' ]"
 vm_only && check "the arm64 worker's kubelet reaches the API through it" on kiln-h6 -- \
   "kubectl --kubeconfig /etc/kubernetes/kubelet.conf --cache-dir /tmp/kubectl-cache get --raw /readyz | grep -qx ok"
 check "joined masters name the apiserver by themselves" on kiln-h3 -- "grep -q '^$H3 apiserver.cluster.local # kiln-apiserver\$' /etc/hosts"
@@ -376,7 +376,7 @@ ready_nodes() { "${KUBECTL[@]}" get nodes -o json | python3 -c 'import json,sys;
 kiln scale-up --cluster e2e-kube -n "$H5" --pk "$KEY" "${KH[@]}" --accept-new-host-keys --wait-ready 300 > "$WORK/up.out" 2>&1; rc=$?
 check "a worker joins" [ "$rc" = 0 ]
 [ "$rc" = 0 ] || tail -n 30 "$WORK/up.out"
-check "$((N + 1)) nodes Ready" [ "$(ready_nodes)" = "$(printf '%s\n' "${ALL[@]}" kiln-h5 | sort | tr '\n' ' ' | sed 's/ $//')" ]
+check "$((N + 1)) nodes Ready" [ "$(ready_nodes)" = "$(printf '%s\n' "${ALL[@]}" kiln-h5 | sort | paste -sd ' ')" ]
 check "the new worker's haproxy serves the VIP over the three masters" on kiln-h5 -- \
   "kubectl --kubeconfig /etc/kubernetes/kubelet.conf --cache-dir /tmp/kubectl-cache get --raw /readyz | grep -qx ok && grep -c '^  server master' /etc/kiln/apiserver-lb/haproxy.cfg | grep -qx 3"
 "${KUBECTL[@]}" scale deployment hello --replicas $((N + 1)) >/dev/null 2>&1
@@ -397,7 +397,7 @@ etcd_members() { # the peer IPs of the etcd members, as master0's etcd lists the
     python3 -c 'import json,sys; print(" ".join(sorted(u.split("//")[1].rsplit(":", 1)[0] for m in json.load(sys.stdin)["members"] for u in m["peerURLs"])))'
 }
 members_are() { # IP...: etcd's members are exactly these
-  local want got; want=$(printf '%s\n' "$@" | sort | tr '\n' ' '); want=${want% }
+  local want got; want=$(printf '%s\n' "$@" | sort | paste -sd ' ')
   got=$(etcd_members); [ "$got" = "$want" ] || { echo "  etcd members: '$got', want '$want'" >&2; return 1; }
 }
 worker_balances_over() { # N: the amd64 worker's haproxy and the arm64 one's IPVS have N masters

@@ -20,7 +20,7 @@ use futures_util::StreamExt;
 use super::apiserver_balancer::{self, BalancerTarget};
 use super::run::{Context, RunError, RunReporter, on_hosts, step_error};
 use crate::clusterfile::{Cluster, Host, Registry};
-use crate::kubernetes::kubeadm_config::{JoinSpec, KubeadmConfig, KubeadmConfigError, KubeadmInputs};
+use crate::kubernetes::kubeadm_config::{CRI_SOCKET, JoinSpec, KubeadmConfig, KubeadmConfigError, KubeadmInputs};
 use crate::kubernetes::node_kernel::{ApiserverBalancer, NodeAdaptations};
 use crate::kubernetes::pki::{APISERVER_DOMAIN, ClusterPki, ControlPlaneNode, PkiError, PkiSettings};
 use crate::secret::Secret;
@@ -172,7 +172,7 @@ pub fn reset_script(dir: &str, vip: IpAddr) -> String {
     format!(
         "if [ -f {marker} ]; then\n\
          {balancer}\
-         if command -v kubeadm >/dev/null 2>&1; then kubeadm reset -f --cri-socket unix:///run/containerd/containerd.sock >/dev/null; fi\n\
+         if command -v kubeadm >/dev/null 2>&1; then kubeadm reset -f --cri-socket {CRI_SOCKET} >/dev/null; fi\n\
          {leftover_pods}\
          {proxy_cleanup}\
          rm -rf /etc/kubernetes /var/lib/kubelet /var/lib/etcd\n\
@@ -184,7 +184,7 @@ pub fn reset_script(dir: &str, vip: IpAddr) -> String {
         marker = quote(&format!("{dir}/.kiln/kubernetes")),
         cni_before = quote(&format!("{dir}/.kiln/cni-before")),
         balancer = apiserver_balancer::remove_script(vip),
-        leftover_pods = LEFTOVER_PODS,
+        leftover_pods = leftover_pods_script(),
         proxy_cleanup = KUBE_PROXY_CLEANUP,
     )
 }
@@ -192,13 +192,17 @@ pub fn reset_script(dir: &str, vip: IpAddr) -> String {
 /// Pods `kubeadm reset` left running: it warns and goes on when the runtime is slow to stop a
 /// pod (seen on an emulated arm64 host), and a pod left running (flanneld) recreates what the
 /// rest of the delete removes. Forced out, a few tries; still there stops the delete.
-const LEFTOVER_PODS: &str = "\
-    if command -v crictl >/dev/null 2>&1 && [ -S /run/containerd/containerd.sock ]; then \
-    cri() { crictl --runtime-endpoint unix:///run/containerd/containerd.sock --timeout 60s \"$@\"; }; \
-    for try in 1 2 3; do pods=$(cri pods -q 2>/dev/null); [ -n \"$pods\" ] || break; \
-    cri rmp -f $pods >/dev/null 2>&1 || sleep 5; done; \
-    if [ -n \"$(cri pods -q 2>/dev/null)\" ]; then echo \"pods are still running after kubeadm reset: \
-    $(cri pods 2>&1 | tail -n +2 | head -n 5)\" >&2; exit 1; fi; fi\n";
+fn leftover_pods_script() -> String {
+    format!(
+        "if command -v crictl >/dev/null 2>&1 && [ -S {socket} ]; then \
+         cri() {{ crictl --runtime-endpoint {CRI_SOCKET} --timeout 60s \"$@\"; }}; \
+         for try in 1 2 3; do pods=$(cri pods -q 2>/dev/null); [ -n \"$pods\" ] || break; \
+         cri rmp -f $pods >/dev/null 2>&1 || sleep 5; done; \
+         if [ -n \"$(cri pods -q 2>/dev/null)\" ]; then echo \"pods are still running after kubeadm reset: \
+         $(cri pods 2>&1 | tail -n +2 | head -n 5)\" >&2; exit 1; fi; fi\n",
+        socket = CRI_SOCKET.trim_start_matches("unix://"),
+    )
+}
 
 /// kube-proxy's rules, which `kubeadm reset` leaves: its own `--cleanup` (its nftables tables,
 /// its iptables chains), run from its image after the reset stopped it, since the host may have
