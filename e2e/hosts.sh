@@ -19,6 +19,7 @@
 # hosts that are not in its inventory.
 set -euo pipefail
 . "$(dirname "$(realpath "${BASH_SOURCE[0]}")")/hosts-vm.sh"
+. "$(dirname "$(realpath "${BASH_SOURCE[0]}")")/hosts-cgroup.sh"
 
 CACHE=${KILN_E2E_CACHE:-/var/cache/kiln-e2e}
 STATE=${KILN_E2E_STATE:-/run/kiln-e2e}
@@ -336,13 +337,17 @@ boot() { # NAME
   # All but CAP_SYS_TIME: the clock is this machine's, which a host's chronyd must not steer.
   # Network settings reach only the host's own network namespace; kernel-wide ones (the
   # kubelet's vm.overcommit_memory, kernel.panic) are this machine's, as kind's nodes share theirs.
-  SYSTEMD_NSPAWN_API_VFS_WRITABLE=yes \
-  setsid systemd-nspawn --quiet -D "$d/merged" --register=no --keep-unit \
-    --network-namespace-path="/run/netns/$ns" --capability=all --drop-capability=CAP_SYS_TIME \
-    --system-call-filter='@keyring bpf' \
-    --bind=/dev/kmsg --bind="$d/containerd:/var/lib/containerd" --hostname="$name" --machine="$name" \
-    --resolv-conf=off --timezone=off --link-journal=no --console=passive \
-    /usr/local/sbin/kiln-e2e-init >"$d/console.log" 2>&1 </dev/null &
+  # In cgroups of its own (hosts-cgroup.sh), where nspawn roots the host's cgroup namespace.
+  (
+    enter_host_cgroups "$name"
+    SYSTEMD_NSPAWN_API_VFS_WRITABLE=yes \
+    exec setsid systemd-nspawn --quiet -D "$d/merged" --register=no --keep-unit \
+      --network-namespace-path="/run/netns/$ns" --capability=all --drop-capability=CAP_SYS_TIME \
+      --system-call-filter='@keyring bpf' \
+      --bind=/dev/kmsg --bind="$d/containerd:/var/lib/containerd" --hostname="$name" --machine="$name" \
+      --resolv-conf=off --timezone=off --link-journal=no --console=passive \
+      /usr/local/sbin/kiln-e2e-init
+  ) >"$d/console.log" 2>&1 </dev/null &
   echo $! > "$d/pid"
 }
 
@@ -401,6 +406,7 @@ power_off() { # NAME
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   fi
   rm -f "$(host_dir "$name")/pid"
+  remove_host_cgroups "$name"
 }
 
 # --- commands --------------------------------------------------------------------------------
@@ -552,6 +558,7 @@ cmd_down() {
   for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$NS_PREFIX-" || true); do ip netns del "$ns" || true; done
   for link in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep '^kv-' || true); do ip link del "$link" || true; done
   ip link del "$BRIDGE" 2>/dev/null || true
+  remove_host_cgroup_parent
   restore_inotify_limits
   if [ -d "$STATE" ]; then
     while read -r mnt; do umount -l "$mnt" 2>/dev/null || true; done < <(awk -v s="$STATE" '$2 ~ "^"s { print $2 }' /proc/mounts | sort -r)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # make test-hosts: bring up 2 amd64 + 1 arm64 test hosts and check that they behave like servers:
-# right CPU architecture, systemd running, distinct hostnames and machine-ids, root by password
-# and by key, sudo with and without a password; power loss and power on; network partition and
-# heal; and a teardown that leaves nothing behind. Prints `N passed, N failed` at the end.
+# right CPU architecture, systemd running, distinct hostnames and machine-ids, cgroups of their
+# own, root by password and by key, sudo with and without a password; power loss and power on;
+# network partition and heal; and a teardown that leaves nothing behind. Prints `N passed,
+# N failed` at the end.
 set -uo pipefail
 HOSTS=$(cd "$(dirname "$0")" && pwd)/hosts.sh
 INV=$("$HOSTS" inventory)
@@ -34,6 +35,15 @@ sudo_needs_password() {
   ! on --user ops "$1" -- sudo -n true 2>/dev/null &&
     [ "$(on --user ops "$1" -- "echo kiln-e2e-ops | sudo -S -p '' id -u")" = 0 ]
 }
+# A cgroup one host's systemd makes (kubepods.slice, say) is its own: another host does not see
+# it, and each host's processes live under the harness's per-host cgroup on this machine.
+own_cgroups() {
+  on kiln-h1 -- mkdir /sys/fs/cgroup/pids/kiln-probe.slice &&
+    on kiln-h2 -- test ! -e /sys/fs/cgroup/pids/kiln-probe.slice &&
+    [ -d /sys/fs/cgroup/pids/kiln-e2e/kiln-h1/kiln-probe.slice ] &&
+    on kiln-h1 -- rmdir /sys/fs/cgroup/pids/kiln-probe.slice &&
+    grep -q '^[0-9]*:pids:/kiln-e2e/kiln-h2$' "/proc/$(cat /run/kiln-e2e/hosts/kiln-h2/pid)/cgroup"
+}
 host_to_host() { on kiln-h1 -- ping -c1 -W2 "$(ip_of kiln-h3)" >/dev/null; }
 nothing_left() {
   ! ip netns list | grep '^kiln-e2e' >/dev/null &&
@@ -41,6 +51,7 @@ nothing_left() {
     ! ip -o link show | grep ': kv-' >/dev/null &&
     ! grep ' /run/kiln-e2e' /proc/mounts >/dev/null &&
     ! pgrep -f 'systemd-nspawn.*kiln-h' >/dev/null &&
+    ! compgen -G '/sys/fs/cgroup/*/kiln-e2e' >/dev/null &&
     [ ! -e /run/kiln-e2e ]
 }
 
@@ -64,6 +75,7 @@ check "root logs in by password" password_login kiln-h2
 check "deploy has passwordless sudo" sudo_nopasswd kiln-h1
 check "ops needs a password for sudo" sudo_needs_password kiln-h3
 check "hosts reach each other" host_to_host
+check "each host has cgroups of its own" own_cgroups
 check "refuses a host it did not create" bash -c "! '$HOSTS' ssh not-ours -- true 2>/dev/null"
 
 check "up raises the inotify limits the hosts share" bash -c '[ "$(sysctl -n fs.inotify.max_user_instances)" -ge 8192 ]'
@@ -91,7 +103,7 @@ check "a reset host is up again" reachable kiln-h2
 echo "reset took $((SECONDS - t0))s"
 
 "$HOSTS" down
-check "down leaves no namespace, link, mount or process behind" nothing_left
+check "down leaves no namespace, link, mount, process or cgroup behind" nothing_left
 check "down restores the inotify limits" [ "$(sysctl -n fs.inotify.max_user_instances fs.inotify.max_user_watches)" = "$INOTIFY_BEFORE" ]
 
 echo
