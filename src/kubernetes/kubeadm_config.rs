@@ -247,6 +247,12 @@ impl KubeadmConfig {
         ])
     }
 
+    /// The ClusterConfiguration alone (no bootstrap token): what `kubeadm config images list`
+    /// needs on a node that is not master0.
+    pub fn cluster_yaml(&self) -> String {
+        self.render(&[("ClusterConfiguration", self.version.kubeadm_api(), &self.cluster)])
+    }
+
     /// A joining node's `kubeadm join --config` file.
     pub fn join_yaml(&self, spec: &JoinSpec) -> String {
         let mut join = self.join.clone();

@@ -3,7 +3,9 @@
 //!
 //! Steps, each journaled per host so a failed run resumes where it stopped:
 //! `kube-prepare` (every host, in parallel: the image's `scripts/init-kube.sh`, the apiserver's
-//! `/etc/hosts` name, and on workers a local IPVS virtual server over every master),
+//! `/etc/hosts` name, and on workers a local IPVS virtual server over every master; masters
+//! pull kubeadm's images), then while the next steps run every host pulls the images its node
+//! will run (`node_images`),
 //! `kube-init` (master0: its certificates and kubeconfigs, `kubeadm init --config`),
 //! `kube-join` (masters one at a time, then workers in parallel, with a token from
 //! `kubeadm token create --print-join-command` checked against kiln's CA and, for masters, the
@@ -18,6 +20,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 
 use super::apiserver_balancer::{self, BalancerTarget};
+use super::node_images::NodeImages;
 use super::run::{Context, RunError, RunReporter, on_hosts, step_error};
 use crate::clusterfile::{Cluster, Host, Registry};
 use crate::kubernetes::kubeadm_config::{CRI_SOCKET, JoinSpec, KubeadmConfig, KubeadmConfigError, KubeadmInputs};
@@ -374,6 +377,26 @@ pub(super) async fn bring_up(ctx: &Context<'_>, reporter: &dyn RunReporter) -> R
     })
     .await?;
 
+    // Each node's images come down while the control plane comes up; best effort.
+    let node_images = match NodeImages::find(ctx, &plan.config, plan.haproxy_image.as_deref()).await {
+        Ok(images) => Some(images),
+        Err(e) => {
+            reporter
+                .step(&ctx.master0.ip.to_string(), &format!("node images not listed ({e}); the kubelets pull them"));
+            None
+        }
+    };
+    let pulls = async {
+        if let Some(images) = &node_images {
+            images.pull(ctx, reporter).await;
+        }
+    };
+    let ((), brought_up) = tokio::join!(pulls, control_plane(ctx, plan, reporter));
+    brought_up
+}
+
+/// `kube-init`, `kube-join` and `kube-nodes`.
+async fn control_plane(ctx: &Context<'_>, plan: &Plan, reporter: &dyn RunReporter) -> Result<(), RunError> {
     on_hosts(ctx, "kube-init", [&ctx.master0], |host| async move {
         let session = ctx.session_for(host)?;
         // What a failed init left behind would fail kubeadm's preflight.

@@ -12,6 +12,7 @@ pub mod facts;
 pub mod hooks;
 pub mod journal;
 pub mod kubernetes;
+mod node_images;
 pub mod preflight;
 pub mod registry_access;
 pub mod run;

@@ -901,14 +901,9 @@ pub fn launch_commands(ext: &ImageExtension, clusterfile: &Clusterfile) -> Vec<S
     if !ext.launch.cmds.is_empty() {
         return ext.launch.cmds.clone();
     }
-    let names: Vec<String> = cluster
-        .app_names
-        .clone()
-        .or_else(|| app_override.and_then(|a| a.launch_apps.clone()))
-        .unwrap_or_else(|| ext.launch.app_names.clone());
-    names
+    launched_app_names(ext, clusterfile)
+        .unwrap_or_default()
         .iter()
-        .filter(|n| !n.is_empty())
         .filter_map(|name| {
             let configured = app_override.and_then(|a| a.configs.iter().find(|c| &c.name == name));
             if let Some(cmds) = configured.and_then(|c| c.launch_cmds.clone()).filter(|c| !c.is_empty()) {
@@ -918,6 +913,25 @@ pub fn launch_commands(ext: &ImageExtension, clusterfile: &Clusterfile) -> Vec<S
             ext.app(name).and_then(|a| a.launch_command())
         })
         .collect()
+}
+
+/// The apps launched by name, or `None` where commands replace them (the precedence of
+/// `launch_commands`).
+pub fn launched_app_names(ext: &ImageExtension, clusterfile: &Clusterfile) -> Option<Vec<String>> {
+    let cluster = &clusterfile.cluster;
+    let app_override = clusterfile.applications.last();
+    let commands_replace_apps = !cluster.cmds.is_empty()
+        || app_override.and_then(|a| a.cmds.as_ref()).is_some_and(|c| !c.is_empty())
+        || !ext.launch.cmds.is_empty();
+    if commands_replace_apps {
+        return None;
+    }
+    let names = cluster
+        .app_names
+        .clone()
+        .or_else(|| app_override.and_then(|a| a.launch_apps.clone()))
+        .unwrap_or_else(|| ext.launch.app_names.clone());
+    Some(names.into_iter().filter(|n| !n.is_empty()).collect())
 }
 
 async fn apps_phase(ctx: &Context<'_>, reporter: &dyn RunReporter) -> Result<(), RunError> {
@@ -968,6 +982,18 @@ mod tests {
         e.launch.cmds = vec!["image-cmd".into()];
         assert_eq!(launch_commands(&e, &clusterfile("  appNames: [b]\n")), ["image-cmd"]);
         assert_eq!(launch_commands(&e, &clusterfile("  cmd: [global]\n")), ["global"]);
+    }
+
+    /// The apps a run launches by name; none where commands replace them.
+    #[test]
+    fn launched_app_names_follow_launch_precedence() {
+        let mut e = ext();
+        assert_eq!(launched_app_names(&e, &clusterfile("")), Some(vec!["a".to_owned()]));
+        assert_eq!(launched_app_names(&e, &clusterfile("  appNames: [b]\n")), Some(vec!["b".to_owned()]));
+        assert_eq!(launched_app_names(&e, &clusterfile("  appNames: [\"\"]\n")), Some(vec![]));
+        assert_eq!(launched_app_names(&e, &clusterfile("  cmd: [global]\n")), None);
+        e.launch.cmds = vec!["image-cmd".into()];
+        assert_eq!(launched_app_names(&e, &clusterfile("")), None);
     }
 
     #[test]
