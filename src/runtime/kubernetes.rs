@@ -3,8 +3,8 @@
 //!
 //! Steps, each journaled per host so a failed run resumes where it stopped:
 //! `kube-prepare` (every host, in parallel: the image's `scripts/init-kube.sh`, the apiserver's
-//! `/etc/hosts` name, and on workers a local IPVS virtual server over every master; masters
-//! pull kubeadm's images), then while the next steps run every host pulls the images its node
+//! `/etc/hosts` name, and on workers a local IPVS virtual server over every master; master0
+//! pulls kubeadm's images), then while the next steps run every host pulls the images its node
 //! will run (`node_images`),
 //! `kube-init` (master0: its certificates and kubeconfigs, `kubeadm init --config`),
 //! `kube-join` (masters one at a time, then workers in parallel, with a token from
@@ -362,7 +362,7 @@ pub(super) async fn bring_up(ctx: &Context<'_>, reporter: &dyn RunReporter) -> R
             hosts = hosts_entry(apiserver)
         );
         ctx.script(reporter, host, &command).await?;
-        if host.is_master() {
+        if host.ip == ctx.master0.ip {
             pull_control_plane_images(ctx, plan, session).await?;
             reporter.step(&host.ip.to_string(), "control-plane images pulled");
         }
@@ -452,9 +452,8 @@ async fn control_plane(ctx: &Context<'_>, plan: &Plan, reporter: &dyn RunReporte
     .await
 }
 
-/// The control plane's images on a master, from the in-cluster registry: every master at once
-/// here, where each `kubeadm join` would pull them one master after another (masters join in
-/// turn, for etcd's quorum).
+/// The control plane's images on master0 before `kubeadm init`, from the in-cluster registry
+/// (the joining masters pull theirs meanwhile, `node_images`).
 async fn pull_control_plane_images(ctx: &Context<'_>, plan: &Plan, session: &Session) -> Result<(), KubeError> {
     // The init configuration names the images; it may hold bootstrap tokens: 0600, then gone.
     let path = format!("{}/.kiln/kubeadm-images.yaml", ctx.dir);

@@ -1,13 +1,15 @@
 //! The images each node runs once it has joined, pulled on every host while the control plane
-//! comes up: on workers kubeadm's pause and kube-proxy images and the apiserver balancer's
-//! haproxy (where a static pod serves the VIP), and everywhere the images of the DaemonSets in
-//! the launched Kubernetes apps (the CNI above all). A node then turns Ready as soon as its CNI
+//! comes up: on joining masters all of kubeadm's (master0 pulled them before `kubeadm init`),
+//! on workers kubeadm's pause and kube-proxy images and the apiserver balancer's haproxy (where
+//! a static pod serves the VIP), and everywhere the images of the DaemonSets in the launched
+//! Kubernetes apps (the CNI above all). A node then turns Ready as soon as its CNI
 //! pod is scheduled instead of pulling only then, one registry round after another.
 //!
 //! Best effort: a pull that fails is reported and the kubelet pulls the image itself later, as
 //! it would have anyway. Helm charts are templates and are not read.
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 
 use futures_util::StreamExt;
 
@@ -26,6 +28,8 @@ const WORKER_KUBEADM_IMAGES: &[&str] = &["pause", "kube-proxy"];
 pub(super) struct NodeImages {
     /// Pulled on every target host.
     everywhere: Vec<String>,
+    /// Pulled on masters that join as well: all of kubeadm's.
+    on_joining_masters: Vec<String>,
     /// Pulled on workers as well.
     on_workers: Vec<String>,
 }
@@ -42,25 +46,32 @@ impl NodeImages {
         let path = format!("{}/.kiln/kubeadm-cluster.yaml", ctx.dir);
         session.upload(config.cluster_yaml().as_bytes(), &path, 0o600).await?;
         let listed = session.run(&format!("kubeadm config images list --config {}", quote(&path))).await?;
-        let mut on_workers = worker_kubeadm_images(&listed.stdout_text());
+        let on_joining_masters: Vec<String> =
+            listed.stdout_text().lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
+        let mut on_workers = worker_kubeadm_images(&on_joining_masters);
         on_workers.extend(haproxy_image.map(str::to_owned));
         let mut everywhere = BTreeSet::new();
         for manifest in app_manifests(ctx).await? {
             // A manifest kiln cannot read is the apps phase's to report; here it pulls nothing.
             everywhere.extend(daemonset_images(&manifest).unwrap_or_default());
         }
-        Ok(Self { everywhere: everywhere.into_iter().filter(|i| is_mirrored(i)).collect(), on_workers })
+        let everywhere = everywhere.into_iter().filter(|i| is_mirrored(i)).collect();
+        Ok(Self { everywhere, on_joining_masters, on_workers })
     }
 
-    fn for_host(&self, host: &Host) -> Vec<&str> {
-        let extra = if host.is_master() { &[][..] } else { &self.on_workers[..] };
+    fn for_host(&self, host: &Host, master0: IpAddr) -> Vec<&str> {
+        let extra = match (host.is_master(), host.ip == master0) {
+            (true, true) => &[][..],
+            (true, false) => &self.on_joining_masters[..],
+            (false, _) => &self.on_workers[..],
+        };
         self.everywhere.iter().chain(extra).map(String::as_str).collect()
     }
 
     /// Pulls on every target host at once; failures become steps, never errors.
     pub(super) async fn pull(&self, ctx: &Context<'_>, reporter: &dyn RunReporter) {
         let pulls = ctx.targets().iter().map(|host| async move {
-            let images = self.for_host(host);
+            let images = self.for_host(host, ctx.master0.ip);
             if images.is_empty() {
                 return;
             }
@@ -105,17 +116,16 @@ fn pull_script(images: &[&str]) -> String {
 }
 
 /// pause and kube-proxy out of `kubeadm config images list`.
-fn worker_kubeadm_images(listed: &str) -> Vec<String> {
+fn worker_kubeadm_images(listed: &[String]) -> Vec<String> {
     listed
-        .lines()
-        .map(str::trim)
+        .iter()
         .filter(|line| {
             line.parse::<ImageRef>().is_ok_and(|image| {
                 let name = image.repository().rsplit('/').next().unwrap_or_default();
                 WORKER_KUBEADM_IMAGES.contains(&name)
             })
         })
-        .map(str::to_owned)
+        .cloned()
         .collect()
 }
 
@@ -229,9 +239,15 @@ items:
 
     #[test]
     fn workers_pull_pause_and_kube_proxy_of_kubeadm_list() {
-        let listed = "sea.hub:5000/kube-apiserver:v1.37.2\nsea.hub:5000/kube-proxy:v1.37.2\n\
-                      sea.hub:5000/coredns/coredns:v1.12.4\nsea.hub:5000/pause:3.10.1\nsea.hub:5000/etcd:3.6.5-0\n";
-        assert_eq!(worker_kubeadm_images(listed), ["sea.hub:5000/kube-proxy:v1.37.2", "sea.hub:5000/pause:3.10.1"]);
+        let listed = [
+            "sea.hub:5000/kube-apiserver:v1.37.2",
+            "sea.hub:5000/kube-proxy:v1.37.2",
+            "sea.hub:5000/coredns/coredns:v1.12.4",
+            "sea.hub:5000/pause:3.10.1",
+            "sea.hub:5000/etcd:3.6.5-0",
+        ]
+        .map(String::from);
+        assert_eq!(worker_kubeadm_images(&listed), ["sea.hub:5000/kube-proxy:v1.37.2", "sea.hub:5000/pause:3.10.1"]);
     }
 
     #[test]
@@ -243,20 +259,28 @@ items:
     }
 
     #[test]
-    fn masters_pull_the_daemonsets_and_workers_their_kubeadm_images_too() {
+    fn each_role_pulls_what_its_node_runs() {
+        let flannel = "ghcr.io/flannel-io/flannel:v0.27.0";
         let images = NodeImages {
-            everywhere: vec!["ghcr.io/flannel-io/flannel:v0.27.0".into()],
+            everywhere: vec![flannel.into()],
+            on_joining_masters: vec!["sea.hub:5000/etcd:3.6.5-0".into(), "sea.hub:5000/pause:3.10.1".into()],
             on_workers: vec!["sea.hub:5000/pause:3.10.1".into()],
         };
         let hosts = crate::clusterfile::Clusterfile::parse(
             "C",
-            "kind: Cluster\nspec:\n  hosts:\n  - {ips: [10.0.0.1], roles: [master]}\n  - {ips: [10.0.0.2], roles: [node]}\n",
+            "kind: Cluster\nspec:\n  hosts:\n  - {ips: [10.0.0.1, 10.0.0.3], roles: [master]}\n  \
+             - {ips: [10.0.0.2], roles: [node]}\n",
         )
         .unwrap()
         .cluster
         .hosts;
-        assert_eq!(images.for_host(&hosts[0]), ["ghcr.io/flannel-io/flannel:v0.27.0"]);
-        assert_eq!(images.for_host(&hosts[1]), ["ghcr.io/flannel-io/flannel:v0.27.0", "sea.hub:5000/pause:3.10.1"]);
+        let master0 = hosts[0].ip;
+        assert_eq!(images.for_host(&hosts[0], master0), [flannel], "master0 pulled kubeadm's before init");
+        assert_eq!(
+            images.for_host(&hosts[1], master0),
+            [flannel, "sea.hub:5000/etcd:3.6.5-0", "sea.hub:5000/pause:3.10.1"]
+        );
+        assert_eq!(images.for_host(&hosts[2], master0), [flannel, "sea.hub:5000/pause:3.10.1"]);
     }
 
     #[test]
