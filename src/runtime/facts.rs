@@ -108,6 +108,16 @@ pub async fn clock_offset(session: &Session) -> Result<Option<f64>, SshError> {
 }
 
 /// `extra_commands`: what this image needs beyond [`REQUIRED_COMMANDS`] (e.g. `zstd`).
+/// Prints `listen=<port in hex>` for each listening TCP socket, from /proc/net/tcp{,6} rather
+/// than `ss`: its socket queries make a kernel load inet_diag and tcp_diag, which would be left
+/// loaded after `kiln delete`.
+const LISTENING_PORTS: &str =
+    r#"awk 'FNR>1 && $4=="0A" {n=split($2,a,":"); print "listen=" a[n]}' /proc/net/tcp /proc/net/tcp6 2>/dev/null"#;
+
+fn listening_port(hex: &str) -> Option<u16> {
+    u16::from_str_radix(hex.trim(), 16).ok()
+}
+
 pub async fn gather(session: &Session, data_root: &Path, extra_commands: &[String]) -> Result<Facts, SshError> {
     let commands = REQUIRED_COMMANDS
         .iter()
@@ -137,8 +147,7 @@ sh -c 'echo -1 > /proc/self/oom_score_adj' 2>/dev/null || echo oom_score_adj=res
 for f in kubelet containerd; do d=/var/lib/$f; while [ ! -d "$d" ]; do d=$(dirname "$d"); done
   echo "${{f}}_fs=$(df -Pk "$d" | awk 'NR==2{{print $2 " " $4}}')"; done
 for c in {commands}; do command -v "$c" >/dev/null 2>&1 || echo "missing=$c"; done
-if command -v ss >/dev/null 2>&1; then ss -Htln | awk '{{print "listen=" $4}}'
-else awk 'NR>1 && $4=="0A" {{split($2,a,":"); print "listen=:" strtonum("0x" a[2])}}' /proc/net/tcp /proc/net/tcp6 2>/dev/null; fi
+{LISTENING_PORTS}
 "#,
         data_root = quote(&data_root.display().to_string()),
     );
@@ -152,11 +161,7 @@ else awk 'NR>1 && $4=="0A" {{split($2,a,":"); print "listen=:" strtonum("0x" a[2
         let Some((k, v)) = line.split_once('=') else { continue };
         match k {
             "missing" => missing.push(v.to_owned()),
-            "listen" => {
-                if let Some(port) = v.rsplit(':').next().and_then(|p| p.parse().ok()) {
-                    ports.push(port);
-                }
-            }
+            "listen" => ports.extend(listening_port(v)),
             _ => {
                 fields.insert(k.to_owned(), v.trim().to_owned());
             }
@@ -191,4 +196,24 @@ else awk 'NR>1 && $4=="0A" {{split($2,a,":"); print "listen=:" strtonum("0x" a[2
         containerd_fs: fs_usage(&text("containerd_fs")),
         oom_score_adj_restricted: text("oom_score_adj") == "restricted",
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listening_ports_are_read_from_proc_net_tcp() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let out = std::process::Command::new("sh").args(["-c", LISTENING_PORTS]).output().unwrap();
+        let ports: Vec<u16> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix("listen="))
+            .filter_map(listening_port)
+            .collect();
+        assert!(ports.contains(&port), "{port} not in {ports:?}");
+        assert_eq!(listening_port("1F90"), Some(8080));
+        assert_eq!(listening_port("nope"), None);
+    }
 }

@@ -388,7 +388,7 @@ pub(super) async fn bring_up(ctx: &Context<'_>, reporter: &dyn RunReporter) -> R
     };
     let pulls = async {
         if let Some(images) = &node_images {
-            images.pull(ctx, reporter).await;
+            images.pull(ctx, reporter, |host| worker_balancer(ctx, host) == ApiserverBalancer::Haproxy).await;
         }
     };
     let ((), brought_up) = tokio::join!(pulls, control_plane(ctx, plan, reporter));

@@ -32,6 +32,8 @@ pub(super) struct NodeImages {
     on_joining_masters: Vec<String>,
     /// Pulled on workers as well.
     on_workers: Vec<String>,
+    /// Pulled on workers whose apiserver VIP a haproxy static pod serves.
+    haproxy: Option<String>,
 }
 
 impl NodeImages {
@@ -48,30 +50,36 @@ impl NodeImages {
         let listed = session.run(&format!("kubeadm config images list --config {}", quote(&path))).await?;
         let on_joining_masters: Vec<String> =
             listed.stdout_text().lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
-        let mut on_workers = worker_kubeadm_images(&on_joining_masters);
-        on_workers.extend(haproxy_image.map(str::to_owned));
+        let on_workers = worker_kubeadm_images(&on_joining_masters);
         let mut everywhere = BTreeSet::new();
         for manifest in app_manifests(ctx).await? {
             // A manifest kiln cannot read is the apps phase's to report; here it pulls nothing.
             everywhere.extend(daemonset_images(&manifest).unwrap_or_default());
         }
         let everywhere = everywhere.into_iter().filter(|i| is_mirrored(i)).collect();
-        Ok(Self { everywhere, on_joining_masters, on_workers })
+        Ok(Self { everywhere, on_joining_masters, on_workers, haproxy: haproxy_image.map(str::to_owned) })
     }
 
-    fn for_host(&self, host: &Host, master0: IpAddr) -> Vec<&str> {
+    fn for_host(&self, host: &Host, master0: IpAddr, with_haproxy: bool) -> Vec<&str> {
         let extra = match (host.is_master(), host.ip == master0) {
             (true, true) => &[][..],
             (true, false) => &self.on_joining_masters[..],
             (false, _) => &self.on_workers[..],
         };
-        self.everywhere.iter().chain(extra).map(String::as_str).collect()
+        let haproxy = self.haproxy.iter().filter(|_| with_haproxy && !host.is_master());
+        self.everywhere.iter().chain(extra).chain(haproxy).map(String::as_str).collect()
     }
 
     /// Pulls on every target host at once; failures become steps, never errors.
-    pub(super) async fn pull(&self, ctx: &Context<'_>, reporter: &dyn RunReporter) {
+    pub(super) async fn pull(
+        &self,
+        ctx: &Context<'_>,
+        reporter: &dyn RunReporter,
+        serves_vip_with_haproxy: impl Fn(&Host) -> bool,
+    ) {
+        let serves_vip_with_haproxy = &serves_vip_with_haproxy;
         let pulls = ctx.targets().iter().map(|host| async move {
-            let images = self.for_host(host, ctx.master0.ip);
+            let images = self.for_host(host, ctx.master0.ip, serves_vip_with_haproxy(host));
             if images.is_empty() {
                 return;
             }
@@ -85,7 +93,8 @@ impl NodeImages {
                 Ok(out) => {
                     let failed: Vec<&str> = out.lines().filter_map(|l| l.strip_prefix(FAILED)).collect();
                     if failed.is_empty() {
-                        format!("{} node images pulled", images.len())
+                        let count = images.len();
+                        format!("{count} node image{} pulled", if count == 1 { "" } else { "s" })
                     } else {
                         format!(
                             "could not pull {} (the kubelet pulls when it starts the pod): {}",
@@ -265,6 +274,7 @@ items:
             everywhere: vec![flannel.into()],
             on_joining_masters: vec!["sea.hub:5000/etcd:3.6.5-0".into(), "sea.hub:5000/pause:3.10.1".into()],
             on_workers: vec!["sea.hub:5000/pause:3.10.1".into()],
+            haproxy: Some("sea.hub:5000/kiln.local/haproxy:2.6.12".into()),
         };
         let hosts = crate::clusterfile::Clusterfile::parse(
             "C",
@@ -275,12 +285,16 @@ items:
         .cluster
         .hosts;
         let master0 = hosts[0].ip;
-        assert_eq!(images.for_host(&hosts[0], master0), [flannel], "master0 pulled kubeadm's before init");
+        assert_eq!(images.for_host(&hosts[0], master0, true), [flannel], "master0 pulled kubeadm's before init");
         assert_eq!(
-            images.for_host(&hosts[1], master0),
+            images.for_host(&hosts[1], master0, true),
             [flannel, "sea.hub:5000/etcd:3.6.5-0", "sea.hub:5000/pause:3.10.1"]
         );
-        assert_eq!(images.for_host(&hosts[2], master0), [flannel, "sea.hub:5000/pause:3.10.1"]);
+        assert_eq!(images.for_host(&hosts[2], master0, false), [flannel, "sea.hub:5000/pause:3.10.1"]);
+        assert_eq!(
+            images.for_host(&hosts[2], master0, true),
+            [flannel, "sea.hub:5000/pause:3.10.1", "sea.hub:5000/kiln.local/haproxy:2.6.12"]
+        );
     }
 
     #[test]
