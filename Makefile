@@ -99,8 +99,8 @@ test-e2e: deps build
 	e2e/test-plugins.sh $(KILN_DEBUG)
 	$(MAKE) --no-print-directory e2e-kubernetes KILN_E2E_ARM64_VM=$(TEST_ARM64_VM)
 
-# `make test` runs it without the arm64 VM worker for now: emulated on these 2 cores, its sshd
-# answers in up to a minute and the scenario takes ~35 min instead of ~13 (docs/TESTING.md).
+# `make test` runs it without the arm64 VM worker for now: with it the scenario takes ~20 min
+# instead of 12-17 (docs/TESTING.md).
 TEST_ARM64_VM ?= 0
 KILN_E2E_ARM64_VM ?= 1
 export KILN_E2E_ARM64_VM
