@@ -248,7 +248,7 @@ impl KubeadmConfig {
     }
 
     /// The ClusterConfiguration alone (no bootstrap token): what `kubeadm config images list`
-    /// needs on a node that is not master0.
+    /// needs to name the cluster's images.
     pub fn cluster_yaml(&self) -> String {
         self.render(&[("ClusterConfiguration", self.version.kubeadm_api(), &self.cluster)])
     }

@@ -107,7 +107,6 @@ pub async fn clock_offset(session: &Session) -> Result<Option<f64>, SshError> {
     Ok(out.stdout_text().trim().parse::<f64>().ok().map(|remote| remote - (before + (after - before) / 2.0)))
 }
 
-/// `extra_commands`: what this image needs beyond [`REQUIRED_COMMANDS`] (e.g. `zstd`).
 /// Prints `listen=<port in hex>` for each listening TCP socket, from /proc/net/tcp{,6} rather
 /// than `ss`: its socket queries make a kernel load inet_diag and tcp_diag, which would be left
 /// loaded after `kiln delete`.
@@ -118,6 +117,7 @@ fn listening_port(hex: &str) -> Option<u16> {
     u16::from_str_radix(hex.trim(), 16).ok()
 }
 
+/// `extra_commands`: what this image needs beyond [`REQUIRED_COMMANDS`] (e.g. `zstd`).
 pub async fn gather(session: &Session, data_root: &Path, extra_commands: &[String]) -> Result<Facts, SshError> {
     let commands = REQUIRED_COMMANDS
         .iter()

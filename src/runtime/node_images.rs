@@ -13,7 +13,7 @@ use std::net::IpAddr;
 
 use futures_util::StreamExt;
 
-use super::run::{Context, RunReporter, launched_app_names};
+use super::run::{Context, Launched, RunReporter};
 use crate::build::collect::{Node, images_in, parse_yaml};
 use crate::clusterfile::Host;
 use crate::image::{AppType, ImageRef};
@@ -24,7 +24,7 @@ use crate::ssh::{SshError, quote};
 const WORKER_KUBEADM_IMAGES: &[&str] = &["pause", "kube-proxy"];
 
 /// What each target host pulls.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct NodeImages {
     /// Pulled on every target host.
     everywhere: Vec<String>,
@@ -150,8 +150,10 @@ async fn app_manifests(ctx: &Context<'_>) -> Result<Vec<String>, SshError> {
     let Some(ext) = ctx.platforms.get(&ctx.master0.ip).and_then(|p| p.extension().ok().flatten()) else {
         return Ok(Vec::new());
     };
-    let names = launched_app_names(&ext, ctx.request.clusterfile).unwrap_or_default();
-    let paths: Vec<String> = names
+    let launch = Launched::of(&ext, ctx.request.clusterfile);
+    let paths: Vec<String> = launch
+        .app_names()
+        .unwrap_or_default()
         .iter()
         .filter_map(|name| ext.app(name))
         .filter(|app| app.app_type == AppType::Kube && app.cmds.is_empty())
@@ -174,7 +176,7 @@ async fn app_manifests(ctx: &Context<'_>) -> Result<Vec<String>, SshError> {
 }
 
 /// The images of every DaemonSet in a manifest (`kind: List` items too), in order, once each.
-pub fn daemonset_images(manifest: &str) -> Result<Vec<String>, String> {
+fn daemonset_images(manifest: &str) -> Result<Vec<String>, String> {
     let mut images = Vec::new();
     for document in parse_yaml(manifest)? {
         collect_daemonsets(&document, &mut images);
@@ -189,7 +191,8 @@ fn collect_daemonsets(node: &Node, images: &mut Vec<String>) {
     let field = |key: &str| fields.iter().find(|(k, _)| k == key).map(|(_, v)| v);
     match field("kind") {
         Some(Node::Str(kind)) if kind == "DaemonSet" => images_in(node, images),
-        Some(Node::Str(kind)) if kind == "List" || kind.ends_with("List") => {
+        // `List`, and typed lists such as `DaemonSetList`.
+        Some(Node::Str(kind)) if kind.ends_with("List") => {
             if let Some(Node::Seq(items)) = field("items") {
                 items.iter().for_each(|item| collect_daemonsets(item, images));
             }

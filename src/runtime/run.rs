@@ -887,22 +887,54 @@ async fn bring_up_phase(ctx: &Context<'_>, reporter: &dyn RunReporter) -> Result
     .await
 }
 
-/// What runs on master0, by Sealer's precedence: global cmds (flags, `spec.cmd`, Application
-/// `cmds`) > the image's CMDS > app cmds for the chosen apps > the image's LAUNCH apps.
+/// What a run launches on master0: commands, or apps by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Launched {
+    Commands(Vec<String>),
+    Apps(Vec<String>),
+}
+
+impl Launched {
+    /// Sealer's precedence: global cmds (flags, `spec.cmd`, Application `cmds`) > the image's
+    /// CMDS > the chosen apps (`appNames`, Application `launchApps`, the image's LAUNCH).
+    pub fn of(ext: &ImageExtension, clusterfile: &Clusterfile) -> Self {
+        let cluster = &clusterfile.cluster;
+        let app_override = clusterfile.applications.last();
+        if !cluster.cmds.is_empty() {
+            return Self::Commands(cluster.cmds.clone());
+        }
+        if let Some(cmds) = app_override.and_then(|a| a.cmds.clone()).filter(|c| !c.is_empty()) {
+            return Self::Commands(cmds);
+        }
+        if !ext.launch.cmds.is_empty() {
+            return Self::Commands(ext.launch.cmds.clone());
+        }
+        let names = cluster
+            .app_names
+            .clone()
+            .or_else(|| app_override.and_then(|a| a.launch_apps.clone()))
+            .unwrap_or_else(|| ext.launch.app_names.clone());
+        Self::Apps(names.into_iter().filter(|n| !n.is_empty()).collect())
+    }
+
+    /// The apps launched by name; `None` where commands replace them.
+    pub fn app_names(&self) -> Option<&[String]> {
+        match self {
+            Self::Apps(names) => Some(names),
+            Self::Commands(_) => None,
+        }
+    }
+}
+
+/// What runs on master0: the launch commands, or each chosen app's (its Application
+/// `launchCmds` in the Clusterfile, else what its type runs).
 pub fn launch_commands(ext: &ImageExtension, clusterfile: &Clusterfile) -> Vec<String> {
-    let cluster = &clusterfile.cluster;
+    let names = match Launched::of(ext, clusterfile) {
+        Launched::Commands(commands) => return commands,
+        Launched::Apps(names) => names,
+    };
     let app_override = clusterfile.applications.last();
-    if !cluster.cmds.is_empty() {
-        return cluster.cmds.clone();
-    }
-    if let Some(cmds) = app_override.and_then(|a| a.cmds.clone()).filter(|c| !c.is_empty()) {
-        return cmds;
-    }
-    if !ext.launch.cmds.is_empty() {
-        return ext.launch.cmds.clone();
-    }
-    launched_app_names(ext, clusterfile)
-        .unwrap_or_default()
+    names
         .iter()
         .filter_map(|name| {
             let configured = app_override.and_then(|a| a.configs.iter().find(|c| &c.name == name));
@@ -913,25 +945,6 @@ pub fn launch_commands(ext: &ImageExtension, clusterfile: &Clusterfile) -> Vec<S
             ext.app(name).and_then(|a| a.launch_command())
         })
         .collect()
-}
-
-/// The apps launched by name, or `None` where commands replace them (the precedence of
-/// `launch_commands`).
-pub fn launched_app_names(ext: &ImageExtension, clusterfile: &Clusterfile) -> Option<Vec<String>> {
-    let cluster = &clusterfile.cluster;
-    let app_override = clusterfile.applications.last();
-    let commands_replace_apps = !cluster.cmds.is_empty()
-        || app_override.and_then(|a| a.cmds.as_ref()).is_some_and(|c| !c.is_empty())
-        || !ext.launch.cmds.is_empty();
-    if commands_replace_apps {
-        return None;
-    }
-    let names = cluster
-        .app_names
-        .clone()
-        .or_else(|| app_override.and_then(|a| a.launch_apps.clone()))
-        .unwrap_or_else(|| ext.launch.app_names.clone());
-    Some(names.into_iter().filter(|n| !n.is_empty()).collect())
 }
 
 async fn apps_phase(ctx: &Context<'_>, reporter: &dyn RunReporter) -> Result<(), RunError> {
@@ -988,12 +1001,14 @@ mod tests {
     #[test]
     fn launched_app_names_follow_launch_precedence() {
         let mut e = ext();
-        assert_eq!(launched_app_names(&e, &clusterfile("")), Some(vec!["a".to_owned()]));
-        assert_eq!(launched_app_names(&e, &clusterfile("  appNames: [b]\n")), Some(vec!["b".to_owned()]));
-        assert_eq!(launched_app_names(&e, &clusterfile("  appNames: [\"\"]\n")), Some(vec![]));
-        assert_eq!(launched_app_names(&e, &clusterfile("  cmd: [global]\n")), None);
+        let names =
+            |e: &ImageExtension, extra: &str| Launched::of(e, &clusterfile(extra)).app_names().map(<[_]>::to_vec);
+        assert_eq!(names(&e, ""), Some(vec!["a".to_owned()]));
+        assert_eq!(names(&e, "  appNames: [b]\n"), Some(vec!["b".to_owned()]));
+        assert_eq!(names(&e, "  appNames: [\"\"]\n"), Some(vec![]));
+        assert_eq!(names(&e, "  cmd: [global]\n"), None);
         e.launch.cmds = vec!["image-cmd".into()];
-        assert_eq!(launched_app_names(&e, &clusterfile("")), None);
+        assert_eq!(names(&e, ""), None);
     }
 
     #[test]
